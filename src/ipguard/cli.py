@@ -1,0 +1,528 @@
+"""The ``ipguard`` command: a thin layer that parses, calls the library and prints.
+
+Results go to stdout (a table, or JSON with ``--json``); progress and diagnostics go to
+stderr. Every error a user can cause is printed as one line, ``error: ...``, with a non-zero
+exit and no traceback (``ipguard --debug ...`` shows it).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ipguard.errors import InputError, IPGuardError, ModelError
+
+app = typer.Typer(
+    name="ipguard",
+    help=(
+        "Prove that a suspect classifier is a copy of yours. ipguard fingerprints your "
+        "PyTorch model with inputs just beside its decision boundary (IPGuard, AsiaCCS 2021), "
+        "then checks whether a suspect model gives the same labels on them.\n\n"
+        "Start with: ipguard demo"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+_state = {"debug": False}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def handle_errors(fn: F) -> F:
+    """Map library errors to one line on stderr and exit 1; unexpected ones to exit 3."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except IPGuardError as e:
+            if _state["debug"]:
+                raise
+            raise _fail(str(e)) from None
+        except KeyboardInterrupt:
+            raise _fail("interrupted", 130) from None
+        except Exception as e:  # noqa: BLE001 - last resort: still one line
+            if _state["debug"]:
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise _fail(
+                f"internal error: {type(e).__name__}: {first[:200]} "
+                "(rerun with ipguard --debug for the traceback, and please report it)",
+                3,
+            ) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def _root(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")
+    ] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+# -- shared option parsing ---------------------------------------------------------------------
+def _numbers(text: str | None, what: str, count: int | None = None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",") if v.strip() != ""]
+    except ValueError:
+        raise InputError(f"{what} must be comma-separated numbers, got {text!r}") from None
+    if not values or (count is not None and len(values) != count):
+        need = f"{count} " if count else ""
+        raise InputError(f"{what} must be {need}comma-separated numbers, got {text!r}")
+    return values
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    parts = text.split(",")
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        raise InputError(f"--input-shape must be C,H,W integers, got {text!r}") from None
+    if len(dims) != 3 or min(dims) < 1:
+        raise InputError(f"--input-shape must be three positive integers C,H,W, got {text!r}")
+    return (dims[0], dims[1], dims[2])
+
+
+def _bounds(text: str) -> tuple[float, float]:
+    values = _numbers(text, "--bounds", 2)
+    assert values is not None
+    return (values[0], values[1])
+
+
+@contextmanager
+def _progress(description: str, total: int) -> Iterator[Callable[[int, str], None]]:
+    bar = Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[note]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    )
+    task = bar.add_task(description, total=total, note="")
+    with bar:
+
+        def update(done: int, note: str = "") -> None:
+            bar.update(task, completed=done, note=note)
+
+        yield update
+
+
+class StartPoints(str, Enum):
+    noise = "noise"
+    data = "data"
+
+
+class TargetRule(str, Enum):
+    random = "random"
+    least_likely = "least-likely"
+
+
+ModelArg = Annotated[
+    str,
+    typer.Argument(
+        help="The owner model: a TorchScript archive (.pt), or package.module:factory "
+        "with --weights.",
+        show_default=False,
+    ),
+]
+WeightsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--weights", help="Weights for a package.module:factory model: .safetensors, or a .pt "
+        "state dict (read with weights_only=True).",
+    ),
+]  # fmt: skip
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")]
+MeanOpt = Annotated[
+    str | None,
+    typer.Option("--mean", help="Per-channel mean applied inside the model, e.g. 0.49,0.48,0.45."),
+]
+StdOpt = Annotated[
+    str | None, typer.Option("--std", help="Per-channel std applied inside the model.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _kv_table(title: str) -> Table:
+    table = Table(title=title, show_header=False)
+    table.add_column("key", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    return table
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+# -- commands ----------------------------------------------------------------------------------
+@app.command()
+@handle_errors
+def fingerprint(
+    model: ModelArg,
+    output: Annotated[
+        Path,
+        typer.Option(
+            "-o",
+            "--output",
+            help="Where to write the fingerprint (.safetensors).",
+            show_default=False,
+        ),
+    ],
+    weights: WeightsOpt = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            help="Data spec: digits or npz:PATH. Gives the input shape, and the "
+            "start points with --start data.",
+        ),
+    ] = None,
+    input_shape: Annotated[
+        str | None, typer.Option("--input-shape", help="C,H,W of one input, if no --data.")
+    ] = None,
+    method: Annotated[str, typer.Option("--method", help="Fingerprinting method.")] = "ipguard",
+    n: Annotated[int, typer.Option("--n", "-n", help="Number of fingerprinting points.")] = 100,
+    k: Annotated[
+        float | None,
+        typer.Option("--k", help="Logit margin of each point past the boundary [default: 3.0]."),
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option("--lr", help="Adam learning rate on the input [default: 0.01].")
+    ] = None,
+    max_iter: Annotated[
+        int, typer.Option("--max-iter", help="Adam steps per point at most.")
+    ] = 1000,
+    start: Annotated[
+        StartPoints, typer.Option("--start", help="Start points: uniform noise or --data images.")
+    ] = StartPoints.noise,
+    target: Annotated[
+        TargetRule, typer.Option("--target", help="Target label rule.")
+    ] = TargetRule.random,
+    max_rounds: Annotated[
+        int, typer.Option("--max-rounds", help="Rounds of new start points for failures.")
+    ] = 5,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of all randomness.")] = 0,
+    bounds: Annotated[str, typer.Option("--bounds", help="Valid input range low,high.")] = "0,1",
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    device: DeviceOpt = "cpu",
+    as_json: JsonOpt = False,
+) -> None:
+    """Fingerprint an owner model and write the fingerprint file.
+
+    Example: ipguard fingerprint ipguard.nets:digits_cnn --weights owner.safetensors
+    --data digits -o owner.fp.safetensors
+    """
+    from ipguard.data import load_data
+    from ipguard.methods import METHODS, make_method
+    from ipguard.models import OwnerModel, load_module
+
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}", f"choose one of: {', '.join(METHODS)}")
+    if data is None and input_shape is None:
+        raise InputError("give --data SPEC or --input-shape C,H,W")
+    dataset = load_data(data) if data is not None else None
+    shape = _shape(input_shape) if input_shape is not None else None
+    if dataset is not None:
+        if shape is not None and shape != dataset.input_shape:
+            raise InputError(
+                f"--input-shape {input_shape} disagrees with the data's shape "
+                f"{','.join(map(str, dataset.input_shape))}"
+            )
+        shape = dataset.input_shape
+    assert shape is not None
+    params: dict[str, Any] = {
+        "max_iter": max_iter, "start": start.value, "target": target.value,
+        "max_rounds": max_rounds,
+    }  # fmt: skip
+    if k is not None:
+        params["k"] = k
+    if lr is not None:
+        params["lr"] = lr
+    fp_method = make_method(method, **params)
+    if fp_method.needs_data and dataset is None:
+        raise InputError("--start data needs --data SPEC")
+    module = load_module(model, weights)
+    owner = OwnerModel(
+        module, input_shape=shape, bounds=_bounds(bounds), mean=_numbers(mean, "--mean"),
+        std=_numbers(std, "--std"), device=device,
+    )  # fmt: skip
+    with _progress("fingerprinting", n) as update:
+        fp = fp_method.generate(
+            owner, n, data=dataset.x if dataset is not None else None, seed=seed,
+            progress=lambda p: update(p.converged, f"round {p.round} step {p.iteration}"),
+        )  # fmt: skip
+        update(n, "done")
+    fp.save(output)
+    summary = {"file": str(output), **fp.summary()}
+    if as_json:
+        _print_json(summary)
+        return
+    stats = fp.stats
+    table = _kv_table("fingerprint written")
+    table.add_row("file", str(output))
+    table.add_row("method", f"{fp.method} " + json.dumps(fp.params, sort_keys=True))
+    table.add_row("points", f"{fp.n} of shape {fp.input_shape}, {fp.num_classes} classes")
+    if "convergence_rate" in stats:
+        table.add_row(
+            "converged",
+            f"{stats['converged']} of {stats['attempted']} start points "
+            f"({100 * stats['convergence_rate']:.1f}%), mean {stats['mean_iterations']} steps",
+        )
+    table.add_row("time", f"{stats.get('seconds', 0):.2f} s")
+    table.add_row("owner weights sha256", fp.owner_sha256)
+    table.add_row("digest", fp.digest)
+    out.print(table)
+
+
+@app.command()
+@handle_errors
+def verify(
+    fingerprint_file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="A fingerprint file.", show_default=False)
+    ],
+    suspects: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="SUSPECT...",
+            help="Suspect models: TorchScript archives, or "
+            "package.module:factory (each takes the next --weights).",
+            show_default=False,
+        ),
+    ] = None,
+    weights: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--weights", help="Weights for each package.module:factory suspect, in order."
+        ),
+    ] = None,
+    adapter: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--adapter",
+            help="A label-only suspect: package.module:function, called as "
+            "function(x) -> labels with x (N,C,H,W) in the fingerprint's bounds.",
+        ),
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--threshold",
+            help="Matching rate at or above which a suspect is judged pirated "
+            "[default: 0.8; see docs/defaults.md].",
+        ),
+    ] = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    device: DeviceOpt = "cpu",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Points per query.")] = 256,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object per suspect.")
+    ] = False,
+) -> None:
+    """Query suspects with the fingerprint and judge each one: pirated or not.
+
+    Only the suspects' top-1 labels are used. The exit status is 0 whatever the verdicts;
+    read them from the table or the JSON.
+    """
+    from ipguard.fingerprint import load_fingerprint
+    from ipguard.models import (
+        CallableSuspect,
+        LabelOracle,
+        OwnerModel,
+        _import_attr,
+        is_factory_spec,
+        load_module,
+    )
+    from ipguard.verify import DEFAULT_THRESHOLD, check_threshold
+    from ipguard.verify import verify as run_verify
+
+    fp = load_fingerprint(fingerprint_file)
+    tau = check_threshold(DEFAULT_THRESHOLD if threshold is None else threshold)
+    specs = list(suspects or [])
+    weight_list = list(weights or [])
+    if not specs and not adapter:
+        raise InputError(
+            "no suspect given", "name a model file, package.module:factory or --adapter"
+        )
+    n_factories = sum(is_factory_spec(s) for s in specs)
+    if len(weight_list) != n_factories:
+        raise InputError(
+            f"{n_factories} package.module:factory suspect(s) but {len(weight_list)} --weights",
+            "give one --weights per factory suspect, in order",
+        )
+    oracles: list[tuple[str, LabelOracle]] = []
+    w_iter = iter(weight_list)
+    for spec in specs:
+        module = load_module(spec, next(w_iter) if is_factory_spec(spec) else None)
+        oracle = OwnerModel(
+            module, input_shape=fp.input_shape, bounds=fp.bounds,
+            mean=_numbers(mean, "--mean"), std=_numbers(std, "--std"), device=device,
+        )  # fmt: skip
+        oracles.append((spec, oracle))
+    for spec in adapter or []:
+        fn = _import_attr(spec)
+        if not callable(fn):
+            raise ModelError(f"adapter {spec} is not callable")
+        oracles.append((spec, CallableSuspect(fn, name=spec)))
+    results = [
+        run_verify(fp, oracle, threshold=tau, name=name, batch_size=batch_size)
+        for name, oracle in oracles
+    ]
+    if as_json:
+        for r in results:
+            _print_json(r.to_dict())
+        return
+    table = Table(title=f"fingerprint {fingerprint_file} (digest {fp.digest[:16]}...)")
+    for col in ("suspect", "matches", "matching rate", "threshold", "verdict"):
+        table.add_column(col, justify="left" if col in ("suspect", "verdict") else "right")
+    for r in results:
+        style = "bold red" if r.verdict == "pirated" else "green"
+        table.add_row(
+            r.suspect, f"{r.matches}/{r.n}", f"{r.matching_rate:.3f}", f"{r.threshold:.2f}",
+            f"[{style}]{r.verdict}[/]",
+        )  # fmt: skip
+    out.print(table)
+
+
+@app.command()
+@handle_errors
+def inspect(
+    fingerprint_file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="A fingerprint file.", show_default=False)
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """Check a fingerprint file and show what it holds and how it was made."""
+    from ipguard.fingerprint import load_fingerprint
+
+    fp = load_fingerprint(fingerprint_file)
+    summary = fp.summary()
+    if as_json:
+        _print_json(summary)
+        return
+    table = _kv_table(f"{fingerprint_file}: valid fingerprint")
+    for key, value in summary.items():
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        table.add_row(key, text)
+    out.print(table)
+
+
+@app.command()
+@handle_errors
+def demo(
+    seed: Annotated[int, typer.Option("--seed", help="Seed for data split, training, points.")] = 0,
+    n: Annotated[int, typer.Option("--n", "-n", help="Number of fingerprinting points.")] = 100,
+    k: Annotated[float | None, typer.Option("--k", help="IPGuard margin [default: 3.0].")] = None,
+    threshold: Annotated[
+        float | None, typer.Option("--threshold", help="Verdict threshold [default: 0.8].")
+    ] = None,
+    save: Annotated[
+        Path | None, typer.Option("--save", help="Also write the owner's fingerprint here.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show the whole idea on scikit-learn's 8x8 digits in well under a minute.
+
+    Trains an owner CNN, a pirated copy (fine-tuned on other data) and two independent
+    models (the same CNN on the same data with another seed, and an MLP on other data);
+    fingerprints the owner with IPGuard and verifies all of them.
+    """
+    from ipguard.demo import run_demo
+    from ipguard.methods.ipguard import IPGuard
+    from ipguard.verify import DEFAULT_THRESHOLD, check_threshold
+
+    tau = check_threshold(DEFAULT_THRESHOLD if threshold is None else threshold)
+    method = IPGuard() if k is None else IPGuard(k=k)
+    with _progress("demo", 5) as update:
+        stages = iter(range(1, 6))
+
+        def on_stage(message: str) -> None:
+            update(next(stages) - 1, message)
+
+        result = run_demo(seed, method=method, n=n, threshold=tau, on_stage=on_stage)
+        update(5, "done")
+    if save is not None:
+        result.fingerprint.save(save)
+    if as_json:
+        _print_json(
+            {
+                "owner_accuracy": result.owner_accuracy,
+                "fingerprint": result.fingerprint.summary(),
+                "suspects": [
+                    {
+                        **r.result.to_dict(),
+                        "how": r.how,
+                        "accuracy": r.accuracy,
+                        "truly_pirated": r.pirated,
+                        "correct": r.correct,
+                    }
+                    for r in result.rows
+                ],  # fmt: skip
+                "all_correct": result.all_correct,
+            }
+        )
+        return
+    fp = result.fingerprint
+    out.print(
+        f"Owner: CNN on 900 digits, test accuracy {result.owner_accuracy:.1%}. Fingerprint: "
+        f"{fp.n} IPGuard points (k={fp.params['k']}), {fp.stats['seconds']:.1f} s, "
+        f"{fp.stats['convergence_rate']:.0%} of start points converged."
+    )
+    table = Table(title=f"Verification at threshold {tau:.2f}")
+    for col in ("suspect", "how it was made", "test acc.", "matches", "verdict", "truth"):
+        table.add_column(col, justify="right" if col in ("test acc.", "matches") else "left")
+    for r in result.rows:
+        style = "bold red" if r.result.verdict == "pirated" else "green"
+        truth = "copy" if r.pirated else "independent"
+        mark = "[green]ok[/]" if r.correct else "[bold red]WRONG[/]"
+        table.add_row(
+            r.name, r.how, f"{r.accuracy:.1%}", f"{r.result.matches}/{r.result.n}",
+            f"[{style}]{r.result.verdict}[/]", f"{truth} {mark}",
+        )  # fmt: skip
+    out.print(table)
+    if result.all_correct:
+        out.print("Every copy was caught and every independent model was cleared.")
+    else:
+        out.print(
+            "[bold red]Some verdicts are wrong on this seed[/]: see docs/defaults.md for how "
+            "IPGuard's k trades robustness for uniqueness."
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point."""
+    app(args=list(argv) if argv is not None else None, prog_name="ipguard")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""Fingerprinting methods, in a registry that the CLI, configs and tests all read.
+
+Adding a method: one module defining a ``FingerprintMethod`` subclass, one line in
+``METHODS`` below. The contract tests in ``tests/test_methods_contract.py`` loop over it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ipguard.errors import InputError
+from ipguard.methods.base import FingerprintMethod, GenerationProgress, ProgressFn
+from ipguard.methods.ipguard import IPGuard
+
+__all__ = ["METHODS", "FingerprintMethod", "GenerationProgress", "ProgressFn", "make_method"]
+
+METHODS: dict[str, type[FingerprintMethod]] = {
+    IPGuard.name: IPGuard,
+}
+
+
+def make_method(name: str, **params: Any) -> FingerprintMethod:
+    """Build a registered method by name with keyword hyper-parameters."""
+    if name not in METHODS:
+        raise InputError(f"unknown method {name!r}", f"choose one of: {', '.join(sorted(METHODS))}")
+    try:
+        return METHODS[name](**params)
+    except TypeError as err:
+        raise InputError(f"bad parameters for method {name!r}: {err}") from err

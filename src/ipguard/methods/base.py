@@ -1,0 +1,117 @@
+"""The interface every fingerprinting method implements.
+
+A method is a frozen dataclass of keyword-only hyper-parameters, validated on construction.
+:meth:`FingerprintMethod.generate` is the final entry point: it checks the inputs, runs the
+subclass's :meth:`~FingerprintMethod.run`, clips the points to the bounds, recomputes the
+owner's labels itself (it does not trust the method's bookkeeping) and builds the
+:class:`~ipguard.fingerprint.Fingerprint` with full provenance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from ipguard.errors import InputError
+from ipguard.fingerprint import Fingerprint
+from ipguard.models import OwnerModel
+
+__all__ = ["FingerprintMethod", "GenerationProgress", "ProgressFn"]
+
+
+@dataclass(frozen=True)
+class GenerationProgress:
+    """A progress report: ``converged`` usable points of ``n`` so far."""
+
+    round: int
+    iteration: int
+    max_iter: int
+    converged: int
+    n: int
+
+
+ProgressFn = Callable[[GenerationProgress], None]
+
+
+class FingerprintMethod(ABC):
+    """Base class. Subclasses are ``@dataclass(frozen=True, kw_only=True)`` with a ``name``."""
+
+    name: ClassVar[str]
+
+    @property
+    def needs_data(self) -> bool:
+        """True if, with these settings, the method starts from real inputs (``data``)."""
+        return False
+
+    def params(self) -> dict[str, Any]:
+        """All hyper-parameters, JSON-serialisable."""
+        assert dataclasses.is_dataclass(self)
+        return dataclasses.asdict(self)
+
+    @abstractmethod
+    def run(
+        self,
+        model: OwnerModel,
+        n: int,
+        *,
+        data: Tensor | None,
+        generator: torch.Generator,
+        progress: ProgressFn | None,
+    ) -> tuple[Tensor, dict[str, Any]]:
+        """Return ``n`` points ``(n, C, H, W)`` and JSON-serialisable statistics."""
+
+    def generate(
+        self,
+        model: OwnerModel,
+        n: int = 100,
+        *,
+        data: Tensor | None = None,
+        seed: int = 0,
+        progress: ProgressFn | None = None,
+    ) -> Fingerprint:
+        """Make a fingerprint of ``n`` points for ``model``.
+
+        Args:
+            model: the owner's classifier.
+            n: number of fingerprinting points.
+            data: optional real inputs ``(M, C, H, W)`` in the model's bounds (start points
+                for methods that use them). Never modified.
+            seed: all randomness comes from a generator seeded with it.
+            progress: called with a :class:`GenerationProgress` as work proceeds.
+        """
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise InputError(f"n must be a positive integer, got {n!r}")
+        if data is not None:
+            model.check_inputs(data)
+        elif self.needs_data:
+            raise InputError(
+                f"method {self.name!r} with these settings starts from real inputs",
+                "pass --data SPEC",
+            )
+        generator = torch.Generator().manual_seed(int(seed))
+        started = time.perf_counter()
+        points, stats = self.run(model, n, data=data, generator=generator, progress=progress)
+        if points.shape != (n, *model.input_shape):
+            raise AssertionError(f"{self.name} returned {tuple(points.shape)}, expected n={n}")
+        low, high = model.bounds
+        points = points.detach().clamp(low, high).to("cpu", torch.float32)
+        labels = model.predict(points)
+        stats = {**stats, "seconds": round(time.perf_counter() - started, 4)}
+        return Fingerprint(
+            points=points,
+            labels=labels,
+            method=self.name,
+            params={**self.params(), "n": n, "seed": int(seed)},
+            input_shape=model.input_shape,
+            bounds=model.bounds,
+            num_classes=model.num_classes,
+            owner_sha256=model.sha256(),
+            stats=stats,
+        )

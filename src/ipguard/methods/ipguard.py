@@ -1,0 +1,245 @@
+"""IPGuard (Cao, Jia, Gong, AsiaCCS 2021): points just beside the owner's decision boundary.
+
+For a start point ``x0`` with owner label ``i = argmax g(x0)`` and a target label ``j != i``,
+minimise over ``x`` (IPGUARD-SPEC.md section 2)::
+
+    L(x) = ReLU(g_i(x) - g_j(x) + k) + ReLU(max_{t != i, j} g_t(x) - g_i(x))
+
+At ``L = 0`` the owner predicts ``j``, the runner-up is ``i`` and ``g_j`` exceeds ``g_i`` by
+at least ``k`` logits. Adam on the input, at most ``max_iter`` steps; a point stops as soon as
+its loss is 0. All points are optimised as one batch with a per-point stop mask, clamped to
+the bounds after each step. Points that do not converge are replaced by new start points,
+for at most ``max_rounds`` rounds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from ipguard.errors import GenerationError, InputError
+from ipguard.methods.base import FingerprintMethod, GenerationProgress, ProgressFn
+from ipguard.models import OwnerModel
+
+__all__ = ["IPGuard", "ipguard_loss", "boundary_search", "SearchResult"]
+
+# Defaults chosen by measurement on the digits demo: see docs/defaults.md and
+# benchmarks/defaults_sweep.py for the numbers behind them.
+DEFAULT_K = 3.0
+DEFAULT_LR = 0.01
+
+
+def ipguard_loss(logits: Tensor, source: Tensor, target: Tensor, k: float) -> Tensor:
+    """Per-point IPGuard loss ``(N,)`` from logits ``(N, C)``, labels ``i`` and ``j`` ``(N,)``."""
+    g_i = logits.gather(1, source[:, None]).squeeze(1)
+    g_j = logits.gather(1, target[:, None]).squeeze(1)
+    others = logits.scatter(1, source[:, None], torch.finfo(logits.dtype).min)
+    others = others.scatter(1, target[:, None], torch.finfo(logits.dtype).min)
+    g_other = others.max(dim=1).values
+    return torch.relu(g_i - g_j + k) + torch.relu(g_other - g_i)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Outcome of :func:`boundary_search` for a batch of ``N`` start points.
+
+    Attributes:
+        points: ``(N, C, H, W)`` final points (a converged point stays where it converged).
+        converged: ``(N,)`` bool, loss reached 0.
+        iterations: ``(N,)`` int64, Adam steps taken by each point.
+        loss: ``(N,)`` final loss of each point.
+    """
+
+    points: Tensor
+    converged: Tensor
+    iterations: Tensor
+    loss: Tensor
+
+
+def boundary_search(
+    model: OwnerModel,
+    x0: Tensor,
+    source: Tensor,
+    target: Tensor,
+    *,
+    k: float,
+    lr: float,
+    max_iter: int,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    on_step: Any = None,
+) -> SearchResult:
+    """Minimise the IPGuard loss for a batch, with Adam and a per-point stop mask.
+
+    ``x0`` ``(N, C, H, W)`` is not modified. Adam is element-wise, so each point follows
+    exactly the trajectory it would follow alone; only the still-active points are fed to
+    the model at each step. ``on_step(iteration, active)`` is called after each step.
+    """
+    device = model.device
+    low, high = model.bounds
+    x = x0.detach().to(device, torch.float32).clone()
+    src, tgt = source.to(device), target.to(device)
+    n = x.shape[0]
+    m = torch.zeros_like(x)
+    v = torch.zeros_like(x)
+    iterations = torch.full((n,), max_iter, dtype=torch.int64)
+    final_loss = torch.zeros(n)
+    converged = torch.zeros(n, dtype=torch.bool)
+    active = torch.arange(n, device=device)
+    b1, b2 = betas
+    with model.evaluating():
+        for step in range(max_iter + 1):
+            xa = x[active].requires_grad_(True)
+            loss = ipguard_loss(model.raw_logits(xa), src[active], tgt[active], k)
+            done = loss.detach() <= 0
+            if bool(done.any()):
+                idx = active[done].cpu()
+                converged[idx] = True
+                iterations[idx] = step
+                final_loss[idx] = 0.0
+            if step == max_iter:
+                final_loss[active[~done].cpu()] = loss.detach()[~done].float().cpu()
+                break
+            (grad,) = torch.autograd.grad(loss.sum(), xa)
+            keep = ~done
+            active, grad = active[keep], grad[keep]
+            if active.numel() == 0:
+                break
+            with torch.no_grad():
+                t = step + 1
+                m[active] = b1 * m[active] + (1 - b1) * grad
+                v[active] = b2 * v[active] + (1 - b2) * grad * grad
+                m_hat = m[active] / (1 - b1**t)
+                v_hat = v[active] / (1 - b2**t)
+                x[active] = (x[active] - lr * m_hat / (v_hat.sqrt() + eps)).clamp(low, high)
+            if on_step is not None:
+                on_step(t, int(active.numel()))
+    return SearchResult(
+        points=x.detach(), converged=converged, iterations=iterations, loss=final_loss
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class IPGuard(FingerprintMethod):
+    """IPGuard's fingerprinting points (the paper's method).
+
+    Args:
+        k: logit margin by which the target class must beat the source class (>= 0).
+            Larger k: deeper into the target region, more robust, less unique.
+        lr: Adam learning rate on the input.
+        max_iter: Adam steps per point at most (the paper: 1000).
+        start: ``"noise"`` (uniform in the bounds; needs no data) or ``"data"`` (real inputs).
+        target: ``"random"`` (uniform among the other classes) or ``"least-likely"``.
+        max_rounds: rounds of new start points for points that did not converge.
+    """
+
+    name: ClassVar[str] = "ipguard"
+
+    k: float = DEFAULT_K
+    lr: float = DEFAULT_LR
+    max_iter: int = 1000
+    start: Literal["noise", "data"] = "noise"
+    target: Literal["random", "least-likely"] = "random"
+    max_rounds: int = 5
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.k, (int, float)) and self.k >= 0):
+            raise InputError(f"k must be >= 0, got {self.k}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise InputError(f"learning rate must be > 0, got {self.lr}")
+        if not (isinstance(self.max_iter, int) and self.max_iter >= 1):
+            raise InputError(f"max_iter must be an integer >= 1, got {self.max_iter}")
+        if self.start not in ("noise", "data"):
+            raise InputError(f"start must be 'noise' or 'data', got {self.start!r}")
+        if self.target not in ("random", "least-likely"):
+            raise InputError(f"target must be 'random' or 'least-likely', got {self.target!r}")
+        if not (isinstance(self.max_rounds, int) and self.max_rounds >= 1):
+            raise InputError(f"max_rounds must be an integer >= 1, got {self.max_rounds}")
+
+    @property
+    def needs_data(self) -> bool:
+        return self.start == "data"
+
+    def _targets(self, logits: Tensor, source: Tensor, generator: torch.Generator) -> Tensor:
+        classes = logits.shape[1]
+        if self.target == "least-likely":
+            return logits.argmin(dim=1)
+        shift = torch.randint(1, classes, (logits.shape[0],), generator=generator)
+        return (source.cpu() + shift) % classes
+
+    def run(
+        self,
+        model: OwnerModel,
+        n: int,
+        *,
+        data: Tensor | None,
+        generator: torch.Generator,
+        progress: ProgressFn | None,
+    ) -> tuple[Tensor, dict[str, Any]]:
+        low, high = model.bounds
+        order = torch.randperm(data.shape[0], generator=generator) if data is not None else None
+        cursor = 0
+        kept: list[Tensor] = []
+        kept_iters: list[Tensor] = []
+        rounds: list[dict[str, int]] = []
+        have = 0
+        for rnd in range(1, self.max_rounds + 1):
+            need = n - have
+            if need == 0:
+                break
+            if self.start == "data":
+                assert data is not None and order is not None
+                take = order[cursor : cursor + need]
+                cursor += int(take.numel())
+                if take.numel() == 0:
+                    break
+                x0 = data[take].to(torch.float32)
+            else:
+                x0 = torch.rand((need, *model.input_shape), generator=generator)
+                x0 = low + (high - low) * x0
+            with torch.no_grad(), model.evaluating():
+                logits0 = model.raw_logits(x0.to(model.device)).cpu()
+            source = logits0.argmax(dim=1)
+            target = self._targets(logits0, source, generator)
+
+            def report(
+                step: int, active: int, rnd: int = rnd, base: int = have, batch: int = len(x0)
+            ) -> None:
+                if progress is not None:
+                    progress(GenerationProgress(rnd, step, self.max_iter, base + batch - active, n))
+
+            res = boundary_search(
+                model, x0, source, target, k=self.k, lr=self.lr, max_iter=self.max_iter,
+                on_step=report,
+            )  # fmt: skip
+            ok = res.converged
+            kept.append(res.points.cpu()[ok])
+            kept_iters.append(res.iterations[ok])
+            have += int(ok.sum())
+            rounds.append({"attempted": int(x0.shape[0]), "converged": int(ok.sum())})
+            if progress is not None:
+                progress(GenerationProgress(rnd, self.max_iter, self.max_iter, have, n))
+        attempted = sum(r["attempted"] for r in rounds)
+        if have < n:
+            why = (
+                f"only {have} of {n} points converged ({attempted} start points in "
+                f"{len(rounds)} round(s))"
+            )
+            if self.start == "data" and data is not None and cursor >= data.shape[0]:
+                why += f"; all {data.shape[0]} data inputs were used as start points"
+            raise GenerationError(
+                why, "raise --max-iter, --lr or --max-rounds, or lower --k; see docs/defaults.md"
+            )
+        iters = torch.cat(kept_iters).float()
+        stats = {
+            "attempted": attempted,
+            "converged": have,
+            "convergence_rate": round(have / attempted, 4),
+            "rounds": rounds,
+            "mean_iterations": round(float(iters.mean()), 2),
+            "max_iterations": int(iters.max()),
+        }
+        return torch.cat(kept)[:n], stats
