@@ -124,7 +124,7 @@ def _progress(description: str, total: int) -> Iterator[Callable[[int, str], Non
         TextColumn("{task.fields[note]}"),
         TimeElapsedColumn(),
         console=err,
-        transient=False,
+        transient=True,
     )
     task = bar.add_task(description, total=total, note="")
     with bar:

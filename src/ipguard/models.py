@@ -16,6 +16,7 @@ import contextlib
 import copy
 import hashlib
 import importlib
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -196,6 +197,7 @@ class OwnerModel:
             )
         if not x.is_floating_point():
             raise InputError(f"inputs must be floating point, got {x.dtype}")
+        x = x.detach()
         if x.numel() and not bool(torch.isfinite(x).all()):
             raise InputError("inputs contain NaN or inf values", "clean the data first")
         low, high = self.bounds
@@ -403,7 +405,9 @@ def load_module(spec: str, weights: str | Path | None = None) -> nn.Module:
                 "give a TorchScript archive or package.module:factory with --weights",
             )
         try:
-            module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+            with warnings.catch_warnings():  # torch 2.9+ deprecates TorchScript; still supported
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
         except Exception as err:  # noqa: BLE001 - torch raises many types here
             raise ModelError(
                 f"cannot load {spec} as a TorchScript archive: {_first_line(err)[:160]}",

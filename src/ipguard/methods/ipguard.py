@@ -14,6 +14,7 @@ for at most ``max_rounds`` rounds.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -190,15 +191,20 @@ class IPGuard(FingerprintMethod):
             need = n - have
             if need == 0:
                 break
+            # After a round with failures, start more points than needed, in proportion to
+            # the observed convergence rate, so retries rarely take more than one round.
+            tried = sum(r["attempted"] for r in rounds)
+            rate = sum(r["converged"] for r in rounds) / tried if tried else 1.0
+            size = need if rnd == 1 else min(math.ceil(1.2 * need / max(rate, 0.1)), 10 * n)
             if self.start == "data":
                 assert data is not None and order is not None
-                take = order[cursor : cursor + need]
+                take = order[cursor : cursor + size]
                 cursor += int(take.numel())
                 if take.numel() == 0:
                     break
                 x0 = data[take].to(torch.float32)
             else:
-                x0 = torch.rand((need, *model.input_shape), generator=generator)
+                x0 = torch.rand((size, *model.input_shape), generator=generator)
                 x0 = low + (high - low) * x0
             with torch.no_grad(), model.evaluating():
                 logits0 = model.raw_logits(x0.to(model.device)).cpu()
@@ -209,20 +215,22 @@ class IPGuard(FingerprintMethod):
                 step: int, active: int, rnd: int = rnd, base: int = have, batch: int = len(x0)
             ) -> None:
                 if progress is not None:
-                    progress(GenerationProgress(rnd, step, self.max_iter, base + batch - active, n))
+                    done = min(base + batch - active, n)
+                    progress(GenerationProgress(rnd, step, self.max_iter, done, n))
 
             res = boundary_search(
                 model, x0, source, target, k=self.k, lr=self.lr, max_iter=self.max_iter,
                 on_step=report,
             )  # fmt: skip
             ok = res.converged
-            kept.append(res.points.cpu()[ok])
-            kept_iters.append(res.iterations[ok])
-            have += int(ok.sum())
+            kept.append(res.points.cpu()[ok][:need])
+            kept_iters.append(res.iterations[ok][:need])
             rounds.append({"attempted": int(x0.shape[0]), "converged": int(ok.sum())})
+            have += min(int(ok.sum()), need)
             if progress is not None:
                 progress(GenerationProgress(rnd, self.max_iter, self.max_iter, have, n))
         attempted = sum(r["attempted"] for r in rounds)
+        converged = sum(r["converged"] for r in rounds)
         if have < n:
             why = (
                 f"only {have} of {n} points converged ({attempted} start points in "
@@ -236,10 +244,10 @@ class IPGuard(FingerprintMethod):
         iters = torch.cat(kept_iters).float()
         stats = {
             "attempted": attempted,
-            "converged": have,
-            "convergence_rate": round(have / attempted, 4),
+            "converged": converged,
+            "convergence_rate": round(converged / attempted, 4),
             "rounds": rounds,
             "mean_iterations": round(float(iters.mean()), 2),
             "max_iterations": int(iters.max()),
         }
-        return torch.cat(kept)[:n], stats
+        return torch.cat(kept), stats
