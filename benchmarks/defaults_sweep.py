@@ -240,10 +240,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--json", type=Path, default=None, help="also write every run here (after each seed)"
     )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: idle OpenMP workers spin)"
+    )
     args = parser.parse_args(argv)
-    if args.seeds < 1:
-        parser.error("--seeds must be >= 1")
-    torch.set_num_threads(2)
+    if args.seeds < 1 or args.threads < 1:
+        parser.error("--seeds and --threads must be >= 1")
+    torch.set_num_threads(args.threads)
 
     configs = grid(args.quick)
     python = os.path.relpath(sys.executable) if sys.executable else "python"

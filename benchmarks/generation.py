@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--n", type=int, default=100, help="fingerprinting points (100)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each variant (3)")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (2)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1)")
     args = parser.parse_args(argv)
     if args.n < 1 or args.repeats < 1 or args.threads < 1:
         parser.error("--n, --repeats and --threads must be >= 1")

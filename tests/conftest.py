@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import torch
 import pytest
+import torch
 from torch import nn
 
 from ipguard.data import load_data
@@ -11,7 +11,8 @@ from ipguard.models import OwnerModel
 from ipguard.nets import digits_cnn
 from ipguard.train import seeded, train_classifier
 
-torch.set_num_threads(2)
+# One thread: these models are tiny, and idle OpenMP workers spin against other jobs.
+torch.set_num_threads(1)
 
 
 class Linear2D(nn.Module):
@@ -56,7 +57,7 @@ def owner_module(digits: tuple[torch.Tensor, torch.Tensor]) -> nn.Module:
     return _cnn(x[:900], y[:900], seed=1)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def owner(owner_module: nn.Module) -> OwnerModel:
     return OwnerModel(owner_module, input_shape=(1, 8, 8))
 

@@ -147,16 +147,41 @@ def test_bad_inputs_give_one_line_errors_and_leave_no_file(
         ([*owner, "--input-shape", "1,8,8", "--method", "nope"], "unknown method"),
         ([*owner, "--data", "cifar99"], "unknown data spec"),
         (["ipguard.nets:digits_cnn", "--input-shape", "1,8,8"], "pass --weights"),
-        (["ipguard.nets:digits_cnn", "--weights", str(files["dir"] / "nope.pt"),
-          "--input-shape", "1,8,8"], "does not exist"),  # fmt: skip
+        (
+            [
+                "ipguard.nets:digits_cnn",
+                "--weights",
+                str(files["dir"] / "nope.pt"),
+                "--input-shape",
+                "1,8,8",
+            ],
+            "does not exist",
+        ),  # fmt: skip
         ([str(broken), "--input-shape", "1,8,8"], "cannot load"),
         ([str(not_logits), "--input-shape", "1,8,8"], "expected (N, classes) logits"),
         ([*owner, "--input-shape", "1,8,8", "--device", "cuda:0"], "CUDA is not available")
         if not torch.cuda.is_available()
         else ([*owner, "--input-shape", "1,8,8", "--device", "tpu"], "device"),
-        ([*owner, "--input-shape", "1,8,8", "--k", "1000", "--max-iter", "3",
-          "--max-rounds", "1"], "points converged"),  # fmt: skip
+        (
+            [
+                *owner,
+                "--input-shape",
+                "1,8,8",
+                "--k",
+                "1000",
+                "--max-iter",
+                "3",
+                "--max-rounds",
+                "1",
+            ],
+            "points converged",
+        ),  # fmt: skip
     ]
+    code, out, err = run("fingerprint", *owner, "--input-shape", "1,8,8", "-o", str(tmp_path))
+    _one_line_error(code, out, err, "it is a folder")
+    code, out, err = run("fingerprint", *owner, "--input-shape", "1,8,8", "-o",
+                         str(tmp_path / "no" / "fp.safetensors"))  # fmt: skip
+    _one_line_error(code, out, err, "does not exist")
     for args, message in cases:
         code, out, err = run("fingerprint", *args, "-o", str(out_file))
         _one_line_error(code, out, err, message)

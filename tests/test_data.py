@@ -39,7 +39,9 @@ def test_npz_layouts(tmp_path: Path, shape: tuple, dtype: type, expected: tuple)
     assert tuple(d.x.shape) == expected and d.x.dtype == torch.float32
     assert float(d.x.max()) <= 1.0 and d.y is not None and d.y.tolist() == [0, 1, 2, 3]
     if dtype == np.uint8 and len(shape) == 4:
-        assert torch.allclose(d.x[1, 2, 3, 4], torch.tensor(x[1, 3, 4, 2] / 255.0, dtype=torch.float32))
+        assert torch.allclose(
+            d.x[1, 2, 3, 4], torch.tensor(x[1, 3, 4, 2] / 255.0, dtype=torch.float32)
+        )
 
 
 @pytest.mark.parametrize(
@@ -72,7 +74,11 @@ def test_pickled_npz_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("spec", "message"),
-    [("cifar", "unknown data spec"), ("npz:", "needs a path"), ("npz:/no/such.npz", "does not exist")],
+    [
+        ("cifar", "unknown data spec"),
+        ("npz:", "needs a path"),
+        ("npz:/no/such.npz", "does not exist"),
+    ],
 )
 def test_bad_specs(spec: str, message: str) -> None:
     with pytest.raises(InputError, match=message):

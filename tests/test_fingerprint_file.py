@@ -13,7 +13,7 @@ from ipguard import Fingerprint, FingerprintFileError, IPGuard, OwnerModel, load
 from ipguard.fingerprint import FORMAT_NAME, fingerprint_from_bytes
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def fp(owner: OwnerModel) -> Fingerprint:
     return IPGuard().generate(owner, 30, seed=0)
 

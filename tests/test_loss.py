@@ -38,7 +38,9 @@ def test_two_class_model_has_no_third_term() -> None:
 
 
 @pytest.mark.parametrize("k", [0.0, 0.5, 2.0])
-def test_converged_points_satisfy_the_boundary_conditions(linear_owner: OwnerModel, k: float) -> None:
+def test_converged_points_satisfy_the_boundary_conditions(
+    linear_owner: OwnerModel, k: float
+) -> None:
     gen = torch.Generator().manual_seed(0)
     x0 = torch.rand(64, 1, 1, 2, generator=gen)
     with torch.no_grad():

@@ -21,7 +21,7 @@ from ipguard import (
 from ipguard.train import train_classifier
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def fp(owner: OwnerModel) -> Fingerprint:
     return IPGuard().generate(owner, 60, seed=0)
 

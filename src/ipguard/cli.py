@@ -22,6 +22,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ipguard.errors import InputError, IPGuardError, ModelError
+from ipguard.methods.ipguard import DEFAULT_K, DEFAULT_LR
+from ipguard.verify import DEFAULT_THRESHOLD
 
 app = typer.Typer(
     name="ipguard",
@@ -35,7 +37,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False, soft_wrap=True)
+# Piped output (files, CI logs) gets 120 columns instead of Rich's 80, so tables do not wrap.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
 err = Console(stderr=True, highlight=False)
 _state = {"debug": False}
 
@@ -171,6 +174,15 @@ StdOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
+def _check_output(path: Path) -> None:
+    """Fail before any work if the output cannot be written there."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(f"cannot write {path}: folder {folder} does not exist")
+    if path.is_dir():
+        raise InputError(f"cannot write {path}: it is a folder", "give a file name")
+
+
 def _kv_table(title: str) -> Table:
     table = Table(title=title, show_header=False)
     table.add_column("key", no_wrap=True)
@@ -213,10 +225,13 @@ def fingerprint(
     n: Annotated[int, typer.Option("--n", "-n", help="Number of fingerprinting points.")] = 100,
     k: Annotated[
         float | None,
-        typer.Option("--k", help="Logit margin of each point past the boundary [default: 3.0]."),
+        typer.Option(
+            "--k", help=f"Logit margin of each point past the boundary (default {DEFAULT_K:g})."
+        ),
     ] = None,
     lr: Annotated[
-        float | None, typer.Option("--lr", help="Adam learning rate on the input [default: 0.01].")
+        float | None,
+        typer.Option("--lr", help=f"Adam learning rate on the input (default {DEFAULT_LR:g})."),
     ] = None,
     max_iter: Annotated[
         int, typer.Option("--max-iter", help="Adam steps per point at most.")
@@ -248,6 +263,7 @@ def fingerprint(
 
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}", f"choose one of: {', '.join(METHODS)}")
+    _check_output(output)
     if data is None and input_shape is None:
         raise InputError("give --data SPEC or --input-shape C,H,W")
     dataset = load_data(data) if data is not None else None
@@ -322,13 +338,16 @@ def verify(
     weights: Annotated[
         list[Path] | None,
         typer.Option(
-            "--weights", help="Weights for each package.module:factory suspect, in order."
+            "--weights",
+            metavar="FILE",
+            help="Weights for each package.module:factory suspect, in order.",
         ),
     ] = None,
     adapter: Annotated[
         list[str] | None,
         typer.Option(
             "--adapter",
+            metavar="MODULE:FUNCTION",
             help="A label-only suspect: package.module:function, called as "
             "function(x) -> labels with x (N,C,H,W) in the fingerprint's bounds.",
         ),
@@ -338,7 +357,7 @@ def verify(
         typer.Option(
             "--threshold",
             help="Matching rate at or above which a suspect is judged pirated "
-            "[default: 0.8; see docs/defaults.md].",
+            f"(default {DEFAULT_THRESHOLD:g}; see docs/defaults.md)",
         ),
     ] = None,
     mean: MeanOpt = None,
@@ -359,11 +378,11 @@ def verify(
         CallableSuspect,
         LabelOracle,
         OwnerModel,
-        _import_attr,
+        import_attr,
         is_factory_spec,
         load_module,
     )
-    from ipguard.verify import DEFAULT_THRESHOLD, check_threshold
+    from ipguard.verify import check_threshold
     from ipguard.verify import verify as run_verify
 
     fp = load_fingerprint(fingerprint_file)
@@ -390,7 +409,7 @@ def verify(
         )  # fmt: skip
         oracles.append((spec, oracle))
     for spec in adapter or []:
-        fn = _import_attr(spec)
+        fn = import_attr(spec)
         if not callable(fn):
             raise ModelError(f"adapter {spec} is not callable")
         oracles.append((spec, CallableSuspect(fn, name=spec)))
@@ -442,9 +461,12 @@ def inspect(
 def demo(
     seed: Annotated[int, typer.Option("--seed", help="Seed for data split, training, points.")] = 0,
     n: Annotated[int, typer.Option("--n", "-n", help="Number of fingerprinting points.")] = 100,
-    k: Annotated[float | None, typer.Option("--k", help="IPGuard margin [default: 3.0].")] = None,
+    k: Annotated[
+        float | None, typer.Option("--k", help=f"IPGuard margin (default {DEFAULT_K:g}).")
+    ] = None,
     threshold: Annotated[
-        float | None, typer.Option("--threshold", help="Verdict threshold [default: 0.8].")
+        float | None,
+        typer.Option("--threshold", help=f"Verdict threshold (default {DEFAULT_THRESHOLD:g})."),
     ] = None,
     save: Annotated[
         Path | None, typer.Option("--save", help="Also write the owner's fingerprint here.")
@@ -459,10 +481,12 @@ def demo(
     """
     from ipguard.demo import run_demo
     from ipguard.methods.ipguard import IPGuard
-    from ipguard.verify import DEFAULT_THRESHOLD, check_threshold
+    from ipguard.verify import check_threshold
 
     tau = check_threshold(DEFAULT_THRESHOLD if threshold is None else threshold)
     method = IPGuard() if k is None else IPGuard(k=k)
+    if save is not None:
+        _check_output(save)
     with _progress("demo", 5) as update:
         stages = iter(range(1, 6))
 
@@ -503,7 +527,7 @@ def demo(
         table.add_column(col, justify="right" if col in ("test acc.", "matches") else "left")
     for r in result.rows:
         style = "bold red" if r.result.verdict == "pirated" else "green"
-        truth = "copy" if r.pirated else "independent"
+        truth = "copy" if r.pirated else "indep."
         mark = "[green]ok[/]" if r.correct else "[bold red]WRONG[/]"
         table.add_row(
             r.name, r.how, f"{r.accuracy:.1%}", f"{r.result.matches}/{r.result.n}",

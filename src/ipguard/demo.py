@@ -113,20 +113,20 @@ def build_demo_models(
     )
     xt, yt = x[test], y[test]
     suspects = (
-        Suspect("owner", "the owner's model itself", owner, True, accuracy(owner, xt, yt)),
+        Suspect("owner", "the owner's model", owner, True, accuracy(owner, xt, yt)),
         Suspect(
             "pirated copy",
-            f"owner fine-tuned on the pirate's data ({PIRATE_EPOCHS} epochs, lr {PIRATE_LR:g})",
+            f"owner fine-tuned on other data ({PIRATE_EPOCHS} ep.)",
             pirate, True, accuracy(pirate, xt, yt),
         ),
         Suspect(
             "independent twin",
-            "same CNN, same data as the owner, other seed",
+            "same CNN and data, other seed",
             twin, False, accuracy(twin, xt, yt),
         ),
         Suspect(
             "independent MLP",
-            "other architecture, trained on the pirate's data",
+            "MLP trained on other data",
             mlp, False, accuracy(mlp, xt, yt),
         ),
     )  # fmt: skip

@@ -31,6 +31,8 @@ __all__ = [
     "LabelOracle",
     "OwnerModel",
     "CallableSuspect",
+    "import_attr",
+    "is_factory_spec",
     "load_module",
     "load_weights",
     "weights_sha256",
@@ -347,7 +349,8 @@ def load_weights(path: str | Path) -> dict[str, Tensor]:
     return obj
 
 
-def _import_attr(spec: str) -> Any:
+def import_attr(spec: str) -> Any:
+    """Import ``package.module:attr`` (``attr`` may be dotted); ModelError if impossible."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ModelError(f"model spec {spec!r} must look like package.module:factory")
@@ -379,7 +382,7 @@ def load_module(spec: str, weights: str | Path | None = None) -> nn.Module:
     archive carries its own weights; ``weights`` may still override them.
     """
     if is_factory_spec(spec):
-        factory = _import_attr(spec)
+        factory = import_attr(spec)
         if isinstance(factory, nn.Module):
             module = factory
         elif callable(factory):

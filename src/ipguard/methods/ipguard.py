@@ -76,51 +76,58 @@ def boundary_search(
     """Minimise the IPGuard loss for a batch, with Adam and a per-point stop mask.
 
     ``x0`` ``(N, C, H, W)`` is not modified. Adam is element-wise, so each point follows
-    exactly the trajectory it would follow alone; only the still-active points are fed to
-    the model at each step. ``on_step(iteration, active)`` is called after each step.
+    exactly the trajectory it would follow alone. The working state (inputs, Adam moments,
+    labels) holds only the still-active points: it shrinks when points converge, so each
+    step feeds the model just those points and does no gather/scatter otherwise.
+    ``on_step(iteration, active)`` is called after each step.
     """
     device = model.device
     low, high = model.bounds
-    x = x0.detach().to(device, torch.float32).clone()
-    src, tgt = source.to(device), target.to(device)
-    n = x.shape[0]
-    m = torch.zeros_like(x)
-    v = torch.zeros_like(x)
+    out = x0.detach().to(device, torch.float32).clone()
+    n = out.shape[0]
     iterations = torch.full((n,), max_iter, dtype=torch.int64)
     final_loss = torch.zeros(n)
     converged = torch.zeros(n, dtype=torch.bool)
-    active = torch.arange(n, device=device)
+    # active working set
+    idx = torch.arange(n, device=device)
+    x = out.clone()
+    src, tgt = source.to(device), target.to(device)
+    m = torch.zeros_like(x)
+    v = torch.zeros_like(x)
     b1, b2 = betas
     with model.evaluating():
         for step in range(max_iter + 1):
-            xa = x[active].requires_grad_(True)
-            loss = ipguard_loss(model.raw_logits(xa), src[active], tgt[active], k)
+            x.requires_grad_(True)
+            loss = ipguard_loss(model.raw_logits(x), src, tgt, k)
+            (grad,) = torch.autograd.grad(loss.sum(), x)
+            x = x.detach()
             done = loss.detach() <= 0
-            if bool(done.any()):
-                idx = active[done].cpu()
-                converged[idx] = True
-                iterations[idx] = step
-                final_loss[idx] = 0.0
             if step == max_iter:
-                final_loss[active[~done].cpu()] = loss.detach()[~done].float().cpu()
+                out[idx] = x
+                where = idx.cpu()
+                converged[where] = done.cpu()
+                iterations[where[done.cpu()]] = step
+                final_loss[where] = loss.detach().float().cpu().clamp_min(0)
                 break
-            (grad,) = torch.autograd.grad(loss.sum(), xa)
-            keep = ~done
-            active, grad = active[keep], grad[keep]
-            if active.numel() == 0:
-                break
-            with torch.no_grad():
-                t = step + 1
-                m[active] = b1 * m[active] + (1 - b1) * grad
-                v[active] = b2 * v[active] + (1 - b2) * grad * grad
-                m_hat = m[active] / (1 - b1**t)
-                v_hat = v[active] / (1 - b2**t)
-                x[active] = (x[active] - lr * m_hat / (v_hat.sqrt() + eps)).clamp(low, high)
+            if bool(done.any()):
+                finished = idx[done]
+                out[finished] = x[done]
+                converged[finished.cpu()] = True
+                iterations[finished.cpu()] = step
+                keep = ~done
+                idx, x, src, tgt, m, v, grad = (
+                    idx[keep], x[keep], src[keep], tgt[keep], m[keep], v[keep], grad[keep]
+                )  # fmt: skip
+                if idx.numel() == 0:
+                    break
+            t = step + 1
+            m.mul_(b1).add_(grad, alpha=1 - b1)
+            v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+            denom = (v / (1 - b2**t)).sqrt_().add_(eps)
+            x = x.addcdiv_(m, denom, value=-lr / (1 - b1**t)).clamp_(low, high)
             if on_step is not None:
-                on_step(t, int(active.numel()))
-    return SearchResult(
-        points=x.detach(), converged=converged, iterations=iterations, loss=final_loss
-    )
+                on_step(t, int(idx.numel()))
+    return SearchResult(points=out, converged=converged, iterations=iterations, loss=final_loss)
 
 
 @dataclass(frozen=True, kw_only=True)
