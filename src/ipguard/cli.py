@@ -18,6 +18,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -46,7 +47,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -166,11 +167,18 @@ WeightsOpt = Annotated[
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")]
 MeanOpt = Annotated[
     str | None,
-    typer.Option("--mean", help="Per-channel mean applied inside the model, e.g. 0.49,0.48,0.45."),
-]
+    typer.Option(
+        "--mean", help="Per-channel mean applied inside the model, e.g. 0.49,0.48,0.45. "
+        "verify: defaults to the owner's, recorded in the fingerprint.",
+    ),
+]  # fmt: skip
 StdOpt = Annotated[
-    str | None, typer.Option("--std", help="Per-channel std applied inside the model.")
-]
+    str | None,
+    typer.Option(
+        "--std", help="Per-channel std applied inside the model. verify: defaults to the "
+        "owner's, recorded in the fingerprint.",
+    ),
+]  # fmt: skip
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
@@ -305,8 +313,8 @@ def fingerprint(
         return
     stats = fp.stats
     table = _kv_table("fingerprint written")
-    table.add_row("file", str(output))
-    table.add_row("method", f"{fp.method} " + json.dumps(fp.params, sort_keys=True))
+    table.add_row("file", escape(str(output)))
+    table.add_row("method", escape(f"{fp.method} " + json.dumps(fp.params, sort_keys=True)))
     table.add_row("points", f"{fp.n} of shape {fp.input_shape}, {fp.num_classes} classes")
     if "convergence_rate" in stats:
         table.add_row(
@@ -401,11 +409,14 @@ def verify(
         )
     oracles: list[tuple[str, LabelOracle]] = []
     w_iter = iter(weight_list)
+    # Local suspects get the owner's normalisation unless told otherwise.
+    suspect_mean = _numbers(mean, "--mean") if mean is not None else fp.preprocessing["mean"]
+    suspect_std = _numbers(std, "--std") if std is not None else fp.preprocessing["std"]
     for spec in specs:
         module = load_module(spec, next(w_iter) if is_factory_spec(spec) else None)
         oracle = OwnerModel(
-            module, input_shape=fp.input_shape, bounds=fp.bounds,
-            mean=_numbers(mean, "--mean"), std=_numbers(std, "--std"), device=device,
+            module, input_shape=fp.input_shape, bounds=fp.bounds, mean=suspect_mean,
+            std=suspect_std, device=device,
         )  # fmt: skip
         oracles.append((spec, oracle))
     for spec in adapter or []:
@@ -421,13 +432,13 @@ def verify(
         for r in results:
             _print_json(r.to_dict())
         return
-    table = Table(title=f"fingerprint {fingerprint_file} (digest {fp.digest[:16]}...)")
+    table = Table(title=escape(f"fingerprint {fingerprint_file} (digest {fp.digest[:16]}...)"))
     for col in ("suspect", "matches", "matching rate", "threshold", "verdict"):
         table.add_column(col, justify="left" if col in ("suspect", "verdict") else "right")
     for r in results:
         style = "bold red" if r.verdict == "pirated" else "green"
         table.add_row(
-            r.suspect, f"{r.matches}/{r.n}", f"{r.matching_rate:.3f}", f"{r.threshold:.2f}",
+            escape(r.suspect), f"{r.matches}/{r.n}", f"{r.matching_rate:.3f}", f"{r.threshold:.2f}",
             f"[{style}]{r.verdict}[/]",
         )  # fmt: skip
     out.print(table)
@@ -449,10 +460,10 @@ def inspect(
     if as_json:
         _print_json(summary)
         return
-    table = _kv_table(f"{fingerprint_file}: valid fingerprint")
+    table = _kv_table(escape(f"{fingerprint_file}: valid fingerprint"))
     for key, value in summary.items():
         text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-        table.add_row(key, text)
+        table.add_row(key, escape(text))
     out.print(table)
 
 

@@ -76,15 +76,15 @@ def to_nchw(arr: np.ndarray, where: str) -> Tensor:
     if arr.ndim == 3:
         arr = arr[:, None]
     elif arr.ndim == 4:
-        if arr.shape[1] in (1, 3) and arr.shape[3] not in (1, 3, 4):
-            pass
-        elif arr.shape[3] in (1, 3, 4):
-            arr = arr.transpose(0, 3, 1, 2)
-        elif arr.shape[1] not in (1, 3, 4):
+        channels_first = arr.shape[1] in (1, 3, 4)
+        channels_last = arr.shape[3] in (1, 3, 4)
+        if channels_first == channels_last:
             raise InputError(
                 f"{where}: cannot tell the channel axis of x with shape {arr.shape}",
-                "store x as (N,H,W), (N,H,W,C) or (N,C,H,W) with 1, 3 or 4 channels",
+                "store x as (N,H,W), (N,H,W,C) or (N,C,H,W) with 1, 3 or 4 channels and H, W > 4",
             )
+        if channels_last:
+            arr = arr.transpose(0, 3, 1, 2)
     else:
         raise InputError(
             f"{where}: x has shape {arr.shape}, expected (N,H,W), (N,H,W,C) or (N,C,H,W)"
@@ -111,6 +111,8 @@ def _npz(path: Path) -> Dataset:
     where = str(path)
     if not path.is_file():
         raise InputError(f"data file {where} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{where} is not an .npz archive", "save it with numpy.savez")
     try:
         with np.load(path, allow_pickle=False) as archive:
             if "x" not in archive.files:
@@ -132,8 +134,8 @@ def _npz(path: Path) -> Dataset:
                 f"{where}: y must be integers of shape ({x.shape[0]},), got {y_arr.dtype} "
                 f"{y_arr.shape}"
             )
-        if y_arr.min() < 0:
-            raise InputError(f"{where}: y has negative labels")
+        if y_arr.size and (y_arr.min() < 0 or y_arr.max() > 1_000_000):
+            raise InputError(f"{where}: y has labels outside 0..1000000")
         y = torch.from_numpy(y_arr.astype(np.int64))
     return Dataset(path.stem, x, y)
 

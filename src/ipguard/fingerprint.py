@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import platform
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -33,6 +34,9 @@ FORMAT_NAME = "ipguard-fingerprint"
 FORMAT_VERSION = "1"
 # A fingerprint of 100 ImageNet-sized points is ~60 MB; refuse anything absurd before reading.
 MAX_FILE_BYTES = 2 * 1024**3
+MAX_CLASSES = 1_000_000
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_COUNT = re.compile(r"[1-9][0-9]{0,6}")
 _REQUIRED_META = (
     "format",
     "format_version",
@@ -42,6 +46,7 @@ _REQUIRED_META = (
     "bounds",
     "num_classes",
     "owner_sha256",
+    "preprocessing",
     "stats",
     "versions",
     "created",
@@ -78,6 +83,8 @@ class Fingerprint:
         bounds: ``(low, high)`` input range.
         num_classes: number of classes of the owner model.
         owner_sha256: SHA-256 of the owner's weights (see ``weights_sha256``).
+        preprocessing: the owner's per-channel ``mean`` and ``std`` (lists, or None), which
+            local suspects are given by default when verifying.
         stats: generation statistics (convergence, iterations, time; JSON-serialisable).
         versions: package versions that produced it.
         created: ISO-8601 UTC creation time.
@@ -91,6 +98,7 @@ class Fingerprint:
     bounds: tuple[float, float]
     num_classes: int
     owner_sha256: str
+    preprocessing: Mapping[str, Any] = field(default_factory=lambda: {"mean": None, "std": None})
     stats: Mapping[str, Any] = field(default_factory=dict)
     versions: Mapping[str, str] = field(default_factory=current_versions)
     created: str = field(default_factory=utc_now)
@@ -118,6 +126,7 @@ class Fingerprint:
             "bounds": _dumps(list(self.bounds)),
             "num_classes": str(self.num_classes),
             "owner_sha256": self.owner_sha256,
+            "preprocessing": _dumps(dict(self.preprocessing)),
             "stats": _dumps(dict(self.stats)),
             "versions": _dumps(dict(self.versions)),
             "created": self.created,
@@ -139,6 +148,7 @@ class Fingerprint:
             "params": dict(self.params),
             "stats": dict(self.stats),
             "owner_sha256": self.owner_sha256,
+            "preprocessing": dict(self.preprocessing),
             "versions": dict(self.versions),
             "created": self.created,
             "digest": self.digest,
@@ -181,7 +191,7 @@ def _bad(path: str, reason: str, hint: str | None = None) -> FingerprintFileErro
 def _json_field(meta: Mapping[str, str], key: str, kind: type, where: str) -> Any:
     try:
         value = json.loads(meta[key])
-    except (json.JSONDecodeError, RecursionError) as err:
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, or a 5000-digit integer
         raise _bad(where, f"metadata field {key!r} is not valid JSON") from err
     if not isinstance(value, kind):
         raise _bad(where, f"metadata field {key!r} should be a {kind.__name__}")
@@ -231,20 +241,32 @@ def fingerprint_from_bytes(data: bytes, where: str = "<bytes>") -> Fingerprint:
     params = _json_field(meta, "params", dict, where)
     stats = _json_field(meta, "stats", dict, where)
     versions = _json_field(meta, "versions", dict, where)
-    if len(shape) != 3 or not all(isinstance(s, int) and s > 0 for s in shape):
+    preprocessing = _json_field(meta, "preprocessing", dict, where)
+    if len(shape) != 3 or not all(_is_int(s) and 0 < s <= 1_000_000 for s in shape):
         raise _bad(where, f"input_shape {shape} is not three positive integers")
     if (
         len(bounds) != 2
-        or not all(isinstance(b, (int, float)) and math.isfinite(b) for b in bounds)
+        or not all(_is_number(b) and abs(b) < 1e30 for b in bounds)
         or not bounds[0] < bounds[1]
     ):
         raise _bad(where, f"bounds {bounds} are not a finite (low, high) pair")
-    try:
-        num_classes = int(meta["num_classes"])
-    except ValueError as err:
-        raise _bad(where, "num_classes is not an integer") from err
-    if num_classes < 2:
-        raise _bad(where, f"num_classes is {num_classes}, need at least 2")
+    if (
+        not _COUNT.fullmatch(meta["num_classes"])
+        or not 2 <= int(meta["num_classes"]) <= MAX_CLASSES
+    ):
+        raise _bad(where, f"num_classes must be an integer in 2..{MAX_CLASSES}")
+    num_classes = int(meta["num_classes"])
+    if not _HEX64.fullmatch(meta["owner_sha256"]):
+        raise _bad(where, "owner_sha256 is not 64 lowercase hex digits")
+    if not meta["method"] or not meta["method"].isprintable() or len(meta["method"]) > 100:
+        raise _bad(where, "method name is empty or not printable")
+    if set(preprocessing) != {"mean", "std"} or not all(
+        v is None or (isinstance(v, list) and len(v) == shape[0] and all(_is_number(x) for x in v))
+        for v in preprocessing.values()
+    ):
+        raise _bad(where, "preprocessing must give mean and std: null or one number per channel")
+    if "n" in params and params["n"] != points.shape[0]:
+        raise _bad(where, f"params say n={params['n']} but the file holds {points.shape[0]} points")
     if points.dim() != 4 or list(points.shape[1:]) != shape or points.shape[0] < 1:
         raise _bad(where, f"points have shape {tuple(points.shape)}, expected (N, *{shape})")
     if tuple(labels.shape) != (points.shape[0],):
@@ -271,10 +293,19 @@ def fingerprint_from_bytes(data: bytes, where: str = "<bytes>") -> Fingerprint:
         bounds=(float(bounds[0]), float(bounds[1])),
         num_classes=num_classes,
         owner_sha256=meta["owner_sha256"],
+        preprocessing=preprocessing,
         stats=stats,
         versions=versions,
         created=meta["created"],
     )
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
 
 
 def _parse_safetensors(data: bytes, where: str) -> tuple[dict[str, str], dict[str, Tensor]]:
@@ -289,7 +320,7 @@ def _parse_safetensors(data: bytes, where: str) -> tuple[dict[str, str], dict[st
         raise _bad(where, "header length exceeds the file (truncated, or not safetensors)")
     try:
         header = json.loads(data[8 : 8 + header_len])
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+    except (ValueError, RecursionError) as err:  # includes JSON and Unicode decode errors
         raise _bad(where, "header is not JSON (corrupt, or not safetensors)") from err
     if not isinstance(header, dict):
         raise _bad(where, "header is not a JSON object")

@@ -49,10 +49,19 @@ def resolve_device(device: str | torch.device) -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise InputError(f"unknown device {device!r}", "use cpu, cuda or cuda:N") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("device cuda was asked for but CUDA is not available", "use --device cpu")
     if dev.type not in ("cpu", "cuda"):
         raise InputError(f"unsupported device {device!r}", "use cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(
+                "device cuda was asked for but CUDA is not available", "use --device cpu"
+            )
+        index = torch.cuda.current_device() if dev.index is None else dev.index
+        if index >= torch.cuda.device_count():
+            raise InputError(
+                f"device {device!r} does not exist: {torch.cuda.device_count()} GPU(s) present"
+            )
+        dev = torch.device("cuda", index)
     return dev
 
 
@@ -127,8 +136,13 @@ class OwnerModel:
                 f"input shape must be C,H,W with positive sizes, got {','.join(map(str, shape))}"
             )
         low, high = float(bounds[0]), float(bounds[1])
-        if not (np.isfinite(low) and np.isfinite(high) and low < high):
-            raise InputError(f"bounds must be finite with low < high, got ({low}, {high})")
+        if not (
+            np.isfinite(low) and np.isfinite(high) and low < high and abs(low) < 1e30
+            and abs(high) < 1e30
+        ):  # fmt: skip
+            raise InputError(
+                f"bounds must be finite with low < high (|value| < 1e30), got ({low}, {high})"
+            )
         self.device = resolve_device(device)
         self.input_shape: tuple[int, int, int] = (shape[0], shape[1], shape[2])
         self.bounds = (low, high)
@@ -136,6 +150,8 @@ class OwnerModel:
         self._std = self._channel_stat(std, "std")
         if self._std is not None and bool((self._std <= 0).any()):
             raise InputError("std values must all be > 0")
+        self.mean = None if self._mean is None else tuple(self._mean.flatten().tolist())
+        self.std = None if self._std is None else tuple(self._std.flatten().tolist())
         self.module = module if _module_device(module) == self.device else copy.deepcopy(module)
         self.module.to(self.device)
         self.num_classes = self._probe_classes()
@@ -159,20 +175,21 @@ class OwnerModel:
 
     def _probe_classes(self) -> int:
         low, high = self.bounds
-        probe = torch.full((2, *self.input_shape), (low + high) / 2, device=self.device)
+        # 3 inputs: a model that only works at one batch size fails here, not mid-generation
+        probe = torch.full((3, *self.input_shape), (low + high) / 2, device=self.device)
         try:
             with torch.no_grad(), eval_mode(self.module):
                 out = self.module(self._normalise(probe))
         except Exception as err:  # noqa: BLE001 - any failure of user code is reported
             raise ModelError(
-                f"the model fails on inputs of shape {_fmt_shape((2, *self.input_shape))}: "
-                f"{type(err).__name__}: {_first_line(err)}",
+                f"the model fails on inputs of shape {_fmt_shape((3, *self.input_shape))}: "
+                f"{type(err).__name__}: {first_line(err)}",
                 "check --input-shape / the data's shape against what the model expects",
             ) from err
-        if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != 2:
+        if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != 3:
             got = _fmt_shape(tuple(out.shape)) if isinstance(out, Tensor) else type(out).__name__
             raise ModelError(
-                f"the model's output is {got} for 2 inputs, expected (N, classes) logits",
+                f"the model's output is {got} for 3 inputs, expected (N, classes) logits",
                 "wrap the model so that forward returns one logits tensor",
             )
         if out.shape[1] < 2:
@@ -217,7 +234,14 @@ class OwnerModel:
 
         The module must be in eval mode (see :meth:`evaluating`). Used in hot loops.
         """
-        out: Tensor = self.module(self._normalise(x))
+        try:
+            out: Tensor = self.module(self._normalise(x))
+        except Exception as err:  # noqa: BLE001 - a failure of the user's model
+            raise ModelError(
+                f"the model failed on a batch of shape {_fmt_shape(tuple(x.shape))}: "
+                f"{type(err).__name__}: {first_line(err)[:160]}",
+                "check that it accepts any batch size",
+            ) from err
         return out
 
     def evaluating(self) -> contextlib.AbstractContextManager[nn.Module]:
@@ -294,10 +318,8 @@ def as_labels(answer: Any, source: str) -> Tensor:
 
 
 def _module_device(module: nn.Module) -> torch.device:
-    for p in module.parameters():
-        return p.device
-    for b in module.buffers():
-        return b.device
+    for t in (*module.parameters(), *module.buffers()):
+        return t.device  # CUDA tensors always carry an explicit index
     return torch.device("cpu")
 
 
@@ -305,7 +327,7 @@ def _fmt_shape(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ")"
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else ""
 
@@ -332,7 +354,7 @@ def load_weights(path: str | Path) -> dict[str, Tensor]:
             obj = torch.load(str(p), map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - torch raises many types here
             raise ModelError(
-                f"cannot read weights {p} safely: {type(err).__name__}: {_first_line(err)}",
+                f"cannot read weights {p} safely: {type(err).__name__}: {first_line(err)}",
                 "save a state dict (torch.save(model.state_dict(), ...)) or .safetensors",
             ) from err
     except OSError as err:
@@ -358,7 +380,7 @@ def import_attr(spec: str) -> Any:
         mod = importlib.import_module(module_name)
     except Exception as err:  # noqa: BLE001 - import errors of user code
         raise ModelError(
-            f"cannot import {module_name!r}: {type(err).__name__}: {_first_line(err)}",
+            f"cannot import {module_name!r}: {type(err).__name__}: {first_line(err)}",
             "is the package installed or on PYTHONPATH?",
         ) from err
     obj: Any = mod
@@ -390,7 +412,7 @@ def load_module(spec: str, weights: str | Path | None = None) -> nn.Module:
                 module = factory()
             except Exception as err:  # noqa: BLE001 - user factory
                 raise ModelError(
-                    f"factory {spec} failed: {type(err).__name__}: {_first_line(err)}"
+                    f"factory {spec} failed: {type(err).__name__}: {first_line(err)}"
                 ) from err
         else:
             raise ModelError(f"{spec} is neither an nn.Module nor a factory function")
@@ -413,7 +435,7 @@ def load_module(spec: str, weights: str | Path | None = None) -> nn.Module:
                 module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
         except Exception as err:  # noqa: BLE001 - torch raises many types here
             raise ModelError(
-                f"cannot load {spec} as a TorchScript archive: {_first_line(err)[:160]}",
+                f"cannot load {spec} as a TorchScript archive: {first_line(err)[:160]}",
                 "export it with torch.jit.save(torch.jit.script(model), path), or give "
                 "package.module:factory with --weights",
             ) from err
@@ -424,7 +446,7 @@ def load_module(spec: str, weights: str | Path | None = None) -> nn.Module:
         except RuntimeError as err:
             detail = " ".join(line.strip() for line in str(err).splitlines()[1:3] if line.strip())
             raise ModelError(
-                f"weights {weights} do not fit {spec}: {detail[:240] or _first_line(err)}",
+                f"weights {weights} do not fit {spec}: {detail[:240] or first_line(err)}",
                 "check that the weights belong to this architecture",
             ) from err
     return module

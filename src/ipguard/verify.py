@@ -15,9 +15,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ipguard.errors import InputError, SuspectError
+from ipguard.errors import InputError, IPGuardError, SuspectError
 from ipguard.fingerprint import Fingerprint
-from ipguard.models import LabelOracle, as_labels
+from ipguard.models import LabelOracle, as_labels, first_line
 
 __all__ = ["DEFAULT_THRESHOLD", "VerificationResult", "verify", "query_labels"]
 
@@ -67,7 +67,15 @@ def query_labels(
     answers = []
     for start in range(0, points.shape[0], batch_size):
         chunk = points[start : start + batch_size]
-        labels = as_labels(suspect.predict(chunk.clone()), f"suspect {name}")
+        try:
+            answer = suspect.predict(chunk.clone())
+        except IPGuardError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a failure of the suspect's own code
+            raise SuspectError(
+                f"suspect {name} failed: {type(err).__name__}: {first_line(err)[:160]}"
+            ) from err
+        labels = as_labels(answer, f"suspect {name}")
         if tuple(labels.shape) != (chunk.shape[0],):
             raise SuspectError(
                 f"suspect {name} answered {tuple(labels.shape)} labels for {chunk.shape[0]} inputs",

@@ -88,6 +88,8 @@ class FingerprintMethod(ABC):
         """
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise InputError(f"n must be a positive integer, got {n!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+            raise InputError(f"seed must be an integer in 0..2**63-1, got {seed!r}")
         if data is not None:
             model.check_inputs(data)
         elif self.needs_data:
@@ -95,7 +97,7 @@ class FingerprintMethod(ABC):
                 f"method {self.name!r} with these settings starts from real inputs",
                 "pass --data SPEC",
             )
-        generator = torch.Generator().manual_seed(int(seed))
+        generator = torch.Generator().manual_seed(seed)
         started = time.perf_counter()
         points, stats = self.run(model, n, data=data, generator=generator, progress=progress)
         if points.shape != (n, *model.input_shape):
@@ -108,10 +110,14 @@ class FingerprintMethod(ABC):
             points=points,
             labels=labels,
             method=self.name,
-            params={**self.params(), "n": n, "seed": int(seed)},
+            params={**self.params(), "n": n, "seed": seed},
             input_shape=model.input_shape,
             bounds=model.bounds,
             num_classes=model.num_classes,
             owner_sha256=model.sha256(),
+            preprocessing={
+                "mean": None if model.mean is None else list(model.mean),
+                "std": None if model.std is None else list(model.std),
+            },
             stats=stats,
         )

@@ -130,6 +130,14 @@ def boundary_search(
     return SearchResult(points=out, converged=converged, iterations=iterations, loss=final_loss)
 
 
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+
+
 @dataclass(frozen=True, kw_only=True)
 class IPGuard(FingerprintMethod):
     """IPGuard's fingerprinting points (the paper's method).
@@ -154,17 +162,17 @@ class IPGuard(FingerprintMethod):
     max_rounds: int = 5
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.k, (int, float)) and self.k >= 0):
-            raise InputError(f"k must be >= 0, got {self.k}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise InputError(f"learning rate must be > 0, got {self.lr}")
-        if not (isinstance(self.max_iter, int) and self.max_iter >= 1):
+        if not (_is_real(self.k) and 0 <= self.k < math.inf):
+            raise InputError(f"k must be >= 0 and finite, got {self.k}")
+        if not (_is_real(self.lr) and 0 < self.lr < math.inf):
+            raise InputError(f"learning rate must be > 0 and finite, got {self.lr}")
+        if not (_is_int(self.max_iter) and self.max_iter >= 1):
             raise InputError(f"max_iter must be an integer >= 1, got {self.max_iter}")
         if self.start not in ("noise", "data"):
             raise InputError(f"start must be 'noise' or 'data', got {self.start!r}")
         if self.target not in ("random", "least-likely"):
             raise InputError(f"target must be 'random' or 'least-likely', got {self.target!r}")
-        if not (isinstance(self.max_rounds, int) and self.max_rounds >= 1):
+        if not (_is_int(self.max_rounds) and self.max_rounds >= 1):
             raise InputError(f"max_rounds must be an integer >= 1, got {self.max_rounds}")
 
     @property
@@ -174,7 +182,9 @@ class IPGuard(FingerprintMethod):
     def _targets(self, logits: Tensor, source: Tensor, generator: torch.Generator) -> Tensor:
         classes = logits.shape[1]
         if self.target == "least-likely":
-            return logits.argmin(dim=1)
+            # never the source itself, even when all logits tie
+            masked = logits.scatter(1, source[:, None], math.inf)
+            return masked.argmin(dim=1)
         shift = torch.randint(1, classes, (logits.shape[0],), generator=generator)
         return (source.cpu() + shift) % classes
 
