@@ -88,5 +88,5 @@ def test_bad_specs(spec: str, message: str) -> None:
 def test_corrupt_npz(tmp_path: Path) -> None:
     path = tmp_path / "d.npz"
     path.write_bytes(b"PK\x03\x04 definitely not a zip")
-    with pytest.raises(InputError, match="cannot read"):
+    with pytest.raises(InputError, match="not an .npz archive"):
         load_data(f"npz:{path}")

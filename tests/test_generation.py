@@ -97,7 +97,7 @@ def test_data_start_points_come_from_the_data(owner: OwnerModel) -> None:
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"k": -1.0}, "k must be >= 0, got -1"),
+        ({"k": -1.0}, "k must be >= 0 and finite, got -1"),
         ({"lr": 0.0}, "learning rate must be > 0"),
         ({"max_iter": 0}, "max_iter must be an integer >= 1"),
         ({"start": "images"}, "start must be 'noise' or 'data'"),
