@@ -119,8 +119,21 @@ def _bounds(text: str) -> tuple[float, float]:
     return (values[0], values[1])
 
 
+class _Bar:
+    """A progress bar on stderr: ``bar(done, note)``; ``bar.total(n)`` changes the total."""
+
+    def __init__(self, progress: Progress, task: Any) -> None:
+        self._progress, self._task = progress, task
+
+    def __call__(self, done: int, note: str = "") -> None:
+        self._progress.update(self._task, completed=done, note=escape(note))
+
+    def total(self, total: int) -> None:
+        self._progress.update(self._task, total=total)
+
+
 @contextmanager
-def _progress(description: str, total: int) -> Iterator[Callable[[int, str], None]]:
+def _progress(description: str, total: int) -> Iterator[_Bar]:
     bar = Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -132,11 +145,11 @@ def _progress(description: str, total: int) -> Iterator[Callable[[int, str], Non
     )
     task = bar.add_task(description, total=total, note="")
     with bar:
+        yield _Bar(bar, task)
 
-        def update(done: int, note: str = "") -> None:
-            bar.update(task, completed=done, note=note)
 
-        yield update
+DEFAULT_SWEEP_KS = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
+DEFAULT_SWEEP_NS = (10, 20, 50, 100, 200)
 
 
 class StartPoints(str, Enum):
@@ -372,6 +385,15 @@ def verify(
     std: StdOpt = None,
     device: DeviceOpt = "cpu",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Points per query.")] = 256,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(
+            "--calibration",
+            metavar="FILE",
+            help="A calibration file from ipguard evaluate: decide with its threshold (for a "
+            "target false-positive rate) and give each suspect a p-value.",
+        ),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object per suspect.")
     ] = False,
@@ -394,7 +416,23 @@ def verify(
     from ipguard.verify import verify as run_verify
 
     fp = load_fingerprint(fingerprint_file)
-    tau = check_threshold(DEFAULT_THRESHOLD if threshold is None else threshold)
+    cal = None
+    if calibration is not None:
+        from ipguard.calibration import load_calibration
+
+        if threshold is not None:
+            raise InputError("give --threshold or --calibration, not both")
+        cal = load_calibration(calibration)
+        if cal.n != fp.n or (
+            cal.fingerprint_digest is not None and cal.fingerprint_digest != fp.digest
+        ):
+            raise InputError(
+                f"calibration {calibration} was made for another fingerprint",
+                "use the fingerprint that ipguard evaluate wrote beside it",
+            )
+    tau = check_threshold(
+        cal.threshold if cal is not None else DEFAULT_THRESHOLD if threshold is None else threshold
+    )
     specs = list(suspects or [])
     weight_list = list(weights or [])
     if not specs and not adapter:
@@ -428,20 +466,50 @@ def verify(
         run_verify(fp, oracle, threshold=tau, name=name, batch_size=batch_size)
         for name, oracle in oracles
     ]
+    rows: list[dict[str, Any]] = []
+    for r in results:
+        row = r.to_dict()
+        if cal is not None:
+            from ipguard.calibration import decide
+
+            decision = decide(cal, r.matches, r.n, fingerprint_digest=fp.digest)
+            assert decision.verdict == r.verdict  # same threshold, same rule
+            row |= {
+                "p_value": decision.p_value,
+                "matching_rate_ci": list(decision.matching_rate_ci),
+                "threshold_basis": decision.threshold_basis,
+                "target_fpr": decision.target_fpr,
+                "assumption_ok": decision.assumption_ok,
+            }
+        rows.append(row)
     if as_json:
-        for r in results:
-            _print_json(r.to_dict())
+        for row in rows:
+            _print_json(row)
         return
     table = Table(title=escape(f"fingerprint {fingerprint_file} (digest {fp.digest[:16]}...)"))
-    for col in ("suspect", "matches", "matching rate", "threshold", "verdict"):
+    cols = ["suspect", "matches", "matching rate", "threshold", "verdict"]
+    if cal is not None:
+        cols.insert(4, "p-value")
+    for col in cols:
         table.add_column(col, justify="left" if col in ("suspect", "verdict") else "right")
-    for r in results:
-        style = "bold red" if r.verdict == "pirated" else "green"
-        table.add_row(
-            escape(r.suspect), f"{r.matches}/{r.n}", f"{r.matching_rate:.3f}", f"{r.threshold:.2f}",
-            f"[{style}]{r.verdict}[/]",
-        )  # fmt: skip
+    for row in rows:
+        style = "bold red" if row["verdict"] == "pirated" else "green"
+        cells = [
+            escape(row["suspect"]), f"{row['matches']}/{row['n']}",
+            f"{row['matching_rate']:.3f}", f"{row['threshold']:.3f}",
+        ]  # fmt: skip
+        if cal is not None:
+            cells.append(f"{row['p_value']:.2g}")
+        table.add_row(*cells, f"[{style}]{row['verdict']}[/]")
     out.print(table)
+    if cal is not None:
+        basis = "binomial null model" if cal.assumption_ok else "empirical quantile"
+        err.print(
+            f"threshold {cal.threshold:.3f} for a false-positive rate <= {cal.target_fpr:g} "
+            f"({basis}, from {cal.n_negatives} independent models)"
+            + ("" if cal.assumption_ok else "; p-values assume independent points and are "
+               "too small here (overdispersion)")
+        )  # fmt: skip
 
 
 @app.command()
@@ -465,6 +533,149 @@ def inspect(
         text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
         table.add_row(key, escape(text))
     out.print(table)
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    config: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A suite config (TOML; see docs/evaluation.md). Without one: the digits suite.",
+            show_default=False,
+        ),
+    ] = None,
+    zoo: Annotated[
+        Path, typer.Option("--zoo", help="Model cache: finished models are never retrained.")
+    ] = Path("runs/zoo"),
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Where to write the report, plots and calibration.")
+    ] = Path("runs/eval"),
+    threads: Annotated[
+        int, typer.Option("--threads", help="torch CPU threads (0: torch's default).")
+    ] = 1,
+    sweep: Annotated[
+        bool,
+        typer.Option(
+            "--sweep",
+            help="Also run the paper's studies of k and n (values from the config's [sweep] "
+            "table, or k in 0.5,1,2,3,5,10 and n in 10,20,50,100,200): a table and a plot of "
+            "ARUC against k and n.",
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure the fingerprint on a suite of pirated copies and independent models.
+
+    Builds (or loads from the zoo) the owner, every attacked copy and every independent
+    model, fingerprints the owner, verifies them all, and reports robustness, uniqueness,
+    ARUC, ROC-AUC and TPR at 1% FPR per attack family. Writes results.json, suspects.csv,
+    plots (PNG and SVG), the fingerprint and a calibration file for verify --calibration.
+    An interrupted run resumes where it stopped.
+    """
+    import torch
+
+    from ipguard.evaluate import run_suite
+    from ipguard.suite import default_suite
+    from ipguard.sweep import SweepConfig, load_suite_and_sweep, run_sweep
+
+    suite, sweep_config = load_suite_and_sweep(config) if config else (default_suite(), None)
+    if sweep and sweep_config is None:
+        sweep_config = SweepConfig(ks=DEFAULT_SWEEP_KS, ns=DEFAULT_SWEEP_NS)
+    if threads < 0:
+        raise InputError(f"--threads must be >= 0, got {threads}")
+    if threads:
+        torch.set_num_threads(threads)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _progress("evaluating", 1) as bar:
+
+        def progress(what: str, done: int, total: int) -> None:
+            bar.total(total)
+            bar(done, what)
+
+        result = run_suite(suite, zoo, progress=progress)
+    result.write_json(out_dir / "results.json")
+    result.write_csv(out_dir / "suspects.csv")
+    plots = result.plot(out_dir / "eval")
+    result.fingerprint.save(out_dir / "fingerprint.safetensors")
+    if result.calibration is not None:
+        result.calibration.save(out_dir / "calibration.json")
+    sweep_result = None
+    if sweep and sweep_config is not None:
+        with _progress("sweeping k and n", 1) as bar:
+
+            def sweep_progress(what: str, done: int, total: int) -> None:
+                bar.total(total)
+                bar(done, what)
+
+            sweep_result = run_sweep(
+                suite, zoo, ks=sweep_config.ks, ns=sweep_config.ns, progress=sweep_progress
+            )
+        sweep_result.write_csv(out_dir / "sweep.csv")
+        sweep_result.write_json(out_dir / "sweep.json")
+        sweep_result.plot(out_dir / "sweep")
+    if as_json:
+        report = result.to_dict()
+        if sweep_result is not None:
+            report["sweep"] = sweep_result.to_dict()
+        _print_json(report)
+        return
+    _print_evaluation(result)
+    if sweep_result is not None:
+        out.print("Effect of k and n (ARUC overall and per family):")
+        out.print(escape(sweep_result.markdown_table()))
+    err.print(
+        f"wrote {out_dir}/results.json, suspects.csv, fingerprint.safetensors"
+        + (", calibration.json" if result.calibration is not None else "")
+        + f" and {len(plots)} plot files; {result.models_built} models trained, "
+        f"{result.models_loaded} loaded from {zoo}, {result.seconds:.0f} s"
+    )
+
+
+def _print_evaluation(result: Any) -> None:
+    summary = result.summary
+    table = Table(
+        title=f"ARUC, ROC-AUC and TPR at 1% FPR per family (threshold {result.threshold:.3f})"
+    )
+    for col in ("family", "suspects", "MR min", "MR mean", "ARUC", "ROC-AUC", "TPR@1%FPR",
+                "caught"):  # fmt: skip
+        table.add_column(col, justify="left" if col == "family" else "right")
+    for family, m in summary.pirated_families.items():
+        caught = f"{m.robustness:.0%}" if m.robustness is not None else "-"
+        table.add_row(
+            escape(family), str(m.n_pos), f"{m.pos.min:.2f}", f"{m.pos.mean:.2f}",
+            f"{m.aruc:.3f}", f"{m.roc_auc:.3f}", f"{m.tpr_at_1pct_fpr:.2f}", caught,
+        )  # fmt: skip
+    o = summary.overall
+    table.add_row(
+        "[bold]all copies[/]", str(o.n_pos), f"{o.pos.min:.2f}", f"{o.pos.mean:.2f}",
+        f"[bold]{o.aruc:.3f}[/]", f"[bold]{o.roc_auc:.3f}[/]", f"{o.tpr_at_1pct_fpr:.2f}",
+        f"{o.robustness:.0%}" if o.robustness is not None else "-",
+    )  # fmt: skip
+    out.print(table)
+    neg = Table(title="independent models (should not match)")
+    for col in ("family", "models", "MR mean", "MR max", "cleared"):
+        neg.add_column(col, justify="left" if col == "family" else "right")
+    for family, stats in summary.independent_families.items():
+        cleared = sum(
+            1 for s in result.suspects
+            if s.family == family and s.matching_rate < result.threshold
+        )  # fmt: skip
+        neg.add_row(
+            escape(family), str(stats.n), f"{stats.mean:.2f}", f"{stats.max:.2f}",
+            f"{cleared}/{stats.n}",
+        )  # fmt: skip
+    out.print(neg)
+    interval = o.separating_interval
+    out.print(
+        f"Owner accuracy {result.owner_accuracy:.1%}. "
+        + (
+            f"Thresholds in ({interval.low:.2f}, {interval.high:.2f}] separate every copy from "
+            "every independent model."
+            if interval is not None
+            else "No threshold separates every copy from every independent model."
+        )
+    )
 
 
 @app.command()

@@ -1,0 +1,421 @@
+"""Run an evaluation suite: build (or load) every model, fingerprint the owner, score all.
+
+:func:`run_suite` trains the owner, applies every attack variant to it (the positives; the
+owner itself is one too), trains the independent models (the negatives), fingerprints the
+owner, verifies every suspect, and summarises the matching rates with
+:func:`ipguard.metrics.summarise` (robustness, uniqueness, ARUC, ROC-AUC, per family and
+overall). The negatives' match counts also give a :class:`~ipguard.calibration.Calibration`
+(the threshold for the suite's target false-positive rate) used as the report's threshold.
+
+Models are cached in a :class:`~ipguard.zoo.ModelZoo`, so a second run, or a run after a
+crash, trains only what is missing.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ipguard.attacks import ATTACKS, PirateData, make_attack
+from ipguard.calibration import Calibration, calibrate
+from ipguard.data import load_data
+from ipguard.errors import InputError
+from ipguard.fingerprint import Fingerprint
+from ipguard.io import atomic_write_bytes
+from ipguard.methods import make_method
+from ipguard.metrics import SuiteSummary, SuspectRecord, robustness, summarise, uniqueness
+from ipguard.models import OwnerModel
+from ipguard.nets import ARCHITECTURES
+from ipguard.suite import Suite
+from ipguard.train import accuracy, seeded, train_classifier
+from ipguard.verify import DEFAULT_THRESHOLD, verify
+from ipguard.zoo import ModelZoo
+
+__all__ = ["EvaluationResult", "ProgressFn", "SuspectResult", "run_suite"]
+
+log = logging.getLogger(__name__)
+
+# progress(what, done, total): ``what`` describes the step that has just finished.
+ProgressFn = Callable[[str, int, int], None]
+CSV_FIELDS = ("name", "family", "pirated", "accuracy", "matches", "n", "matching_rate")
+
+
+@dataclass(frozen=True)
+class SuspectResult:
+    """One evaluated suspect: what it is, its test accuracy and its matches."""
+
+    name: str
+    family: str
+    pirated: bool
+    accuracy: float
+    matches: int
+    n: int
+    zoo_key: str
+
+    @property
+    def matching_rate(self) -> float:
+        return self.matches / self.n
+
+    def record(self) -> SuspectRecord:
+        return SuspectRecord(self.name, self.family, self.pirated, self.matching_rate)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "family": self.family, "pirated": self.pirated,
+            "accuracy": self.accuracy, "matches": self.matches, "n": self.n,
+            "matching_rate": self.matching_rate, "zoo_key": self.zoo_key,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """Everything a suite run measured.
+
+    Attributes:
+        suite: the suite that was run.
+        owner_accuracy: the owner's accuracy on the test split.
+        suspects: every suspect (the owner first, then attacked copies, then independents).
+        summary: overall and per-family metrics at ``threshold``.
+        calibration: the calibration from the negatives, or None when none could be made
+            (``calibration_error`` says why).
+        threshold: the calibrated threshold, or the default verify threshold without one.
+        fingerprint_digest: digest of the owner's fingerprint.
+        fingerprint: the owner's fingerprint itself (save it to verify suspects later with
+            the calibration).
+        models_built, models_loaded: how many models were trained now / loaded from the zoo.
+        seconds: wall time of the run.
+    """
+
+    suite: Suite
+    owner_accuracy: float
+    suspects: tuple[SuspectResult, ...]
+    summary: SuiteSummary
+    calibration: Calibration | None
+    calibration_error: str | None
+    threshold: float
+    fingerprint_digest: str
+    models_built: int
+    models_loaded: int
+    seconds: float
+    fingerprint: Fingerprint = field(compare=False, repr=False)
+
+    @property
+    def positives(self) -> list[float]:
+        return [s.matching_rate for s in self.suspects if s.pirated]
+
+    @property
+    def negatives(self) -> list[float]:
+        return [s.matching_rate for s in self.suspects if not s.pirated]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "suite": self.suite.to_dict(),
+            "owner_accuracy": self.owner_accuracy,
+            "fingerprint_digest": self.fingerprint_digest,
+            "threshold": self.threshold,
+            "summary": self.summary.to_dict(),
+            "calibration": None if self.calibration is None else self.calibration.to_dict(),
+            "calibration_error": self.calibration_error,
+            "suspects": [s.to_dict() for s in self.suspects],
+            "models_built": self.models_built,
+            "models_loaded": self.models_loaded,
+            "seconds": round(self.seconds, 3),
+        }
+
+    def write_json(self, path: str | Path) -> Path:
+        text = json.dumps(self.to_dict(), indent=2, allow_nan=False)
+        return atomic_write_bytes(path, (text + "\n").encode())
+
+    def write_csv(self, path: str | Path) -> Path:
+        """One row per suspect: name, family, pirated, accuracy, matches, n, matching_rate."""
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(CSV_FIELDS)
+        for s in self.suspects:
+            writer.writerow([
+                s.name, s.family, str(s.pirated).lower(), f"{s.accuracy:.4f}", s.matches, s.n,
+                f"{s.matching_rate:.4f}",
+            ])  # fmt: skip
+        return atomic_write_bytes(path, buf.getvalue().encode())
+
+    def plot(self, path_prefix: str | Path) -> list[Path]:
+        """Write ``PREFIX_curves.{png,svg}`` (R and U against tau, ARUC shaded) and
+        ``PREFIX_suspects.{png,svg}`` (matching rate per suspect by family, threshold)."""
+        return _plot(self, Path(path_prefix))
+
+
+# --------------------------------------------------------------------------- running
+def _split(suite: Suite) -> dict[str, tuple[Tensor, Tensor]]:
+    data = load_data(suite.data.spec)
+    if data.y is None:
+        raise InputError(f"data {suite.data.spec!r} has no labels", "an evaluation needs labels")
+    if suite.data.total > len(data):
+        raise InputError(
+            f"[data] splits need {suite.data.total} rows but {suite.data.spec!r} has {len(data)}",
+            "make owner + pirate + independent + test smaller",
+        )
+    perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(suite.data.seed))
+    x, y = data.x[perm], data.y[perm]
+    out: dict[str, tuple[Tensor, Tensor]] = {}
+    start = 0
+    for name in ("owner", "pirate", "independent", "test"):
+        size = int(getattr(suite.data, name))
+        out[name] = (x[start : start + size], y[start : start + size])
+        start += size
+    return out
+
+
+def _factory(arch: str, in_channels: int, num_classes: int) -> Callable[[], nn.Module]:
+    make = ARCHITECTURES[arch]
+    return lambda: make(num_classes=num_classes, in_channels=in_channels)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _variant_name(attack: str, params: dict[str, Any], seed: int) -> str:
+    inner = ",".join(f"{k}={_fmt(v)}" for k, v in sorted(params.items()))
+    return f"{attack}[{inner}]-s{seed}" if inner else f"{attack}-s{seed}"
+
+
+def _independent_family(arch: str, data: str, owner_arch: str) -> str:
+    a = "same-arch" if arch == owner_arch else "other-arch"
+    d = "same-data" if data == "owner" else "other-data"
+    return f"independent:{a}-{d}"
+
+
+def _train(
+    factory: Callable[[], nn.Module], x: Tensor, y: Tensor, *, epochs: int, lr: float,
+    seed: int, init: int = 10_000,
+) -> nn.Module:  # fmt: skip
+    """A fresh model with weights drawn from ``init + seed``, trained with ``seed``."""
+    return train_classifier(seeded(factory, init + seed), x, y, epochs=epochs, lr=lr, seed=seed)
+
+
+def run_suite(
+    suite: Suite, zoo_dir: str | Path, *, progress: ProgressFn | None = None
+) -> EvaluationResult:
+    """Build or load every model of ``suite`` in ``zoo_dir`` and evaluate the fingerprint."""
+    started = time.perf_counter()
+    splits = _split(suite)
+    zoo = ModelZoo(zoo_dir)
+    xo, yo = splits["owner"]
+    xt, yt = splits["test"]
+    in_channels = int(xo.shape[1])
+    input_shape = tuple(int(s) for s in xo.shape[1:])
+    num_classes = int(max(int(v[1].max()) for v in splits.values())) + 1
+    data_spec = suite.data.to_dict()
+    total = (
+        2
+        + sum(len(a.variants) * len(a.seeds) for a in suite.attacks)
+        + sum(len(i.seeds) for i in suite.independents)
+    )
+    done = 0
+
+    def step(what: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(what, done, total)
+
+    # -- the owner
+    o = suite.owner
+    owner_factory = _factory(o.arch, in_channels, num_classes)
+    owner_spec = {"kind": "owner", "data": data_spec, "split": "owner", **o.to_dict(),
+                  "num_classes": num_classes}  # fmt: skip
+    owner_key, owner = zoo.get_or_build(
+        owner_spec,
+        partial(_train, owner_factory, xo, yo, epochs=o.epochs, lr=o.lr, seed=o.seed, init=0),
+        template=owner_factory,
+    )
+    step("owner")
+    suspects: list[tuple[str, str, bool, str, nn.Module]] = [
+        ("owner", "owner", True, owner_key, owner)
+    ]
+
+    # -- attacked copies (positives)
+    pirate = PirateData(*splits["pirate"])
+    for a in suite.attacks:
+        family = ATTACKS[a.name].family
+        for params in a.variants:
+            attack = make_attack(a.name, **params)
+            student = getattr(attack, "student", None)
+            template: Callable[[], nn.Module]
+            if a.name in ("distill", "extract") and isinstance(student, str):
+                template = _factory(student, in_channels, num_classes)
+            else:  # the attacked model has the owner's structure
+                template = partial(copy.deepcopy, owner)
+            for seed in a.seeds:
+                spec = {"kind": "attack", "attack": a.name, "params": attack.params(),
+                        "seed": seed, "parent": owner_key, "data": data_spec,
+                        "split": "pirate"}  # fmt: skip
+                key, module = zoo.get_or_build(
+                    spec,
+                    partial(attack.apply, owner, pirate, seed=seed),
+                    template=template,
+                )
+                name = _variant_name(a.name, dict(params), seed)
+                suspects.append((name, family, True, key, module))
+                step(name)
+
+    # -- independent models (negatives)
+    for ind in suite.independents:
+        x, y = splits["owner"] if ind.data == "owner" else splits["independent"]
+        factory = _factory(ind.arch, in_channels, num_classes)
+        family = _independent_family(ind.arch, ind.data, o.arch)
+        for seed in ind.seeds:
+            spec = {"kind": "independent", "data": data_spec, "split": ind.data,
+                    "arch": ind.arch, "epochs": ind.epochs, "lr": ind.lr, "seed": seed,
+                    "num_classes": num_classes}  # fmt: skip
+            key, module = zoo.get_or_build(
+                spec,
+                partial(_train, factory, x, y, epochs=ind.epochs, lr=ind.lr, seed=seed),
+                template=factory,
+            )
+            name = f"{ind.arch}-{ind.data}-data-s{seed}"
+            suspects.append((name, family, False, key, module))
+            step(name)
+
+    # -- fingerprint and verify
+    f = suite.fingerprint
+    method = make_method(f.method, **f.params)
+    owner_model = OwnerModel(owner, input_shape=input_shape)
+    fp = method.generate(owner_model, f.n, data=xt if method.needs_data else None, seed=f.seed)
+    step("fingerprint")
+    results: list[SuspectResult] = []
+    for name, family, pirated, key, module in suspects:
+        v = verify(fp, OwnerModel(module, input_shape=input_shape), name=name)
+        results.append(
+            SuspectResult(name, family, pirated, accuracy(module, xt, yt), v.matches, v.n, key)
+        )
+
+    neg_matches = [r.matches for r in results if not r.pirated]
+    cal: Calibration | None = None
+    cal_error: str | None = None
+    try:
+        cal = calibrate(
+            neg_matches, fp.n, target_fpr=suite.calibration.target_fpr,
+            fingerprint_digest=fp.digest,
+        )  # fmt: skip
+    except InputError as err:
+        cal_error = str(err)
+        log.warning("no calibration: %s", err)
+    threshold = cal.threshold if cal is not None else DEFAULT_THRESHOLD
+    summary = summarise([r.record() for r in results], threshold=threshold)
+    return EvaluationResult(
+        suite=suite,
+        owner_accuracy=results[0].accuracy,
+        suspects=tuple(results),
+        summary=summary,
+        calibration=cal,
+        calibration_error=cal_error,
+        threshold=threshold,
+        fingerprint_digest=fp.digest,
+        models_built=len(zoo.built),
+        models_loaded=len(zoo.loaded),
+        seconds=time.perf_counter() - started,
+        fingerprint=fp,
+    )
+
+
+# --------------------------------------------------------------------------- plots
+def _plot(result: EvaluationResult, prefix: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not prefix.parent.is_dir():
+        raise InputError(f"cannot write plots: folder {prefix.parent} does not exist")
+    pos, neg = result.positives, result.negatives
+    overall = result.summary.overall
+    written: list[Path] = []
+
+    # (a) robustness and uniqueness against tau, ARUC shaded.
+    tau = np.linspace(0.0, 1.0, 1001)
+    r = robustness(pos, tau)
+    u = uniqueness(neg, tau)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.fill_between(tau, 0, np.minimum(r, u), step="pre", color="tab:green", alpha=0.25,
+                    label=f"ARUC = area under min(R, U) = {overall.aruc:.3f}")  # fmt: skip
+    ax.step(tau, r, where="pre", color="tab:red", lw=2,
+            label=f"robustness R(τ): copies caught ({len(pos)} positives)")  # fmt: skip
+    ax.step(tau, u, where="pre", color="tab:blue", lw=2,
+            label=f"uniqueness U(τ): independents cleared ({len(neg)} negatives)")  # fmt: skip
+    ax.axvline(result.threshold, color="k", ls="--", lw=1,
+               label=f"calibrated threshold τ = {result.threshold:.2f}")  # fmt: skip
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("threshold τ on the matching rate (verdict 'pirated' iff MR ≥ τ)")
+    ax.set_ylabel("fraction of suspects")
+    ax.set_title(f"Robustness and uniqueness of the fingerprint (ROC-AUC {overall.roc_auc:.3f})")
+    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    written += _save(fig, prefix.with_name(prefix.name + "_curves"))
+    plt.close(fig)
+
+    # (b) matching rate per suspect, grouped by family.
+    families = list(dict.fromkeys(s.family for s in result.suspects))
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.85 * len(families) + 2), 4.8))
+    rng = np.random.default_rng(0)
+    for i, fam in enumerate(families):
+        members = [s for s in result.suspects if s.family == fam]
+        rates = np.array([s.matching_rate for s in members])
+        jitter = rng.uniform(-0.18, 0.18, size=rates.size)
+        pirated = members[0].pirated
+        ax.scatter(
+            i + jitter, rates, s=28, color="tab:red" if pirated else "tab:blue",
+            marker="o" if pirated else "s", edgecolor="k", linewidth=0.4, zorder=3,
+        )  # fmt: skip
+    ax.scatter([], [], color="tab:red", marker="o", edgecolor="k", label="pirated copy (positive)")
+    ax.scatter([], [], color="tab:blue", marker="s", edgecolor="k",
+               label="independent model (negative)")  # fmt: skip
+    ax.axhline(result.threshold, color="k", ls="--", lw=1,
+               label=f"threshold {result.threshold:.2f}: above = flagged as pirated")  # fmt: skip
+    ax.set_xticks(range(len(families)))
+    ax.set_xticklabels(
+        [_family_label(f) for f in families],
+        fontsize=8,
+    )
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_ylabel("matching rate on the fingerprint")
+    ax.set_xlabel("suspect family")
+    ax.set_title(f"Matching rate per suspect (n = {result.suspects[0].n} fingerprint points)")
+    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    written += _save(fig, prefix.with_name(prefix.name + "_suspects"))
+    plt.close(fig)
+    return written
+
+
+def _family_label(family: str) -> str:
+    """``independent:same-arch-other-data`` -> ``independent\nsame arch,\nother data``."""
+    if not family.startswith("independent:"):
+        return family
+    rest = family.removeprefix("independent:").replace("arch-", "arch,\n").replace("-", " ")
+    return "independent\n" + rest
+
+
+def _save(fig: Any, stem: Path) -> list[Path]:
+    out = []
+    for ext in ("png", "svg"):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext, dpi=120)
+        out.append(atomic_write_bytes(stem.with_name(f"{stem.name}.{ext}"), buf.getvalue()))
+    return out

@@ -1,0 +1,106 @@
+"""`ipguard evaluate` and `ipguard verify --calibration` through the CLI, on a tiny suite."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from ipguard.calibration import load_calibration
+from ipguard.cli import app
+
+from .test_evaluate import TINY as _TINY
+
+# CNNs (independent MLPs match an MLP owner's noise points almost fully, which leaves nothing
+# to calibrate), more points and a looser target so a calibration can be made.
+TINY = (
+    _TINY.replace("digits_mlp", "digits_cnn")
+    .replace("n = 20", "n = 60")
+    .replace("target_fpr = 0.05", "target_fpr = 0.2")
+    .replace("params = {max_iter = 100}", "params = {k = 3.0}")
+)
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("eval")
+    (d / "tiny.toml").write_text(TINY)
+    result = runner.invoke(
+        app, ["evaluate", str(d / "tiny.toml"), "--zoo", str(d / "zoo"), "--out", str(d / "out")]
+    )
+    assert result.exit_code == 0, result.stderr
+    assert "ARUC" in result.stdout and "all copies" in result.stdout
+    return d
+
+
+def test_evaluate_writes_every_artefact(evaluated: Path) -> None:
+    out = evaluated / "out"
+    names = ["results.json", "suspects.csv", "fingerprint.safetensors", "calibration.json"]
+    names += [f"eval_{kind}.{ext}" for kind in ("curves", "suspects") for ext in ("png", "svg")]
+    for name in names:
+        assert (out / name).stat().st_size > 0, name
+    report = json.loads((out / "results.json").read_text())
+    assert 0.0 <= report["summary"]["overall"]["aruc"] <= 1.0
+    assert report["models_built"] > 0
+
+
+def test_evaluate_resumes_without_retraining_and_sweeps(evaluated: Path) -> None:
+    config = evaluated / "sweep.toml"
+    config.write_text(TINY + "\n[sweep]\nks = [1.0, 3.0]\nns = [20, 60]\n")
+    result = runner.invoke(
+        app, ["evaluate", str(config), "--zoo", str(evaluated / "zoo"),
+              "--out", str(evaluated / "again"), "--json", "--sweep"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["models_built"] == 0 and report["models_loaded"] > 0
+    assert [(r["param"], r["value"]) for r in report["sweep"]["rows"]] == [
+        ("k", 1.0), ("k", 3.0), ("n", 20), ("n", 60),
+    ]  # fmt: skip
+    for name in ("sweep.csv", "sweep.json", "sweep.png", "sweep.svg"):
+        assert (evaluated / "again" / name).stat().st_size > 0
+
+
+def test_verify_with_the_calibration(evaluated: Path, owner_module: nn.Module) -> None:
+    out = evaluated / "out"
+    cal = load_calibration(out / "calibration.json")
+    stranger = evaluated / "stranger.pt"
+    torch.jit.save(torch.jit.script(owner_module.eval()), str(stranger))
+    result = runner.invoke(
+        app, ["verify", str(out / "fingerprint.safetensors"), str(stranger), "--calibration",
+              str(out / "calibration.json"), "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    row = json.loads(result.stdout)
+    assert row["threshold"] == pytest.approx(cal.threshold)
+    assert 0.0 <= row["p_value"] <= 1.0 and row["target_fpr"] == cal.target_fpr
+    assert row["verdict"] == ("pirated" if row["matching_rate"] >= cal.threshold else "not pirated")
+
+
+def test_calibration_errors(evaluated: Path, tmp_path: Path) -> None:
+    out = evaluated / "out"
+    fp = str(out / "fingerprint.safetensors")
+    cal = str(out / "calibration.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    for args, message in [
+        ([fp, "x.pt", "--calibration", cal, "--threshold", "0.5"], "not both"),
+        ([fp, "x.pt", "--calibration", str(bad)], "bad.json"),
+    ]:
+        result = runner.invoke(app, ["verify", *args])
+        assert result.exit_code == 1 and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_evaluate_config_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(TINY.replace("[owner]", "[owner]\ncolour = 'red'", 1))
+    result = runner.invoke(app, ["evaluate", str(bad), "--zoo", str(tmp_path / "z")])
+    assert result.exit_code == 1 and "colour" in result.stderr
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "missing.toml")])
+    assert result.exit_code == 1 and "missing.toml" in result.stderr
