@@ -8,7 +8,7 @@ matching rate of any negative (independent twin, independent MLP), over all seed
 
 Usage::
 
-    .venv/bin/python benchmarks/defaults_sweep.py --seeds 10        # full grid: hours on 2 cores
+    .venv/bin/python benchmarks/defaults_sweep.py --seeds 10        # full grid: ~12 min, 1 thread
     .venv/bin/python benchmarks/defaults_sweep.py --seeds 1 --quick  # a smoke check
 
 The table goes to stdout (a markdown pipe table); one progress line per seed goes to stderr.
@@ -254,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"command: `{command}`  ")
     print(f"date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}  ")
     print(f"torch {torch.__version__}, ipguard {ipguard.__version__}, "
-          f"{torch.get_num_threads()} threads, {len(configs)} configs x {args.seeds} seeds, "
+          f"{torch.get_num_threads()} thread(s), {len(configs)} configs x {args.seeds} seeds, "
           f"n = {N_POINTS} points  ")  # fmt: skip
     print()
 

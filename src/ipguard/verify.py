@@ -22,7 +22,7 @@ from ipguard.models import LabelOracle, as_labels, first_line
 __all__ = ["DEFAULT_THRESHOLD", "VerificationResult", "verify", "query_labels"]
 
 # Chosen by measurement on the digits demo over 10 seeds (docs/defaults.md): with the default
-# IPGuard settings the fine-tuned copy matched on >= 0.92 of the points and every independent
+# IPGuard settings the fine-tuned copy matched on >= 0.91 of the points and every independent
 # model (including a same-data, same-architecture twin) on <= 0.76.
 DEFAULT_THRESHOLD = 0.8
 
