@@ -206,31 +206,50 @@ def _train(
     return train_classifier(seeded(factory, init + seed), x, y, epochs=epochs, lr=lr, seed=seed)
 
 
-def run_suite(
-    suite: Suite, zoo_dir: str | Path, *, progress: ProgressFn | None = None
-) -> EvaluationResult:
-    """Build or load every model of ``suite`` in ``zoo_dir`` and evaluate the fingerprint."""
-    started = time.perf_counter()
-    splits = _split(suite)
-    zoo = ModelZoo(zoo_dir)
-    xo, yo = splits["owner"]
-    xt, yt = splits["test"]
-    in_channels = int(xo.shape[1])
-    input_shape = tuple(int(s) for s in xo.shape[1:])
-    num_classes = int(max(int(v[1].max()) for v in splits.values())) + 1
-    data_spec = suite.data.to_dict()
-    total = (
-        2
+@dataclass(frozen=True, eq=False)
+class BuiltSuspect:
+    """One model of a suite, built or loaded from the zoo."""
+
+    name: str
+    family: str
+    pirated: bool
+    key: str
+    module: nn.Module
+
+
+@dataclass(frozen=True, eq=False)
+class SuiteModels:
+    """Every model of a suite (the owner first among ``suspects``) and the test split."""
+
+    owner: nn.Module
+    suspects: tuple[BuiltSuspect, ...]
+    input_shape: tuple[int, int, int]
+    test: tuple[Tensor, Tensor]
+
+
+def suite_size(suite: Suite) -> int:
+    """How many models :func:`build_suite_models` builds or loads."""
+    return (
+        1
         + sum(len(a.variants) * len(a.seeds) for a in suite.attacks)
         + sum(len(i.seeds) for i in suite.independents)
     )
-    done = 0
 
-    def step(what: str) -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(what, done, total)
+
+def build_suite_models(
+    suite: Suite, zoo: ModelZoo, step: Callable[[str], None] = lambda _name: None
+) -> SuiteModels:
+    """Build (or load from ``zoo``) the owner, every attacked copy and every independent.
+
+    ``step(name)`` is called after each model. Keys are content hashes of what produced each
+    model, so :func:`run_suite` and :func:`ipguard.sweep.run_sweep` share one zoo.
+    """
+    splits = _split(suite)
+    xo, yo = splits["owner"]
+    in_channels = int(xo.shape[1])
+    c, h, w = (int(v) for v in xo.shape[1:])
+    num_classes = int(max(int(v[1].max()) for v in splits.values())) + 1
+    data_spec = suite.data.to_dict()
 
     # -- the owner
     o = suite.owner
@@ -243,9 +262,7 @@ def run_suite(
         template=owner_factory,
     )
     step("owner")
-    suspects: list[tuple[str, str, bool, str, nn.Module]] = [
-        ("owner", "owner", True, owner_key, owner)
-    ]
+    suspects = [BuiltSuspect("owner", "owner", True, owner_key, owner)]
 
     # -- attacked copies (positives)
     pirate = PirateData(*splits["pirate"])
@@ -264,12 +281,10 @@ def run_suite(
                         "seed": seed, "parent": owner_key, "data": data_spec,
                         "split": "pirate"}  # fmt: skip
                 key, module = zoo.get_or_build(
-                    spec,
-                    partial(attack.apply, owner, pirate, seed=seed),
-                    template=template,
+                    spec, partial(attack.apply, owner, pirate, seed=seed), template=template
                 )
                 name = _variant_name(a.name, dict(params), seed)
-                suspects.append((name, family, True, key, module))
+                suspects.append(BuiltSuspect(name, family, True, key, module))
                 step(name)
 
     # -- independent models (negatives)
@@ -287,8 +302,31 @@ def run_suite(
                 template=factory,
             )
             name = f"{ind.arch}-{ind.data}-data-s{seed}"
-            suspects.append((name, family, False, key, module))
+            suspects.append(BuiltSuspect(name, family, False, key, module))
             step(name)
+    return SuiteModels(owner, tuple(suspects), (c, h, w), splits["test"])
+
+
+def run_suite(
+    suite: Suite, zoo_dir: str | Path, *, progress: ProgressFn | None = None
+) -> EvaluationResult:
+    """Build or load every model of ``suite`` in ``zoo_dir`` and evaluate the fingerprint."""
+    started = time.perf_counter()
+    zoo = ModelZoo(zoo_dir)
+    total = suite_size(suite) + 1
+    done = 0
+
+    def step(what: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(what, done, total)
+
+    models = build_suite_models(suite, zoo, step)
+    xt, yt = models.test
+    input_shape = models.input_shape
+    owner = models.owner
+    suspects = [(b.name, b.family, b.pirated, b.key, b.module) for b in models.suspects]
 
     # -- fingerprint and verify
     f = suite.fingerprint

@@ -28,7 +28,6 @@ and the table from one file (``ipguard.suite.load_suite`` refuses the unknown ``
 
 from __future__ import annotations
 
-import copy
 import csv
 import dataclasses
 import io
@@ -36,24 +35,13 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-from torch import Tensor, nn
-
-from ipguard.attacks import ATTACKS, PirateData, make_attack
 from ipguard.errors import InputError
-from ipguard.evaluate import (
-    ProgressFn,
-    _factory,
-    _independent_family,
-    _split,
-    _train,
-    _variant_name,
-)
+from ipguard.evaluate import ProgressFn, SuiteModels, build_suite_models, suite_size
 from ipguard.fingerprint import Fingerprint
 from ipguard.io import atomic_write_bytes
 from ipguard.methods import make_method
@@ -329,85 +317,7 @@ def nested_fingerprint(fp: Fingerprint, n: int) -> Fingerprint:
     )
 
 
-@dataclass(frozen=True)
-class _Suspect:
-    name: str
-    family: str
-    pirated: bool
-    module: nn.Module
-
-
-@dataclass(frozen=True)
-class _Models:
-    owner: nn.Module
-    suspects: tuple[_Suspect, ...]
-    input_shape: tuple[int, int, int]
-    test_x: Tensor
-
-
-def _build_models(suite: Suite, zoo: ModelZoo, step: Callable[[str], None]) -> _Models:
-    """Every model of ``suite``, with exactly the zoo keys :func:`run_suite` uses."""
-    splits = _split(suite)
-    xo, yo = splits["owner"]
-    in_channels = int(xo.shape[1])
-    c, h, w = (int(s) for s in xo.shape[1:])
-    num_classes = int(max(int(v[1].max()) for v in splits.values())) + 1
-    data_spec = suite.data.to_dict()
-
-    o = suite.owner
-    owner_factory = _factory(o.arch, in_channels, num_classes)
-    owner_spec = {"kind": "owner", "data": data_spec, "split": "owner", **o.to_dict(),
-                  "num_classes": num_classes}  # fmt: skip
-    owner_key, owner = zoo.get_or_build(
-        owner_spec,
-        partial(_train, owner_factory, xo, yo, epochs=o.epochs, lr=o.lr, seed=o.seed, init=0),
-        template=owner_factory,
-    )
-    step("owner")
-    suspects = [_Suspect("owner", "owner", True, owner)]
-
-    pirate = PirateData(*splits["pirate"])
-    for a in suite.attacks:
-        family = ATTACKS[a.name].family
-        for params in a.variants:
-            attack = make_attack(a.name, **params)
-            student = getattr(attack, "student", None)
-            template: Callable[[], nn.Module]
-            if a.name in ("distill", "extract") and isinstance(student, str):
-                template = _factory(student, in_channels, num_classes)
-            else:
-                template = partial(copy.deepcopy, owner)
-            for seed in a.seeds:
-                spec = {"kind": "attack", "attack": a.name, "params": attack.params(),
-                        "seed": seed, "parent": owner_key, "data": data_spec,
-                        "split": "pirate"}  # fmt: skip
-                _, module = zoo.get_or_build(
-                    spec, partial(attack.apply, owner, pirate, seed=seed), template=template
-                )
-                name = _variant_name(a.name, dict(params), seed)
-                suspects.append(_Suspect(name, family, True, module))
-                step(name)
-
-    for ind in suite.independents:
-        x, y = splits["owner"] if ind.data == "owner" else splits["independent"]
-        factory = _factory(ind.arch, in_channels, num_classes)
-        family = _independent_family(ind.arch, ind.data, o.arch)
-        for seed in ind.seeds:
-            spec = {"kind": "independent", "data": data_spec, "split": ind.data,
-                    "arch": ind.arch, "epochs": ind.epochs, "lr": ind.lr, "seed": seed,
-                    "num_classes": num_classes}  # fmt: skip
-            _, module = zoo.get_or_build(
-                spec,
-                partial(_train, factory, x, y, epochs=ind.epochs, lr=ind.lr, seed=seed),
-                template=factory,
-            )
-            name = f"{ind.arch}-{ind.data}-data-s{seed}"
-            suspects.append(_Suspect(name, family, False, module))
-            step(name)
-    return _Models(owner, tuple(suspects), (c, h, w), splits["test"][0])
-
-
-def _row(param: Param, value: float, fp: Fingerprint, models: _Models) -> SweepRow:
+def _row(param: Param, value: float, fp: Fingerprint, models: SuiteModels) -> SweepRow:
     rates: dict[str, float] = {}
     records = []
     for s in models.suspects:
@@ -464,13 +374,7 @@ def run_sweep(
 
     started = time.perf_counter()
     zoo = ModelZoo(zoo_dir)
-    total = (
-        1
-        + sum(len(a.variants) * len(a.seeds) for a in suite.attacks)
-        + sum(len(i.seeds) for i in suite.independents)
-        + (len(k_values) if k_values else 0)
-        + (1 if n_values else 0)
-    )
+    total = suite_size(suite) + (len(k_values) if k_values else 0) + (1 if n_values else 0)
     done = 0
 
     def step(what: str) -> None:
@@ -479,9 +383,9 @@ def run_sweep(
         if progress is not None:
             progress(what, done, total)
 
-    models = _build_models(suite, zoo, step)
+    models = build_suite_models(suite, zoo, step)
     owner_model = OwnerModel(models.owner, input_shape=models.input_shape)
-    data = models.test_x if base.needs_data else None
+    data = models.test[0] if base.needs_data else None
 
     rows: list[SweepRow] = []
     for k in k_values or ():
