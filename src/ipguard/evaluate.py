@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import csv
 import io
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -34,7 +33,7 @@ from ipguard.calibration import Calibration, calibrate
 from ipguard.data import load_data
 from ipguard.errors import InputError
 from ipguard.fingerprint import Fingerprint
-from ipguard.io import atomic_write_bytes
+from ipguard.io import atomic_write_bytes, write_json
 from ipguard.methods import make_method
 from ipguard.metrics import SuiteSummary, SuspectRecord, robustness, summarise, uniqueness
 from ipguard.models import OwnerModel
@@ -136,8 +135,7 @@ class EvaluationResult:
         }
 
     def write_json(self, path: str | Path) -> Path:
-        text = json.dumps(self.to_dict(), indent=2, allow_nan=False)
-        return atomic_write_bytes(path, (text + "\n").encode())
+        return write_json(path, self.to_dict())
 
     def write_csv(self, path: str | Path) -> Path:
         """One row per suspect: name, family, pirated, accuracy, matches, n, matching_rate."""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from ipguard.errors import InputError
 
@@ -35,3 +37,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             os.unlink(tmp)
         raise
     return target
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON (no NaN/inf), atomically."""
+    text = json.dumps(obj, indent=2, allow_nan=False)
+    return atomic_write_bytes(path, (text + "\n").encode())

@@ -74,6 +74,7 @@ __all__ = [
     "default_suite",
     "load_suite",
     "parse_suite",
+    "read_toml",
     "suite_from_dict",
 ]
 
@@ -191,8 +192,8 @@ class Suite:
 
 
 # --------------------------------------------------------------------------- loading
-def load_suite(path: str | Path) -> Suite:
-    """Read and validate a suite from a TOML file."""
+def read_toml(path: str | Path) -> tuple[dict[str, Any], str]:
+    """Read a TOML file into a dict; every failure is one InputError. Returns (obj, where)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -200,18 +201,27 @@ def load_suite(path: str | Path) -> Suite:
         raise InputError(f"suite file {p} does not exist") from err
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"cannot read suite file {p}: {err}") from err
-    return parse_suite(text, where=str(p))
+    return _loads(text, str(p)), str(p)
+
+
+def _loads(text: str, where: str) -> dict[str, Any]:
+    if tomllib is None:  # pragma: no cover - Python 3.10
+        raise InputError("reading suite files needs Python 3.11 or newer (tomllib)")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise InputError(f"{where} is not valid TOML: {err}") from err
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read and validate a suite from a TOML file."""
+    obj, where = read_toml(path)
+    return suite_from_dict(obj, where=where)
 
 
 def parse_suite(text: str, *, where: str = "suite") -> Suite:
     """Parse and validate TOML text."""
-    if tomllib is None:  # pragma: no cover - Python 3.10
-        raise InputError("reading suite files needs Python 3.11 or newer (tomllib)")
-    try:
-        obj = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise InputError(f"{where} is not valid TOML: {err}") from err
-    return suite_from_dict(obj, where=where)
+    return suite_from_dict(_loads(text, where), where=where)
 
 
 def suite_from_dict(obj: Mapping[str, Any], *, where: str = "suite") -> Suite:

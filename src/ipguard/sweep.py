@@ -31,9 +31,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import math
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,18 +41,13 @@ from typing import Any, Literal
 from ipguard.errors import InputError
 from ipguard.evaluate import ProgressFn, SuiteModels, build_suite_models, suite_size
 from ipguard.fingerprint import Fingerprint
-from ipguard.io import atomic_write_bytes
+from ipguard.io import atomic_write_bytes, write_json
 from ipguard.methods import make_method
 from ipguard.metrics import SuspectRecord, summarise
 from ipguard.models import OwnerModel
-from ipguard.suite import Suite, suite_from_dict
+from ipguard.suite import Suite, read_toml, suite_from_dict
 from ipguard.verify import verify
 from ipguard.zoo import ModelZoo
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    tomllib = None
 
 __all__ = [
     "SweepConfig",
@@ -148,25 +141,9 @@ def sweep_from_dict(obj: object, *, where: str = "[sweep]") -> SweepConfig:
     return SweepConfig(ks=ks, ns=ns)
 
 
-def _read_toml(path: str | Path) -> tuple[dict[str, Any], str]:
-    if tomllib is None:  # pragma: no cover - Python 3.10
-        raise InputError("reading suite files needs Python 3.11 or newer (tomllib)")
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError as err:
-        raise InputError(f"suite file {p} does not exist") from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"cannot read suite file {p}: {err}") from err
-    try:
-        return tomllib.loads(text), str(p)
-    except tomllib.TOMLDecodeError as err:
-        raise InputError(f"{p} is not valid TOML: {err}") from err
-
-
 def sweep_from_toml(path: str | Path) -> SweepConfig:
     """Read and validate only the ``[sweep]`` table of a TOML file (other tables ignored)."""
-    obj, where = _read_toml(path)
+    obj, where = read_toml(path)
     if "sweep" not in obj:
         raise InputError(f"{where} has no [sweep] table", "add [sweep] with ks = [...], ns = [...]")
     return sweep_from_dict(obj["sweep"], where=f"{where}: [sweep]")
@@ -174,7 +151,7 @@ def sweep_from_toml(path: str | Path) -> SweepConfig:
 
 def load_suite_and_sweep(path: str | Path) -> tuple[Suite, SweepConfig | None]:
     """Read a suite file that may also hold a ``[sweep]`` table (None when it has none)."""
-    obj, where = _read_toml(path)
+    obj, where = read_toml(path)
     raw = obj.pop("sweep", None)
     suite = suite_from_dict(obj, where=where)
     return suite, None if raw is None else sweep_from_dict(raw, where=f"{where}: [sweep]")
@@ -261,8 +238,7 @@ class SweepResult:
         }
 
     def write_json(self, path: str | Path) -> Path:
-        text = json.dumps(self.to_dict(), indent=2, allow_nan=False)
-        return atomic_write_bytes(path, (text + "\n").encode())
+        return write_json(path, self.to_dict())
 
     def write_csv(self, path: str | Path) -> Path:
         """One row per swept value: param, value, aruc, roc_auc, tpr_at_1pct_fpr, then
