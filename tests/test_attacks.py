@@ -357,10 +357,13 @@ def test_bad_apply_calls(tiny_owner: nn.Sequential, pirate: PirateData) -> None:
     labels = PirateData(x=pirate.x[:4], y=torch.tensor([0, 1, 2, 10]))
     with pytest.raises(InputError, match="labels go up to 10 but the model has 10 classes"):
         attack.apply(tiny_owner, labels, seed=0)
-    with pytest.raises(InputError, match="does not accept inputs of shape"):
-        big = PirateData(x=torch.rand(4, 1, 16, 16), y=torch.zeros(4, dtype=torch.int64))
-        owner = nn.Sequential(nn.Flatten(), nn.Linear(256, 10))
-        make_attack("extract", epochs=1).apply(owner, big, seed=0)
+    big = PirateData(x=torch.rand(4, 1, 16, 16), y=torch.zeros(4, dtype=torch.int64))
+    owner = nn.Sequential(nn.Flatten(), nn.Linear(256, 10))
+    with pytest.raises(InputError, match="cifar_vgg11 needs inputs of at least 32x32, got 16x16"):
+        make_attack("extract", epochs=1, student="cifar_vgg11").apply(owner, big, seed=0)
+    # students are built for the data's size: the digits CNN adapts to 16x16 inputs
+    student = make_attack("extract", epochs=1, student="digits_cnn").apply(owner, big, seed=0)
+    assert student(big.x).shape == (4, 10)
 
 
 class _Sliced(nn.Module):

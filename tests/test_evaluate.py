@@ -202,7 +202,7 @@ def test_default_suite_is_valid() -> None:
         (('name = "ftal"', 'name = "ftxx"'), r"unknown attack name 'ftxx'.*choose one of"),
         (
             ("epochs = 15\nlr = 3e-3\nseed = 0", 'epochs = "15"\nlr = 3e-3\nseed = 0'),
-            r"\[owner\]: epochs must be an integer, got a string",
+            r"\[owner\]: epochs must be an integer >= 1, got .15.",
         ),
         (
             (

@@ -7,6 +7,7 @@ exit and no traceback (``ipguard --debug ...`` shows it).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -235,8 +236,10 @@ def fingerprint(
         str | None,
         typer.Option(
             "--data",
-            help="Data spec: digits or npz:PATH. Gives the input shape, and the "
-            "start points with --start data.",
+            help="Data spec: digits, npz:PATH, cifar10:PATH, cifar100:PATH or "
+            "imagefolder:PATH, optionally followed by ?split=all|train|test, ?size=N, "
+            "?labels=fine|coarse (cifar100), ?cache=0|1 (join several with &). Gives the "
+            "input shape, and the start points with --start data.",
         ),
     ] = None,
     input_shape: Annotated[
@@ -563,6 +566,15 @@ def evaluate(
             "ARUC against k and n.",
         ),
     ] = False,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            help="Replace the config's [data] spec (e.g. cifar10:PATH, imagefolder:PATH), "
+            "to point a published config at your copy of the data.",
+            show_default=False,
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure the fingerprint on a suite of pirated copies and independent models.
@@ -580,6 +592,8 @@ def evaluate(
     from ipguard.sweep import SweepConfig, load_suite_and_sweep, run_sweep
 
     suite, sweep_config = load_suite_and_sweep(config) if config else (default_suite(), None)
+    if data is not None:
+        suite = dataclasses.replace(suite, data=dataclasses.replace(suite.data, spec=data))
     if sweep and sweep_config is None:
         sweep_config = SweepConfig(ks=DEFAULT_SWEEP_KS, ns=DEFAULT_SWEEP_NS)
     if threads < 0:

@@ -37,11 +37,11 @@ from ipguard.io import atomic_write_bytes, write_json
 from ipguard.methods import make_method
 from ipguard.metrics import SuiteSummary, SuspectRecord, robustness, summarise, uniqueness
 from ipguard.models import OwnerModel
-from ipguard.nets import ARCHITECTURES
+from ipguard.nets import build_arch
 from ipguard.suite import Suite
-from ipguard.train import accuracy, seeded, train_classifier
+from ipguard.train import Recipe, accuracy, seeded, train
 from ipguard.verify import DEFAULT_THRESHOLD, verify
-from ipguard.zoo import ModelZoo
+from ipguard.zoo import ModelZoo, zoo_key
 
 __all__ = ["EvaluationResult", "ProgressFn", "SuspectResult", "run_suite"]
 
@@ -96,6 +96,9 @@ class EvaluationResult:
             the calibration).
         models_built, models_loaded: how many models were trained now / loaded from the zoo.
         seconds: wall time of the run.
+        stage_seconds: wall time of each stage (data, owner, attacks, independents,
+            fingerprint, verification, test accuracy); training stages are near 0 when
+            their models came from the zoo.
     """
 
     suite: Suite
@@ -110,6 +113,7 @@ class EvaluationResult:
     models_loaded: int
     seconds: float
     fingerprint: Fingerprint = field(compare=False, repr=False)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def positives(self) -> list[float]:
@@ -132,6 +136,7 @@ class EvaluationResult:
             "models_built": self.models_built,
             "models_loaded": self.models_loaded,
             "seconds": round(self.seconds, 3),
+            "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
         }
 
     def write_json(self, path: str | Path) -> Path:
@@ -176,9 +181,10 @@ def _split(suite: Suite) -> dict[str, tuple[Tensor, Tensor]]:
     return out
 
 
-def _factory(arch: str, in_channels: int, num_classes: int) -> Callable[[], nn.Module]:
-    make = ARCHITECTURES[arch]
-    return lambda: make(num_classes=num_classes, in_channels=in_channels)
+def _factory(
+    arch: str, input_shape: tuple[int, int, int], num_classes: int
+) -> Callable[[], nn.Module]:
+    return partial(build_arch, arch, num_classes=num_classes, input_shape=input_shape)
 
 
 def _fmt(value: Any) -> str:
@@ -197,11 +203,19 @@ def _independent_family(arch: str, data: str, owner_arch: str) -> str:
 
 
 def _train(
-    factory: Callable[[], nn.Module], x: Tensor, y: Tensor, *, epochs: int, lr: float,
-    seed: int, init: int = 10_000,
+    factory: Callable[[], nn.Module], x: Tensor, y: Tensor, *, recipe: Recipe, seed: int,
+    checkpoint: Path, note: Callable[[str], None], init: int = 10_000,
 ) -> nn.Module:  # fmt: skip
-    """A fresh model with weights drawn from ``init + seed``, trained with ``seed``."""
-    return train_classifier(seeded(factory, init + seed), x, y, epochs=epochs, lr=lr, seed=seed)
+    """A fresh model with weights drawn from ``init + seed``, trained with ``seed``; the run
+    checkpoints after every epoch, so an interrupted one resumes where it stopped."""
+    return train(
+        seeded(factory, init + seed), x, y, recipe, seed=seed, checkpoint=checkpoint,
+        on_epoch=lambda e, loss: note(f"epoch {e}/{recipe.epochs}, loss {loss:.3f}"),
+    )  # fmt: skip
+
+
+def _prefixed(note: Callable[[str], None], prefix: str, text: str) -> None:
+    note(f"{prefix}: {text}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -223,6 +237,7 @@ class SuiteModels:
     suspects: tuple[BuiltSuspect, ...]
     input_shape: tuple[int, int, int]
     test: tuple[Tensor, Tensor]
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def suite_size(suite: Suite) -> int:
@@ -235,31 +250,56 @@ def suite_size(suite: Suite) -> int:
 
 
 def build_suite_models(
-    suite: Suite, zoo: ModelZoo, step: Callable[[str], None] = lambda _name: None
+    suite: Suite,
+    zoo: ModelZoo,
+    step: Callable[[str], None] = lambda _name: None,
+    note: Callable[[str], None] = lambda _text: None,
 ) -> SuiteModels:
     """Build (or load from ``zoo``) the owner, every attacked copy and every independent.
 
-    ``step(name)`` is called after each model. Keys are content hashes of what produced each
-    model, so :func:`run_suite` and :func:`ipguard.sweep.run_sweep` share one zoo.
+    ``step(name)`` is called after each model, ``note(text)`` during long training (the
+    epoch and loss). Keys are content hashes of what produced each model, so
+    :func:`run_suite` and :func:`ipguard.sweep.run_sweep` share one zoo. ``seconds`` in the
+    result holds the wall time of each stage (owner, attacks, independents).
     """
+    clock = time.perf_counter()
+    seconds: dict[str, float] = {}
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[stage] = now - clock
+        clock = now
+
     splits = _split(suite)
     xo, yo = splits["owner"]
-    in_channels = int(xo.shape[1])
     c, h, w = (int(v) for v in xo.shape[1:])
     num_classes = int(max(int(v[1].max()) for v in splits.values())) + 1
     data_spec = suite.data.to_dict()
+    lap("data")
 
     # -- the owner
     o = suite.owner
-    owner_factory = _factory(o.arch, in_channels, num_classes)
+    owner_factory = _factory(o.arch, (c, h, w), num_classes)
     owner_spec = {"kind": "owner", "data": data_spec, "split": "owner", **o.to_dict(),
                   "num_classes": num_classes}  # fmt: skip
     owner_key, owner = zoo.get_or_build(
         owner_spec,
-        partial(_train, owner_factory, xo, yo, epochs=o.epochs, lr=o.lr, seed=o.seed, init=0),
+        partial(
+            _train,
+            owner_factory,
+            xo,
+            yo,
+            recipe=o.recipe,
+            seed=o.seed,
+            init=0,
+            checkpoint=zoo.checkpoint_path(zoo_key(owner_spec)),
+            note=partial(_prefixed, note, "owner"),
+        ),  # fmt: skip
         template=owner_factory,
     )
     step("owner")
+    lap("owner")
     suspects = [BuiltSuspect("owner", "owner", True, owner_key, owner)]
 
     # -- attacked copies (positives)
@@ -271,7 +311,7 @@ def build_suite_models(
             student = getattr(attack, "student", None)
             template: Callable[[], nn.Module]
             if a.name in ("distill", "extract") and isinstance(student, str):
-                template = _factory(student, in_channels, num_classes)
+                template = _factory(student, (c, h, w), num_classes)
             else:  # the attacked model has the owner's structure
                 template = partial(copy.deepcopy, owner)
             for seed in a.seeds:
@@ -284,25 +324,36 @@ def build_suite_models(
                 name = _variant_name(a.name, dict(params), seed)
                 suspects.append(BuiltSuspect(name, family, True, key, module))
                 step(name)
+    lap("attacks")
 
     # -- independent models (negatives)
     for ind in suite.independents:
         x, y = splits["owner"] if ind.data == "owner" else splits["independent"]
-        factory = _factory(ind.arch, in_channels, num_classes)
+        factory = _factory(ind.arch, (c, h, w), num_classes)
         family = _independent_family(ind.arch, ind.data, o.arch)
         for seed in ind.seeds:
+            name = f"{ind.arch}-{ind.data}-data-s{seed}"
             spec = {"kind": "independent", "data": data_spec, "split": ind.data,
-                    "arch": ind.arch, "epochs": ind.epochs, "lr": ind.lr, "seed": seed,
+                    "arch": ind.arch, **ind.recipe.to_dict(), "seed": seed,
                     "num_classes": num_classes}  # fmt: skip
             key, module = zoo.get_or_build(
                 spec,
-                partial(_train, factory, x, y, epochs=ind.epochs, lr=ind.lr, seed=seed),
+                partial(
+                    _train,
+                    factory,
+                    x,
+                    y,
+                    recipe=ind.recipe,
+                    seed=seed,
+                    checkpoint=zoo.checkpoint_path(zoo_key(spec)),
+                    note=partial(_prefixed, note, name),
+                ),  # fmt: skip
                 template=factory,
             )
-            name = f"{ind.arch}-{ind.data}-data-s{seed}"
             suspects.append(BuiltSuspect(name, family, False, key, module))
             step(name)
-    return SuiteModels(owner, tuple(suspects), (c, h, w), splits["test"])
+    lap("independents")
+    return SuiteModels(owner, tuple(suspects), (c, h, w), splits["test"], seconds)
 
 
 def run_suite(
@@ -320,7 +371,13 @@ def run_suite(
         if progress is not None:
             progress(what, done, total)
 
-    models = build_suite_models(suite, zoo, step)
+    def note(text: str) -> None:
+        if progress is not None:
+            progress(text, done, total)
+
+    models = build_suite_models(suite, zoo, step, note)
+    seconds = dict(models.seconds)
+    clock = time.perf_counter()
     xt, yt = models.test
     input_shape = models.input_shape
     owner = models.owner
@@ -332,12 +389,19 @@ def run_suite(
     owner_model = OwnerModel(owner, input_shape=input_shape)
     fp = method.generate(owner_model, f.n, data=xt if method.needs_data else None, seed=f.seed)
     step("fingerprint")
+    seconds["fingerprint"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     results: list[SuspectResult] = []
+    verify_seconds = 0.0
     for name, family, pirated, key, module in suspects:
+        started_verify = time.perf_counter()
         v = verify(fp, OwnerModel(module, input_shape=input_shape), name=name)
+        verify_seconds += time.perf_counter() - started_verify
         results.append(
             SuspectResult(name, family, pirated, accuracy(module, xt, yt), v.matches, v.n, key)
         )
+    seconds["verification"] = verify_seconds
+    seconds["test accuracy"] = time.perf_counter() - clock - verify_seconds
 
     neg_matches = [r.matches for r in results if not r.pirated]
     cal: Calibration | None = None
@@ -365,6 +429,7 @@ def run_suite(
         models_loaded=len(zoo.loaded),
         seconds=time.perf_counter() - started,
         fingerprint=fp,
+        stage_seconds=seconds,
     )
 
 

@@ -14,11 +14,18 @@ fingerprint settings. Every key is checked on loading; a mistake is one
     independent = 350        # rows for independents trained on "independent" data
     test = 347               # held-out rows for accuracies
 
+    [training]               # optional: the training recipe (ipguard.train.Recipe) that the
+    optimizer = "adam"       # owner and the independents share unless their own tables
+    epochs = 30              # override a key: optimizer, lr, epochs, batch_size, momentum,
+    lr = 1e-3                # nesterov, weight_decay, schedule, milestones, gamma, augment,
+    batch_size = 64          # crop_padding, amp
+                             # (the CIFAR recipe: optimizer = "sgd", lr = 0.1,
+                             # weight_decay = 5e-4, schedule = "cosine", augment = true)
+
     [owner]
     arch = "digits_cnn"      # a name in ipguard.nets.ARCHITECTURES
-    epochs = 30
-    lr = 1e-3
     seed = 0
+    epochs = 40              # any [training] key, for the owner only
 
     [[attacks]]
     name = "ftal"                                   # a name in ipguard.attacks.ATTACKS
@@ -29,8 +36,7 @@ fingerprint settings. Every key is checked on loading; a mistake is one
     arch = "digits_cnn"
     data = "owner"           # "owner": the owner's split (hardest negatives); or "independent"
     seeds = [1, 2, 3]
-    epochs = 30
-    lr = 1e-3
+    epochs = 30              # any [training] key, for these models only
 
     [fingerprint]
     method = "ipguard"       # a name in ipguard.methods.METHODS
@@ -57,6 +63,7 @@ from ipguard.attacks import ATTACKS, make_attack
 from ipguard.errors import InputError
 from ipguard.methods import METHODS, make_method
 from ipguard.nets import ARCHITECTURES
+from ipguard.train import Recipe
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -106,15 +113,20 @@ class DataSpec:
         }  # fmt: skip
 
 
+def _default_recipe() -> Recipe:
+    return Recipe(epochs=30, lr=1e-3)
+
+
 @dataclass(frozen=True)
 class OwnerSpec:
+    """The owner's architecture, seed (initial weights and batch order) and recipe."""
+
     arch: str = "digits_cnn"
-    epochs: int = 30
-    lr: float = 1e-3
     seed: int = 0
+    recipe: Recipe = field(default_factory=_default_recipe)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"arch": self.arch, "epochs": self.epochs, "lr": self.lr, "seed": self.seed}
+        return {"arch": self.arch, "seed": self.seed, **self.recipe.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -140,13 +152,12 @@ class IndependentSpec:
     arch: str
     data: IndependentData = "owner"
     seeds: tuple[int, ...] = (1,)
-    epochs: int = 30
-    lr: float = 1e-3
+    recipe: Recipe = field(default_factory=_default_recipe)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "arch": self.arch, "data": self.data, "seeds": list(self.seeds),
-            "epochs": self.epochs, "lr": self.lr,
+            **self.recipe.to_dict(),
         }  # fmt: skip
 
 
@@ -228,9 +239,10 @@ def suite_from_dict(obj: Mapping[str, Any], *, where: str = "suite") -> Suite:
     """Validate a parsed suite (a mapping as TOML gives it) into a :class:`Suite`."""
     _table(obj, where)
     _keys(obj, where, required=("owner", "attacks", "independents"),
-          optional=("data", "fingerprint", "calibration"))  # fmt: skip
+          optional=("data", "training", "fingerprint", "calibration"))  # fmt: skip
     data = _data(obj.get("data", {}), f"{where}: [data]")
-    owner = _owner(obj["owner"], f"{where}: [owner]")
+    training = _training(obj.get("training", {}), f"{where}: [training]")
+    owner = _owner(obj["owner"], f"{where}: [owner]", training)
     attacks_raw = _list(
         obj["attacks"], f"{where}: [[attacks]]", "write one [[attacks]] table per attack"
     )
@@ -240,7 +252,8 @@ def suite_from_dict(obj: Mapping[str, Any], *, where: str = "suite") -> Suite:
     ind_raw = _list(obj["independents"], f"{where}: [[independents]]",
                     "write one [[independents]] table per kind of independent model")  # fmt: skip
     independents = tuple(
-        _independent(d, f"{where}: [[independents]] #{i + 1}") for i, d in enumerate(ind_raw)
+        _independent(d, f"{where}: [[independents]] #{i + 1}", training)
+        for i, d in enumerate(ind_raw)
     )
     if sum(len(i.seeds) for i in independents) < 2:
         raise InputError(
@@ -264,15 +277,32 @@ def _data(obj: Any, where: str) -> DataSpec:
     return DataSpec(spec=spec, seed=seed, **sizes)
 
 
-def _owner(obj: Any, where: str) -> OwnerSpec:
+RECIPE_KEYS = tuple(Recipe.__dataclass_fields__)
+
+
+def _training(obj: Any, where: str) -> Recipe:
     _table(obj, where)
-    _keys(obj, where, optional=("arch", "epochs", "lr", "seed"))
+    _keys(obj, where, optional=RECIPE_KEYS)
+    return _recipe(obj, where, _default_recipe())
+
+
+def _recipe(obj: Mapping[str, Any], where: str, base: Recipe) -> Recipe:
+    """``base`` with the recipe keys present in ``obj`` replaced (validated)."""
+    values = {**base.to_dict(), **{k: obj[k] for k in RECIPE_KEYS if k in obj}}
+    try:
+        return Recipe.from_dict(values)
+    except (InputError, TypeError) as err:
+        raise InputError(f"{where}: {err}") from err
+
+
+def _owner(obj: Any, where: str, training: Recipe) -> OwnerSpec:
+    _table(obj, where)
+    _keys(obj, where, optional=("arch", "seed", *RECIPE_KEYS))
     d = OwnerSpec()
     return OwnerSpec(
         arch=_arch(obj, where, d.arch),
-        epochs=_int(obj, "epochs", where, d.epochs, minimum=1),
-        lr=_float(obj, "lr", where, d.lr),
         seed=_int(obj, "seed", where, d.seed, minimum=0),
+        recipe=_recipe(obj, where, training),
     )
 
 
@@ -306,9 +336,9 @@ def _attack(obj: Any, where: str) -> AttackSpec:
     return AttackSpec(name=name, variants=tuple(checked), seeds=_seeds(obj, where, (0,)))
 
 
-def _independent(obj: Any, where: str) -> IndependentSpec:
+def _independent(obj: Any, where: str, training: Recipe) -> IndependentSpec:
     _table(obj, where)
-    _keys(obj, where, required=("arch",), optional=("data", "seeds", "epochs", "lr"))
+    _keys(obj, where, required=("arch",), optional=("data", "seeds", *RECIPE_KEYS))
     data = _str(obj, "data", where, "owner")
     if data not in ("owner", "independent"):
         raise InputError(
@@ -321,8 +351,7 @@ def _independent(obj: Any, where: str) -> IndependentSpec:
         arch=_arch(obj, where, d.arch),
         data="owner" if data == "owner" else "independent",
         seeds=_seeds(obj, where, d.seeds),
-        epochs=_int(obj, "epochs", where, d.epochs, minimum=1),
-        lr=_float(obj, "lr", where, d.lr),
+        recipe=_recipe(obj, where, training),
     )
 
 
@@ -482,14 +511,14 @@ def default_suite() -> Suite:
         AttackSpec("weight-noise", ({"scale": 0.05}, {"scale": 0.2}, {"scale": 0.5})),
     )
     independents = (
-        IndependentSpec("digits_cnn", "owner", (1, 2, 3, 4, 5), epochs=40),
-        IndependentSpec("digits_cnn", "independent", (6, 7), epochs=40),
-        IndependentSpec("digits_mlp", "owner", (8, 9, 10), epochs=80),
-        IndependentSpec("digits_mlp", "independent", (11, 12, 13), epochs=80),
+        IndependentSpec("digits_cnn", "owner", (1, 2, 3, 4, 5), Recipe(epochs=40)),
+        IndependentSpec("digits_cnn", "independent", (6, 7), Recipe(epochs=40)),
+        IndependentSpec("digits_mlp", "owner", (8, 9, 10), Recipe(epochs=80)),
+        IndependentSpec("digits_mlp", "independent", (11, 12, 13), Recipe(epochs=80)),
     )
     return Suite(
         data=DataSpec(),
-        owner=OwnerSpec(epochs=40),
+        owner=OwnerSpec(recipe=Recipe(epochs=40)),
         attacks=tuple(replace(a, seeds=(0, 1)) for a in attacks),
         independents=independents,
         fingerprint=FingerprintSpec(),

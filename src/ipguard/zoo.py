@@ -75,6 +75,11 @@ class ModelZoo:
     def sidecar_path(self, key: str) -> Path:
         return self.root / f"{key}.json"
 
+    def checkpoint_path(self, key: str) -> Path:
+        """Where a build in progress may keep its training checkpoint (removed once the
+        model is committed), so an interrupted build resumes mid-training."""
+        return self.root / f"{key}.ckpt"
+
     def is_finished(self, key: str) -> bool:
         """Whether ``key`` has a committed sidecar whose hash matches the weights on disk."""
         return self._finished_sidecar(key) is not None
@@ -153,3 +158,4 @@ class ModelZoo:
             "build_seconds": round(seconds, 3),
         }
         atomic_write_bytes(side, (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode())
+        self.checkpoint_path(key).unlink(missing_ok=True)

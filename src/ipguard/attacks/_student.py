@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
 
 from ipguard.attacks.base import PirateData, TrainingAttack, model_device
 from ipguard.errors import InputError
-from ipguard.nets import ARCHITECTURES
+from ipguard.nets import ARCHITECTURES, build_arch
 from ipguard.train import seeded
 
 __all__ = ["StudentAttack"]
@@ -35,10 +36,9 @@ class StudentAttack(TrainingAttack):
     ) -> nn.Module:
         """A student for ``num_classes`` and the data's channels, initialised from ``seed``,
         on the teacher's device; checked to accept the data's input shape."""
-        factory = ARCHITECTURES[self.student]
-        in_channels = int(data.x.shape[1])
-        student = seeded(lambda: factory(num_classes=num_classes, in_channels=in_channels), seed)
-        student = student.to(model_device(teacher))
+        c, h, w = (int(v) for v in data.x.shape[1:])
+        factory = partial(build_arch, self.student, num_classes=num_classes, input_shape=(c, h, w))
+        student = seeded(factory, seed).to(model_device(teacher))
         try:
             with torch.no_grad():
                 student.eval()(data.x[:2].to(model_device(student)))
