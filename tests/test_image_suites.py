@@ -201,3 +201,40 @@ def test_cli_data_override(tmp_path: Path) -> None:
     ok = runner.invoke(app, [*args, "--data", f"npz:{path}", "--json"])
     assert ok.exit_code == 0, ok.output
     assert f"npz:{path}" in ok.output and (tmp_path / "o" / "results.json").is_file()
+
+
+def test_cli_registry_architecture_with_weights(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from ipguard.nets import build_arch
+    from ipguard.train import seeded
+
+    data = _images(tmp_path / "x.npz", n=40)
+    from ipguard.data import load_data
+    from ipguard.train import Recipe, train
+
+    model = seeded(lambda: build_arch("cifar_cnn", num_classes=4, input_shape=(3, 16, 16)), 0)
+    d = load_data(f"npz:{data}")
+    assert d.y is not None
+    train(model, d.x, d.y, Recipe(epochs=10, lr=1e-2, batch_size=20))
+    weights = tmp_path / "owner.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    fp = tmp_path / "owner.fp.safetensors"
+    options = ["-n", "6", "--k", "0.5", "--max-iter", "200", "-o", str(fp)]
+    made = runner.invoke(app, ["fingerprint", "arch:cifar_cnn", "--weights", str(weights),
+                               "--data", f"npz:{data}", *options])  # fmt: skip
+    assert made.exit_code == 0, made.output
+    # 4 classes are read from the weights, 16x16 from the data; the copy matches fully
+    checked = runner.invoke(app, ["verify", str(fp), "arch:cifar_cnn", "--weights", str(weights),
+                                  "--json"])  # fmt: skip
+    assert checked.exit_code == 0, checked.output
+    assert '"matching_rate": 1.0' in checked.output
+    wrong = runner.invoke(app, ["verify", str(fp), "arch:resnet20", "--weights", str(weights)])
+    assert wrong.exit_code == 1 and "do not fit resnet20" in wrong.output
+    missing = runner.invoke(app, ["fingerprint", "arch:cifar_cnn", "--data", f"npz:{data}",
+                                  "-o", str(tmp_path / "x.fp")])  # fmt: skip
+    assert missing.exit_code == 1 and "pass --weights" in missing.output
+    unknown = runner.invoke(app, ["verify", str(fp), "arch:resnet21", "--weights", str(weights)])
+    assert unknown.exit_code == 1 and "unknown architecture" in unknown.output.lower()
+    listed = runner.invoke(app, ["archs", "--json"])
+    assert listed.exit_code == 0 and '"resnet20"' in listed.output

@@ -166,16 +166,17 @@ class TargetRule(str, Enum):
 ModelArg = Annotated[
     str,
     typer.Argument(
-        help="The owner model: a TorchScript archive (.pt), or package.module:factory "
-        "with --weights.",
+        help="The owner model: a TorchScript archive (.pt), package.module:factory with "
+        "--weights, or arch:NAME with --weights (a built-in architecture such as "
+        "arch:resnet20 or arch:resnet18; see `ipguard archs`).",
         show_default=False,
     ),
 ]
 WeightsOpt = Annotated[
     Path | None,
     typer.Option(
-        "--weights", help="Weights for a package.module:factory model: .safetensors, or a .pt "
-        "state dict (read with weights_only=True).",
+        "--weights", help="Weights for a package.module:factory or arch:NAME model: "
+        ".safetensors, or a .pt/.pth state dict (read with weights_only=True).",
     ),
 ]  # fmt: skip
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")]
@@ -311,7 +312,7 @@ def fingerprint(
     fp_method = make_method(method, **params)
     if fp_method.needs_data and dataset is None:
         raise InputError("--start data needs --data SPEC")
-    module = load_module(model, weights)
+    module = load_module(model, weights, input_shape=shape)
     owner = OwnerModel(
         module, input_shape=shape, bounds=_bounds(bounds), mean=_numbers(mean, "--mean"),
         std=_numbers(std, "--std"), device=device,
@@ -355,7 +356,7 @@ def verify(
         typer.Argument(
             metavar="SUSPECT...",
             help="Suspect models: TorchScript archives, or "
-            "package.module:factory (each takes the next --weights).",
+            "package.module:factory or arch:NAME (each takes the next --weights).",
             show_default=False,
         ),
     ] = None,
@@ -364,7 +365,7 @@ def verify(
         typer.Option(
             "--weights",
             metavar="FILE",
-            help="Weights for each package.module:factory suspect, in order.",
+            help="Weights for each package.module:factory or arch:NAME suspect, in order.",
         ),
     ] = None,
     adapter: Annotated[
@@ -454,7 +455,9 @@ def verify(
     suspect_mean = _numbers(mean, "--mean") if mean is not None else fp.preprocessing["mean"]
     suspect_std = _numbers(std, "--std") if std is not None else fp.preprocessing["std"]
     for spec in specs:
-        module = load_module(spec, next(w_iter) if is_factory_spec(spec) else None)
+        module = load_module(
+            spec, next(w_iter) if is_factory_spec(spec) else None, input_shape=fp.input_shape
+        )
         oracle = OwnerModel(
             module, input_shape=fp.input_shape, bounds=fp.bounds, mean=suspect_mean,
             std=suspect_std, device=device,
@@ -535,6 +538,31 @@ def inspect(
     for key, value in summary.items():
         text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
         table.add_row(key, escape(text))
+    out.print(table)
+
+
+@app.command()
+@handle_errors
+def archs(as_json: JsonOpt = False) -> None:
+    """List the built-in architectures (for suite configs, and arch:NAME with --weights).
+
+    Example: ipguard fingerprint arch:resnet20 --weights owner.safetensors --data
+    cifar10:cifar-10-python.tar.gz -o owner.fp.safetensors
+    """
+    from ipguard.nets import describe_architectures, native_input_shape
+
+    described = describe_architectures()
+    if as_json:
+        _print_json([
+            {"name": name, "input": list(native_input_shape(name)), "description": text}
+            for name, text in described.items()
+        ])  # fmt: skip
+        return
+    table = Table(title="Built-in architectures (ipguard.nets.ARCHITECTURES)")
+    for column in ("name", "native input C,H,W", "description"):
+        table.add_column(column)
+    for name, text in described.items():
+        table.add_row(name, ",".join(map(str, native_input_shape(name))), escape(text))
     out.print(table)
 
 

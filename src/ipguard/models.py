@@ -396,13 +396,29 @@ def is_factory_spec(spec: str) -> bool:
     return ":" in spec and not Path(spec).exists() and "/" not in spec.partition(":")[0]
 
 
-def load_module(spec: str, weights: str | Path | None = None) -> nn.Module:
-    """Load a classifier module from a TorchScript archive or ``package.module:factory``.
+def load_module(
+    spec: str,
+    weights: str | Path | None = None,
+    *,
+    input_shape: tuple[int, int, int] | None = None,
+) -> nn.Module:
+    """Load a classifier module from a TorchScript archive, ``package.module:factory``, or
+    ``arch:NAME`` (an architecture of :data:`ipguard.nets.ARCHITECTURES`).
 
     ``factory`` is called without arguments and must return an ``nn.Module``; ``weights``
     (``.safetensors`` or a ``.pt`` state dict) are then loaded strictly. A TorchScript
-    archive carries its own weights; ``weights`` may still override them.
+    archive carries its own weights; ``weights`` may still override them. ``arch:NAME`` is
+    built for ``input_shape`` (default: the architecture's own) and as many classes as the
+    weights' classifier has (:func:`ipguard.nets.load_pretrained`).
     """
+    if spec.startswith("arch:"):
+        from ipguard.nets import load_pretrained
+
+        if weights is None:
+            raise ModelError(
+                f"{spec} builds an untrained model", "pass --weights FILE with its trained weights"
+            )
+        return load_pretrained(spec.removeprefix("arch:"), weights, input_shape=input_shape)
     if is_factory_spec(spec):
         factory = import_attr(spec)
         if isinstance(factory, nn.Module):

@@ -642,6 +642,17 @@ def _some(keys: Sequence[str], limit: int = 3) -> str:
     return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
+def _classes_in(name: str, state: dict[str, Tensor], shape: tuple[int, int, int]) -> int:
+    """The number of classes the weights were trained for: rows of the classifier weight."""
+    native = _native_num_classes(name)
+    probe = build_arch(name, num_classes=native, input_shape=shape)
+    last = [n for n, m in probe.named_modules() if isinstance(m, nn.Linear)][-1]
+    weight = state.get(f"{last}.weight")
+    if weight is None or weight.ndim != 2 or weight.shape[0] < 2:
+        return native  # the key check below names what is wrong
+    return int(weight.shape[0])
+
+
 def load_pretrained(
     name: str,
     path: str | Path,
@@ -652,18 +663,19 @@ def load_pretrained(
 ) -> nn.Module:
     """Build architecture ``name`` and load the local weights file ``path``; eval mode.
 
-    ``num_classes`` and ``input_shape`` default to the architecture's native ones.
+    ``num_classes`` defaults to the number of rows of the file's classifier weight (the last
+    ``nn.Linear``), ``input_shape`` to the architecture's native one.
     ``.safetensors`` or ``.pt``/``.pth`` (read with ``weights_only=True``); a state dict may be
     wrapped as ``{"state_dict": ...}`` or ``{"model": ...}`` and its keys prefixed ``module.``.
     Missing or unexpected keys and shape mismatches raise one InputError line.
     """
-    classes = _native_num_classes(name) if num_classes is None else num_classes
     shape = native_input_shape(name) if input_shape is None else input_shape
-    model = build_arch(name, num_classes=classes, input_shape=shape, **kwargs)
     p = Path(path)
     state = _read_state_dict(p)
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
+    classes = _classes_in(name, state, shape) if num_classes is None else num_classes
+    model = build_arch(name, num_classes=classes, input_shape=shape, **kwargs)
     expected = model.state_dict()
     # BatchNorm fills in a missing num_batches_tracked (checkpoints from torch < 0.4.1).
     missing = [k for k in expected if k not in state and not k.endswith(".num_batches_tracked")]
