@@ -206,6 +206,21 @@ def _check_output(path: Path) -> None:
         raise InputError(f"cannot write {path}: it is a folder", "give a file name")
 
 
+def _method_params(items: Sequence[str]) -> dict[str, Any]:
+    """``--param KEY=VALUE`` options as a dict; VALUE is JSON where it parses, else a string."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise InputError(f"--param must be KEY=VALUE, got {item!r}", "e.g. --param eps=0.05")
+        try:
+            out[key] = json.loads(text)
+        except ValueError:
+            out[key] = text
+    return out
+
+
 def _kv_table(title: str) -> Table:
     table = Table(title=title, show_header=False)
     table.add_column("key", no_wrap=True)
@@ -259,17 +274,30 @@ def fingerprint(
         typer.Option("--lr", help=f"Adam learning rate on the input (default {DEFAULT_LR:g})."),
     ] = None,
     max_iter: Annotated[
-        int, typer.Option("--max-iter", help="Adam steps per point at most.")
-    ] = 1000,
+        int | None,
+        typer.Option("--max-iter", help="Adam steps per point at most (default 1000)."),
+    ] = None,
     start: Annotated[
-        StartPoints, typer.Option("--start", help="Start points: uniform noise or --data images.")
-    ] = StartPoints.noise,
+        StartPoints | None,
+        typer.Option(
+            "--start", help="Start points: uniform noise or --data images (default noise)."
+        ),
+    ] = None,
     target: Annotated[
-        TargetRule, typer.Option("--target", help="Target label rule.")
-    ] = TargetRule.random,
+        TargetRule | None, typer.Option("--target", help="Target label rule (default random).")
+    ] = None,
     max_rounds: Annotated[
-        int, typer.Option("--max-rounds", help="Rounds of new start points for failures.")
-    ] = 5,
+        int | None,
+        typer.Option("--max-rounds", help="Rounds of new start points for failures (default 5)."),
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            help="KEY=VALUE hyper-parameter of the method (VALUE parsed as JSON where it can "
+            "be, e.g. eps=0.05, targeted=true); repeatable, overrides the options above.",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of all randomness.")] = 0,
     bounds: Annotated[str, typer.Option("--bounds", help="Valid input range low,high.")] = "0,1",
     mean: MeanOpt = None,
@@ -301,17 +329,29 @@ def fingerprint(
             )
         shape = dataset.input_shape
     assert shape is not None
-    params: dict[str, Any] = {
-        "max_iter": max_iter, "start": start.value, "target": target.value,
-        "max_rounds": max_rounds,
+    given = {
+        "k": k, "lr": lr, "max_iter": max_iter, "start": start.value if start else None,
+        "target": target.value if target else None, "max_rounds": max_rounds,
     }  # fmt: skip
-    if k is not None:
-        params["k"] = k
-    if lr is not None:
-        params["lr"] = lr
+    params: dict[str, Any] = {key: v for key, v in given.items() if v is not None}
+    params.update(_method_params(param or []))
+    known = [f.name for f in dataclasses.fields(METHODS[method])]  # type: ignore[arg-type]
+    if unknown := sorted(set(params) - set(known)):
+        raise InputError(
+            f"method {method!r} has no parameter {', '.join(unknown)}",
+            f"its parameters: {', '.join(known)}" if known else "it takes no parameters",
+        )
     fp_method = make_method(method, **params)
     if fp_method.needs_data and dataset is None:
-        raise InputError("--start data needs --data SPEC")
+        raise InputError(
+            "--start data needs --data SPEC"
+            if params.get("start") == "data"
+            else f"method {method!r} needs --data SPEC"
+        )
+    if fp_method.needs_labels and (dataset is None or dataset.y is None):
+        raise InputError(
+            f"method {method!r} needs the true labels of the data", "give a data spec with labels"
+        )
     module = load_module(model, weights, input_shape=shape)
     owner = OwnerModel(
         module, input_shape=shape, bounds=_bounds(bounds), mean=_numbers(mean, "--mean"),
@@ -319,7 +359,8 @@ def fingerprint(
     )  # fmt: skip
     with _progress("fingerprinting", n) as update:
         fp = fp_method.generate(
-            owner, n, data=dataset.x if dataset is not None else None, seed=seed,
+            owner, n, data=dataset.x if dataset is not None else None,
+            labels=dataset.y if dataset is not None else None, seed=seed,
             progress=lambda p: update(p.converged, f"round {p.round} step {p.iteration}"),
         )  # fmt: skip
         update(n, "done")
@@ -338,6 +379,11 @@ def fingerprint(
             "converged",
             f"{stats['converged']} of {stats['attempted']} start points "
             f"({100 * stats['convergence_rate']:.1f}%), mean {stats['mean_iterations']} steps",
+        )
+    if "success_rate" in stats:
+        table.add_row(
+            "success",
+            f"{stats['successes']} of {fp.n} points ({100 * stats['success_rate']:.1f}%)",
         )
     table.add_row("time", f"{stats.get('seconds', 0):.2f} s")
     table.add_row("owner weights sha256", fp.owner_sha256)

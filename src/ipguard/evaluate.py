@@ -387,7 +387,10 @@ def run_suite(
     f = suite.fingerprint
     method = make_method(f.method, **f.params)
     owner_model = OwnerModel(owner, input_shape=input_shape)
-    fp = method.generate(owner_model, f.n, data=xt if method.needs_data else None, seed=f.seed)
+    fp = method.generate(
+        owner_model, f.n, data=xt if method.needs_data else None,
+        labels=yt if method.needs_data else None, seed=f.seed,
+    )  # fmt: skip
     step("fingerprint")
     seconds["fingerprint"] = time.perf_counter() - clock
     clock = time.perf_counter()

@@ -362,17 +362,18 @@ def run_sweep(
     models = build_suite_models(suite, zoo, step)
     owner_model = OwnerModel(models.owner, input_shape=models.input_shape)
     data = models.test[0] if base.needs_data else None
+    labels = models.test[1] if base.needs_data else None
 
     rows: list[SweepRow] = []
     for k in k_values or ():
         method = make_method(f.method, **{**f.params, "k": k})
-        fp = method.generate(owner_model, f.n, data=data, seed=f.seed)
+        fp = method.generate(owner_model, f.n, data=data, labels=labels, seed=f.seed)
         rows.append(_row("k", k, fp, models))
         step(f"fingerprint k={k:g}")
 
     n_fp: Fingerprint | None = None
     if n_values:
-        n_fp = base.generate(owner_model, max(n_values), data=data, seed=f.seed)
+        n_fp = base.generate(owner_model, max(n_values), data=data, labels=labels, seed=f.seed)
         step(f"fingerprint n={n_fp.n}")
         for n in n_values:
             rows.append(_row("n", n, nested_fingerprint(n_fp, n), models))

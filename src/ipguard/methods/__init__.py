@@ -10,12 +10,24 @@ from typing import Any
 
 from ipguard.errors import InputError
 from ipguard.methods.base import FingerprintMethod, GenerationProgress, ProgressFn
+from ipguard.methods.boundary import Boundary
+from ipguard.methods.fgsm import FGSM
 from ipguard.methods.ipguard import IPGuard
+from ipguard.methods.misclassified import Misclassified
+from ipguard.methods.natural import Natural
+from ipguard.methods.noise import RandomNoise
+from ipguard.methods.pgd import PGD
 
 __all__ = ["METHODS", "FingerprintMethod", "GenerationProgress", "ProgressFn", "make_method"]
 
 METHODS: dict[str, type[FingerprintMethod]] = {
     IPGuard.name: IPGuard,
+    RandomNoise.name: RandomNoise,
+    Natural.name: Natural,
+    FGSM.name: FGSM,
+    PGD.name: PGD,
+    Boundary.name: Boundary,
+    Misclassified.name: Misclassified,
 }
 
 

@@ -50,6 +50,11 @@ class FingerprintMethod(ABC):
         """True if, with these settings, the method starts from real inputs (``data``)."""
         return False
 
+    @property
+    def needs_labels(self) -> bool:
+        """True if the method needs the true labels of ``data`` (``labels``)."""
+        return False
+
     def params(self) -> dict[str, Any]:
         """All hyper-parameters, JSON-serialisable."""
         assert dataclasses.is_dataclass(self)
@@ -64,8 +69,12 @@ class FingerprintMethod(ABC):
         data: Tensor | None,
         generator: torch.Generator,
         progress: ProgressFn | None,
+        labels: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Any]]:
-        """Return ``n`` points ``(n, C, H, W)`` and JSON-serialisable statistics."""
+        """Return ``n`` points ``(n, C, H, W)`` and JSON-serialisable statistics.
+
+        ``labels`` are the true labels of ``data`` (int64 ``(M,)``, validated), or ``None``.
+        """
 
     def generate(
         self,
@@ -73,6 +82,7 @@ class FingerprintMethod(ABC):
         n: int = 100,
         *,
         data: Tensor | None = None,
+        labels: Tensor | None = None,
         seed: int = 0,
         progress: ProgressFn | None = None,
     ) -> Fingerprint:
@@ -83,6 +93,8 @@ class FingerprintMethod(ABC):
             n: number of fingerprinting points.
             data: optional real inputs ``(M, C, H, W)`` in the model's bounds (start points
                 for methods that use them). Never modified.
+            labels: optional true labels of ``data``, integers ``(M,)`` in
+                ``0..num_classes-1`` (for methods that need them). Never modified.
             seed: all randomness comes from a generator seeded with it.
             progress: called with a :class:`GenerationProgress` as work proceeds.
         """
@@ -97,9 +109,17 @@ class FingerprintMethod(ABC):
                 f"method {self.name!r} with these settings starts from real inputs",
                 "pass --data SPEC",
             )
+        labels = _check_labels(labels, data, model.num_classes)
+        if labels is None and self.needs_labels:
+            raise InputError(
+                f"method {self.name!r} needs the true labels of the data",
+                "pass a data spec with labels",
+            )
         generator = torch.Generator().manual_seed(seed)
         started = time.perf_counter()
-        points, stats = self.run(model, n, data=data, generator=generator, progress=progress)
+        points, stats = self.run(
+            model, n, data=data, labels=labels, generator=generator, progress=progress
+        )
         if points.shape != (n, *model.input_shape):
             raise AssertionError(f"{self.name} returned {tuple(points.shape)}, expected n={n}")
         low, high = model.bounds
@@ -121,3 +141,27 @@ class FingerprintMethod(ABC):
             },
             stats=stats,
         )
+
+
+def _check_labels(labels: Tensor | None, data: Tensor | None, classes: int) -> Tensor | None:
+    """Validate the true labels of ``data``; return them as int64 on the CPU (a copy if cast)."""
+    if labels is None:
+        return None
+    if data is None:
+        raise InputError("labels were given without data", "pass the inputs they label as data")
+    if not isinstance(labels, Tensor):
+        raise InputError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise InputError(f"labels must be integers, got {labels.dtype}")
+    if tuple(labels.shape) != (data.shape[0],):
+        raise InputError(
+            f"labels have shape {tuple(labels.shape)}, expected ({data.shape[0]},): one per "
+            "data input"
+        )
+    labels = labels.detach().to("cpu", torch.int64)
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        raise InputError(
+            f"labels span {int(labels.min())}..{int(labels.max())}, the model has classes "
+            f"0..{classes - 1}"
+        )
+    return labels

@@ -196,7 +196,9 @@ class IPGuard(FingerprintMethod):
         data: Tensor | None,
         generator: torch.Generator,
         progress: ProgressFn | None,
+        labels: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Any]]:
+        del labels  # IPGuard does not use the true labels
         low, high = model.bounds
         order = torch.randperm(data.shape[0], generator=generator) if data is not None else None
         cursor = 0

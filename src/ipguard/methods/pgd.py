@@ -1,0 +1,98 @@
+"""PGD baseline (Madry et al. 2018): projected signed-gradient steps from real inputs.
+
+As :mod:`ipguard.methods.fgsm`, but ``steps`` steps of size ``step_size``, optionally from a
+uniform random point of the L-inf ball, each followed by projection onto the ball of radius
+``eps`` around the start row and onto the bounds. Untargeted or targeted (a random other
+class). Every point is kept; the statistics say how often the attack succeeded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from ipguard.errors import InputError
+from ipguard.methods._common import (
+    attack_stats,
+    check_bool,
+    check_fraction,
+    check_int,
+    linf_attack,
+    pick_rows,
+    predict_raw,
+    random_targets,
+)
+from ipguard.methods.base import FingerprintMethod, ProgressFn
+from ipguard.models import OwnerModel
+
+__all__ = ["PGD"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PGD(FingerprintMethod):
+    """L-inf PGD of radius ``eps`` from ``n`` distinct data rows.
+
+    Args:
+        eps: ball radius as a fraction of the bound range ``high - low``. In (0, 1].
+        steps: number of steps (>= 1).
+        step_size: step as a fraction of the bound range; ``None`` means ``eps / 4``.
+        random_start: start from a uniform random point of the ball instead of the row.
+        targeted: push towards a random other class instead of away from the owner's label.
+
+    Statistics: as FGSM's (``success_rate``, ``successes``, ``mean_linf``, ``mean_l2``,
+    ``success``, ``start_rows``, ``targets``), plus ``eps_abs`` and ``step_size_abs``.
+    """
+
+    name: ClassVar[str] = "pgd"
+
+    eps: float = 0.03
+    steps: int = 10
+    step_size: float | None = None
+    random_start: bool = True
+    targeted: bool = False
+
+    def __post_init__(self) -> None:
+        check_fraction("eps", self.eps)
+        check_int("steps", self.steps, 1)
+        if self.step_size is not None:
+            check_fraction("step_size", self.step_size)
+            if self.step_size > self.eps:
+                raise InputError(f"step_size {self.step_size} exceeds eps {self.eps}")
+        check_bool("random_start", self.random_start)
+        check_bool("targeted", self.targeted)
+
+    @property
+    def needs_data(self) -> bool:
+        return True
+
+    def run(
+        self,
+        model: OwnerModel,
+        n: int,
+        *,
+        data: Tensor | None,
+        generator: torch.Generator,
+        progress: ProgressFn | None,
+        labels: Tensor | None = None,
+    ) -> tuple[Tensor, dict[str, Any]]:
+        assert data is not None
+        low, high = model.bounds
+        rows = pick_rows(data, n, generator, self.name)
+        x0 = data[rows].to(torch.float32)
+        source = predict_raw(model, x0.to(model.device)).argmax(dim=1).cpu()
+        target = random_targets(source, model.num_classes, generator) if self.targeted else None
+        eps = self.eps * (high - low)
+        step = (self.eps / 4 if self.step_size is None else self.step_size) * (high - low)
+        points = linf_attack(
+            model, x0, source, target, eps=eps, step_size=step, steps=self.steps,
+            random_start=self.random_start, generator=generator, progress=progress,
+        ).cpu()  # fmt: skip
+        stats = {
+            "eps_abs": eps,
+            "step_size_abs": step,
+            **attack_stats(model, points, x0, source, target, rows),
+        }
+        return points, stats
