@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ipguard.attacks import last_linear
-from ipguard.errors import InputError
+from ipguard.errors import InputError, ModelError
 from ipguard.nets import (
     ARCHITECTURES,
     build_arch,
@@ -262,7 +262,7 @@ def test_load_pretrained_refuses_what_does_not_fit(tmp_path: Path) -> None:
         load_pretrained("resnet20", tmp_path / "extra.pt", num_classes=100)
 
     torch.save({"not": "tensors"}, tmp_path / "junk.pt")
-    with pytest.raises(InputError, match="does not hold a state dict"):
+    with pytest.raises(ModelError, match="does not hold a state dict"):
         load_pretrained("resnet20", tmp_path / "junk.pt")
 
     with pytest.raises(InputError, match="unknown architecture"):

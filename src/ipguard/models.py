@@ -359,8 +359,10 @@ def load_weights(path: str | Path) -> dict[str, Tensor]:
             ) from err
     except OSError as err:
         raise ModelError(f"cannot read weights file {p}: {err.strerror or err}") from err
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
+    for wrapper in ("state_dict", "model"):  # training checkpoints wrap the state dict
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+            break
     if not isinstance(obj, dict) or not all(
         isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
     ):

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ipguard.errors import InputError
+from ipguard.models import load_weights
 
 __all__ = [
     "ARCHITECTURES",
@@ -611,32 +612,6 @@ def build_arch(
 
 
 # -- pretrained weights ----------------------------------------------------------------------
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    from ipguard.models import first_line, load_weights
-
-    if path.suffix == ".safetensors" or not path.is_file():
-        return load_weights(path)  # ModelError if missing or not valid safetensors
-    try:
-        obj: Any = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many types here
-        raise InputError(
-            f"cannot read weights {path} safely: {type(err).__name__}: {first_line(err)}",
-            "save a state dict (torch.save(model.state_dict(), ...)) or .safetensors",
-        ) from err
-    for wrapper in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
-            obj = obj[wrapper]
-            break
-    if not isinstance(obj, dict) or not all(
-        isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
-    ):
-        raise InputError(
-            f"weights file {path} does not hold a state dict of tensors",
-            "save it with torch.save(model.state_dict(), path)",
-        )
-    return obj
-
-
 def _some(keys: Sequence[str], limit: int = 3) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
@@ -671,7 +646,7 @@ def load_pretrained(
     """
     shape = native_input_shape(name) if input_shape is None else input_shape
     p = Path(path)
-    state = _read_state_dict(p)
+    state = load_weights(p)  # .safetensors or a weights_only .pt/.pth state dict
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     classes = _classes_in(name, state, shape) if num_classes is None else num_classes

@@ -146,3 +146,31 @@ def attack_stats(
     if target is not None:
         stats["targets"] = [int(t) for t in target]
     return stats
+
+
+def linf_from_data(
+    model: OwnerModel, data: Tensor, n: int, generator: torch.Generator, *, method: str,
+    eps: float, step_size: float, steps: int, random_start: bool, targeted: bool,
+    progress: ProgressFn | None,
+) -> tuple[Tensor, dict[str, Any]]:  # fmt: skip
+    """What fgsm and pgd share: ``n`` distinct data rows, attacked in the L-inf ball.
+
+    ``eps`` and ``step_size`` are fractions of the bound range. Returns the points and the
+    statistics (absolute eps and step size, then :func:`attack_stats`).
+    """
+    low, high = model.bounds
+    rows = pick_rows(data, n, generator, method)
+    x0 = data[rows].to(torch.float32)
+    source = predict_raw(model, x0.to(model.device)).argmax(dim=1).cpu()
+    target = random_targets(source, model.num_classes, generator) if targeted else None
+    eps_abs, step_abs = eps * (high - low), step_size * (high - low)
+    points = linf_attack(
+        model, x0, source, target, eps=eps_abs, step_size=step_abs, steps=steps,
+        random_start=random_start, generator=generator, progress=progress,
+    ).cpu()  # fmt: skip
+    stats = {
+        "eps_abs": eps_abs,
+        "step_size_abs": step_abs,
+        **attack_stats(model, points, x0, source, target, rows),
+    }
+    return points, stats

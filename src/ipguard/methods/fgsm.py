@@ -16,13 +16,9 @@ import torch
 from torch import Tensor
 
 from ipguard.methods._common import (
-    attack_stats,
     check_bool,
     check_fraction,
-    linf_attack,
-    pick_rows,
-    predict_raw,
-    random_targets,
+    linf_from_data,
 )
 from ipguard.methods.base import FingerprintMethod, ProgressFn
 from ipguard.models import OwnerModel
@@ -68,15 +64,7 @@ class FGSM(FingerprintMethod):
         labels: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Any]]:
         assert data is not None
-        low, high = model.bounds
-        rows = pick_rows(data, n, generator, self.name)
-        x0 = data[rows].to(torch.float32)
-        source = predict_raw(model, x0.to(model.device)).argmax(dim=1).cpu()
-        target = random_targets(source, model.num_classes, generator) if self.targeted else None
-        eps = self.eps * (high - low)
-        points = linf_attack(
-            model, x0, source, target, eps=eps, step_size=eps, steps=1, random_start=False,
-            generator=generator, progress=progress,
-        ).cpu()  # fmt: skip
-        stats = {"eps_abs": eps, **attack_stats(model, points, x0, source, target, rows)}
-        return points, stats
+        return linf_from_data(
+            model, data, n, generator, method=self.name, eps=self.eps, step_size=self.eps,
+            steps=1, random_start=False, targeted=self.targeted, progress=progress,
+        )  # fmt: skip

@@ -16,14 +16,10 @@ from torch import Tensor
 
 from ipguard.errors import InputError
 from ipguard.methods._common import (
-    attack_stats,
     check_bool,
     check_fraction,
     check_int,
-    linf_attack,
-    pick_rows,
-    predict_raw,
-    random_targets,
+    linf_from_data,
 )
 from ipguard.methods.base import FingerprintMethod, ProgressFn
 from ipguard.models import OwnerModel
@@ -79,20 +75,9 @@ class PGD(FingerprintMethod):
         labels: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Any]]:
         assert data is not None
-        low, high = model.bounds
-        rows = pick_rows(data, n, generator, self.name)
-        x0 = data[rows].to(torch.float32)
-        source = predict_raw(model, x0.to(model.device)).argmax(dim=1).cpu()
-        target = random_targets(source, model.num_classes, generator) if self.targeted else None
-        eps = self.eps * (high - low)
-        step = (self.eps / 4 if self.step_size is None else self.step_size) * (high - low)
-        points = linf_attack(
-            model, x0, source, target, eps=eps, step_size=step, steps=self.steps,
-            random_start=self.random_start, generator=generator, progress=progress,
-        ).cpu()  # fmt: skip
-        stats = {
-            "eps_abs": eps,
-            "step_size_abs": step,
-            **attack_stats(model, points, x0, source, target, rows),
-        }
-        return points, stats
+        return linf_from_data(
+            model, data, n, generator, method=self.name, eps=self.eps,
+            step_size=self.eps / 4 if self.step_size is None else self.step_size,
+            steps=self.steps, random_start=self.random_start, targeted=self.targeted,
+            progress=progress,
+        )  # fmt: skip
