@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -52,6 +53,11 @@ def test_contract(
     back = load_fingerprint(fp.save(tmp_path / "fp.safetensors"))
     assert back.digest == fp.digest
     assert verify(back, owner).verdict == "pirated"
+    # a copy of the owner (another module object, weights round-tripped through a state dict)
+    clone = copy.deepcopy(owner.module)
+    clone.load_state_dict({k: v.clone() for k, v in owner.module.state_dict().items()})
+    copied = OwnerModel(clone, input_shape=owner.input_shape)
+    assert verify(back, copied).verdict == "pirated"
 
 
 def test_registry_names_match(method_name: str) -> None:
