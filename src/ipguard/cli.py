@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ipguard.errors import InputError, IPGuardError, ModelError
+from ipguard.errors import InputError, IPGuardError
 from ipguard.methods.ipguard import DEFAULT_K, DEFAULT_LR
 from ipguard.verify import DEFAULT_THRESHOLD
 
@@ -391,6 +391,183 @@ def fingerprint(
     out.print(table)
 
 
+_PRE = "Suspect input preprocessing (every suspect)"
+_HTTP = "HTTP suspects (http:// and https:// URLs)"
+
+
+class ChannelOrderOpt(str, Enum):
+    rgb = "rgb"
+    bgr = "bgr"
+
+
+class LayoutOpt(str, Enum):
+    nchw = "nchw"
+    nhwc = "nhwc"
+
+
+class InputDTypeOpt(str, Enum):
+    float32 = "float32"
+    uint8 = "uint8"
+
+
+class EncodingOpt(str, Enum):
+    base64 = "base64"
+    array = "array"
+    png = "png"
+
+
+def _read_class_names(path: Path) -> tuple[str, ...]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read class names from {path}: {e}") from None
+    names = tuple(line.strip() for line in text.splitlines() if line.strip())
+    if not names:
+        raise InputError(f"class names file {path} is empty", "give one name per line")
+    if len(set(names)) != len(names):
+        raise InputError(f"class names file {path} repeats a name")
+    return names
+
+
+def _http_options(given: dict[str, Any]) -> Any:
+    """Build ``ipguard.http_client.HTTPOptions`` from the flags given (imported only here)."""
+    import importlib
+
+    try:
+        http = importlib.import_module("ipguard.http_client")
+    except ImportError as e:
+        raise InputError(f"HTTP suspects are not available: {e}") from None
+    try:
+        return http.HTTPOptions(**given)
+    except TypeError as e:
+        raise InputError(f"bad HTTP options: {e}") from None
+
+
+SizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--size", metavar="PIXELS", help="Resize the points (bilinear) to PIXELS x PIXELS "
+        "for suspects that take another input size.", rich_help_panel=_PRE,
+    ),
+]  # fmt: skip
+
+ChannelOrderArg = Annotated[
+    ChannelOrderOpt,
+    typer.Option(
+        "--channel-order", help="Channel order the suspects expect: bgr reverses the "
+        "fingerprint's RGB channels.", rich_help_panel=_PRE,
+    ),
+]  # fmt: skip
+
+ScaleOpt = Annotated[
+    float,
+    typer.Option(
+        "--scale", help="Multiply the points by this before the suspects see them, e.g. "
+        "255 for suspects that take 0..255 pixels (--mean/--std apply after it).",
+        rich_help_panel=_PRE,
+    ),
+]  # fmt: skip
+
+LayoutArg = Annotated[
+    LayoutOpt,
+    typer.Option(
+        "--layout", help="Tensor layout the suspects take: nchw (channels first) or nhwc "
+        "(channels last).", rich_help_panel=_PRE,
+    ),
+]  # fmt: skip
+
+InputDtypeArg = Annotated[
+    InputDTypeOpt,
+    typer.Option(
+        "--input-dtype", help="Element type sent to the suspects: float32, or uint8 "
+        "(rounded and clipped to 0..255; use with --scale 255).", rich_help_panel=_PRE,
+    ),
+]  # fmt: skip
+
+HttpBatchSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--http-batch-size", help="Points per HTTP request (URL suspects).",
+        rich_help_panel=_HTTP,
+    ),
+]  # fmt: skip
+
+ConcurrencyOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--concurrency", help="HTTP requests in flight at once (URL suspects).",
+        rich_help_panel=_HTTP,
+    ),
+]  # fmt: skip
+
+TimeoutOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout", metavar="SECONDS", help="Timeout of one HTTP request (URL suspects).",
+        rich_help_panel=_HTTP,
+    ),
+]  # fmt: skip
+
+RetriesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--retries", help="Retries of a failed or rate-limited HTTP request, with backoff "
+        "(URL suspects).", rich_help_panel=_HTTP,
+    ),
+]  # fmt: skip
+
+RateLimitOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--rate-limit", metavar="PER_SECOND", help="Most HTTP requests per second "
+        "(URL suspects).", rich_help_panel=_HTTP,
+    ),
+]  # fmt: skip
+
+BudgetOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--budget", metavar="QUERIES", help="Most points to send to a URL suspect; stop "
+        "with an error rather than exceed it.", rich_help_panel=_HTTP,
+    ),
+]  # fmt: skip
+
+AuthEnvOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--auth-env", metavar="NAME", help="Environment variable holding the API token, "
+        "sent as a bearer token (the token never appears on the command line).",
+        rich_help_panel=_HTTP,
+    ),
+]  # fmt: skip
+
+EncodingArg = Annotated[
+    EncodingOpt | None,
+    typer.Option(
+        "--encoding", help="How points are sent to URL suspects: base64 (float32 bytes, "
+        "exact; the default), array (JSON numbers, exact) or png (8-bit images, rounded to "
+        "1/255).", rich_help_panel=_HTTP,
+    ),
+]  # fmt: skip
+
+ClassNamesOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--class-names", metavar="FILE", help="Class names, one per line in label order, "
+        "for URL suspects that answer names instead of indices.", rich_help_panel=_HTTP,
+    ),
+]  # fmt: skip
+
+JournalOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--journal", metavar="FILE", help="Record the answers of URL suspects here, so an "
+        "interrupted verification resumes without re-sending queries.",
+        rich_help_panel=_HTTP,
+    ),
+]  # fmt: skip
+
+
 @app.command()
 @handle_errors
 def verify(
@@ -401,8 +578,10 @@ def verify(
         list[str] | None,
         typer.Argument(
             metavar="SUSPECT...",
-            help="Suspect models: TorchScript archives, or "
-            "package.module:factory or arch:NAME (each takes the next --weights).",
+            help="Suspects, each picked by its form: an http(s):// label API, a model.onnx "
+            "file (run with ONNX Runtime), a TorchScript archive (.pt, .pts, .torchscript), "
+            "package.module:factory or arch:NAME (each takes the next --weights), or "
+            "package.module:function called as function(x) -> labels.",
             show_default=False,
         ),
     ] = None,
@@ -447,21 +626,30 @@ def verify(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object per suspect.")
     ] = False,
+    size: SizeOpt = None,
+    channel_order: ChannelOrderArg = ChannelOrderOpt.rgb,
+    scale: ScaleOpt = 1.0,
+    layout: LayoutArg = LayoutOpt.nchw,
+    input_dtype: InputDtypeArg = InputDTypeOpt.float32,
+    http_batch_size: HttpBatchSizeOpt = None,
+    concurrency: ConcurrencyOpt = None,
+    timeout: TimeoutOpt = None,
+    retries: RetriesOpt = None,
+    rate_limit: RateLimitOpt = None,
+    budget: BudgetOpt = None,
+    auth_env: AuthEnvOpt = None,
+    encoding: EncodingArg = None,
+    class_names: ClassNamesOpt = None,
+    journal: JournalOpt = None,
 ) -> None:
     """Query suspects with the fingerprint and judge each one: pirated or not.
 
     Only the suspects' top-1 labels are used. The exit status is 0 whatever the verdicts;
     read them from the table or the JSON.
     """
+    from ipguard.adapters import Preprocess, needs_weights, open_suspect, suspect_kind
     from ipguard.fingerprint import load_fingerprint
-    from ipguard.models import (
-        CallableSuspect,
-        LabelOracle,
-        OwnerModel,
-        import_attr,
-        is_factory_spec,
-        load_module,
-    )
+    from ipguard.models import LabelOracle
     from ipguard.verify import check_threshold
     from ipguard.verify import verify as run_verify
 
@@ -489,31 +677,54 @@ def verify(
         raise InputError(
             "no suspect given", "name a model file, package.module:factory or --adapter"
         )
-    n_factories = sum(is_factory_spec(s) for s in specs)
+    kinds = [suspect_kind(s) for s in specs]
+    n_factories = sum(needs_weights(k) for k in kinds)
     if len(weight_list) != n_factories:
         raise InputError(
             f"{n_factories} package.module:factory suspect(s) but {len(weight_list)} --weights",
             "give one --weights per factory suspect, in order",
         )
+    http_given = {
+        "batch_size": http_batch_size, "concurrency": concurrency, "timeout": timeout,
+        "retries": retries, "rate_limit": rate_limit, "budget": budget, "auth_env": auth_env,
+        "encoding": None if encoding is None else encoding.value,
+        "class_names": None if class_names is None else _read_class_names(class_names),
+        "journal": journal,
+    }  # fmt: skip
+    http_given = {k: v for k, v in http_given.items() if v is not None}
+    http_options = None
+    if "http" in kinds:
+        http_options = _http_options(http_given)
+    elif http_given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in http_given)
+        raise InputError(f"{flags} only apply to http(s):// suspects, and none was given")
+    preprocess = Preprocess(
+        size=size, channel_order=channel_order.value, scale=scale,
+        mean=None if mean is None else tuple(_numbers(mean, "--mean") or ()),
+        std=None if std is None else tuple(_numbers(std, "--std") or ()),
+        layout=layout.value, dtype=input_dtype.value,
+    )  # fmt: skip
     oracles: list[tuple[str, LabelOracle]] = []
     w_iter = iter(weight_list)
-    # Local suspects get the owner's normalisation unless told otherwise.
-    suspect_mean = _numbers(mean, "--mean") if mean is not None else fp.preprocessing["mean"]
-    suspect_std = _numbers(std, "--std") if std is not None else fp.preprocessing["std"]
-    for spec in specs:
-        module = load_module(
-            spec, next(w_iter) if is_factory_spec(spec) else None, input_shape=fp.input_shape
-        )
-        oracle = OwnerModel(
-            module, input_shape=fp.input_shape, bounds=fp.bounds, mean=suspect_mean,
-            std=suspect_std, device=device,
+    # Local models get the owner's normalisation unless --mean/--std say otherwise.
+    for spec, kind in zip(specs, kinds, strict=True):
+        oracles.append(
+            open_suspect(
+                spec, weights=next(w_iter) if needs_weights(kind) else None,
+                preprocess=None if preprocess.is_identity else preprocess,
+                input_shape=fp.input_shape, bounds=fp.bounds, device=device,
+                http_options=http_options if kind == "http" else None,
+                default_mean=fp.preprocessing["mean"], default_std=fp.preprocessing["std"],
+                kind=kind,
+            )
         )  # fmt: skip
-        oracles.append((spec, oracle))
-    for spec in adapter or []:
-        fn = import_attr(spec)
-        if not callable(fn):
-            raise ModelError(f"adapter {spec} is not callable")
-        oracles.append((spec, CallableSuspect(fn, name=spec)))
+    for spec in adapter or []:  # --adapter: an explicit package.module:function suspect
+        oracles.append(
+            open_suspect(
+                spec, preprocess=None if preprocess.is_identity else preprocess,
+                input_shape=fp.input_shape, bounds=fp.bounds, kind="function",
+            )
+        )  # fmt: skip
     results = [
         run_verify(fp, oracle, threshold=tau, name=name, batch_size=batch_size)
         for name, oracle in oracles
@@ -858,6 +1069,81 @@ def demo(
             + ("." if twin.correct else ", and on this seed that crossed the threshold.")
             + " See docs/defaults.md."
         )
+
+
+@app.command()
+@handle_errors
+def serve(
+    model: ModelArg,
+    input_shape: Annotated[
+        str, typer.Option("--input-shape", help="C,H,W of one input, e.g. 1,8,8.")
+    ],
+    weights: WeightsOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port; 0 picks a free one.")] = 0,
+    class_names: Annotated[
+        str | None,
+        typer.Option("--class-names", help="Answer these comma-separated names, not indices."),
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="Torch CPU threads (default: torch's).")
+    ] = None,
+    fault_delay: Annotated[
+        float, typer.Option("--fault-delay", help="Testing: random delay up to S seconds.")
+    ] = 0.0,
+    fault_drop: Annotated[
+        float, typer.Option("--fault-drop", help="Testing: drop a request with probability P.")
+    ] = 0.0,
+    fault_429: Annotated[
+        float, typer.Option("--fault-429", help="Testing: answer 429 with probability P.")
+    ] = 0.0,
+    fault_500: Annotated[
+        float, typer.Option("--fault-500", help="Testing: answer 500 with probability P.")
+    ] = 0.0,
+    fault_seed: Annotated[int, typer.Option("--fault-seed", help="Seed of the faults.")] = 0,
+) -> None:
+    """Serve a model's top-1 labels over HTTP (label-only protocol, docs/http.md).
+
+    Prints `serving MODEL on http://HOST:PORT` and serves until interrupted. For tests and
+    demos, not production traffic; the --fault-* options make it misbehave on purpose.
+    """
+    import torch
+
+    from ipguard.models import OwnerModel, load_module
+    from ipguard.serve import FaultSpec, make_server
+
+    shape = _shape(input_shape)
+    if threads is not None:
+        if threads < 1:
+            raise InputError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    faults = FaultSpec(
+        delay=fault_delay, drop=fault_drop, http429=fault_429, http500=fault_500, seed=fault_seed
+    )
+    module = load_module(model, weights, input_shape=shape)
+    owner = OwnerModel(
+        module, input_shape=shape, mean=_numbers(mean, "--mean"), std=_numbers(std, "--std")
+    )
+    names = None
+    if class_names is not None:
+        names = [c.strip() for c in class_names.split(",")]
+        if len(names) != owner.num_classes or not all(names):
+            raise InputError(
+                f"--class-names has {len(names)} names, the model has {owner.num_classes} classes"
+            )
+    server = make_server(
+        owner, host=host, port=port, input_shape=shape, faults=faults, class_names=names
+    )
+    try:
+        sys.stdout.write(f"serving {model} on {server.url}\n")
+        sys.stdout.flush()
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
