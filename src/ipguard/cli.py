@@ -535,8 +535,8 @@ BudgetOpt = Annotated[
 AuthEnvOpt = Annotated[
     str | None,
     typer.Option(
-        "--auth-env", metavar="NAME", help="Environment variable holding the API token, "
-        "sent as a bearer token (the token never appears on the command line).",
+        "--auth-env", metavar="NAME", help="Environment variable holding the value of the "
+        "Authorization header, e.g. 'Bearer TOKEN' (never on the command line, never logged).",
         rich_help_panel=_HTTP,
     ),
 ]  # fmt: skip
