@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
 from torch import Tensor, nn
 
+from ipguard import limits
 from ipguard.errors import InputError, ModelError, SuspectError
 from ipguard.models import (
     CallableSuspect,
@@ -351,6 +352,7 @@ class OnnxSuspect:
         self.preprocess = preprocess or Preprocess()
         if not p.is_file():
             raise ModelError(f"ONNX file {p} does not exist or is not a file")
+        limits.check_file_size(p, limits.MAX_MODEL_FILE_BYTES, "ONNX file", ModelError)
         if batch_size < 1:
             raise InputError(f"batch size must be >= 1, got {batch_size}")
         if providers is None:
@@ -528,6 +530,7 @@ def open_suspect(
     default_mean: Sequence[float] | None = None,
     default_std: Sequence[float] | None = None,
     kind: SuspectKind | None = None,
+    trust_pickle: bool = False,
 ) -> tuple[str, LabelOracle]:
     """Open a suspect from its spec, picking the adapter from its form (see the module doc).
 
@@ -543,6 +546,8 @@ def open_suspect(
         default_mean, default_std: the owner's normalisation, used for local models (torch
             and ONNX) where ``preprocess`` gives none.
         kind: skip detection (as returned by :func:`suspect_kind`).
+        trust_pickle: allow unpickling a ``.pt``/``.pth`` model or weights file (can run
+            arbitrary code; see :func:`ipguard.models.load_module`).
 
     Returns:
         ``(name, oracle)``: the spec and a :class:`~ipguard.models.LabelOracle`.
@@ -570,7 +575,9 @@ def open_suspect(
             onnx_suspect = OnnxSuspect(spec, pre)
             onnx_suspect.check_input_shape(pre.output_shape(shape))
             return spec, onnx_suspect
-        module = load_module(spec, weights, input_shape=(shape[0], shape[1], shape[2]))
+        module = load_module(
+            spec, weights, input_shape=(shape[0], shape[1], shape[2]), trust_pickle=trust_pickle
+        )
         return spec, TorchSuspect(module, pre, device, input_shape=shape, bounds=bounds, name=spec)
     inner: LabelOracle
     if kind == "http":

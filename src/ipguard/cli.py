@@ -48,6 +48,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
+    # control characters (from file names) are shown escaped: one line, no terminal codes
+    message = "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode() for c in message
+    )
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
@@ -195,6 +199,14 @@ StdOpt = Annotated[
     ),
 ]  # fmt: skip
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+TrustPickleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-pickle",
+        help="Allow .pt/.pth files holding pickled Python objects (a whole saved module): "
+        "unpickling can run arbitrary code, so only for files you trust.",
+    ),
+]
 
 
 def _check_output(path: Path) -> None:
@@ -304,6 +316,7 @@ def fingerprint(
     std: StdOpt = None,
     device: DeviceOpt = "cpu",
     as_json: JsonOpt = False,
+    trust_pickle: TrustPickleOpt = False,
 ) -> None:
     """Fingerprint an owner model and write the fingerprint file.
 
@@ -352,7 +365,7 @@ def fingerprint(
         raise InputError(
             f"method {method!r} needs the true labels of the data", "give a data spec with labels"
         )
-    module = load_module(model, weights, input_shape=shape)
+    module = load_module(model, weights, input_shape=shape, trust_pickle=trust_pickle)
     owner = OwnerModel(
         module, input_shape=shape, bounds=_bounds(bounds), mean=_numbers(mean, "--mean"),
         std=_numbers(std, "--std"), device=device,
@@ -568,6 +581,44 @@ JournalOpt = Annotated[
 ]  # fmt: skip
 
 
+PubkeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--pubkey", metavar="NAME.pub", help="Require a valid signature (FILE.sig, from "
+        "ipguard sign) by this public key.",
+    ),
+]  # fmt: skip
+PassphraseEnvOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--passphrase-env", metavar="NAME", help="Environment variable holding the private "
+        "key's passphrase (never on the command line).",
+    ),
+]  # fmt: skip
+
+
+def _signature_status(fingerprint_file: Path, pubkey: Path | None) -> Any:
+    """check_signature's result when FILE.sig exists or --pubkey is given, else None."""
+    from ipguard.signing import check_signature, load_public_key, signature_path
+
+    if pubkey is None and not signature_path(fingerprint_file).exists():
+        return None
+    key = load_public_key(pubkey) if pubkey is not None else None
+    return check_signature(fingerprint_file, public_key=key)
+
+
+def _evidence_caption(evidence: dict[str, Any]) -> str:
+    lines = [f"fingerprint digest {evidence['fingerprint_digest']}"]
+    if "signature" in evidence:
+        s = evidence["signature"]
+        lines.append(f"signature: valid, key {s['key_id']}, signed {s['signed_at']}")
+    if "commitment" in evidence:
+        c = evidence["commitment"]
+        by = f"signed by key {c['key_id']}" if c["signed"] else "unsigned"
+        lines.append(f"commitment: matches, committed {c['committed_at']}, {by}")
+    return "\n".join(lines)
+
+
 @app.command()
 @handle_errors
 def verify(
@@ -641,11 +692,24 @@ def verify(
     encoding: EncodingArg = None,
     class_names: ClassNamesOpt = None,
     journal: JournalOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    pubkey: PubkeyOpt = None,
+    commitment: Annotated[
+        Path | None,
+        typer.Option(
+            "--commitment",
+            metavar="FILE",
+            help="A commitment from ipguard commit: the fingerprint must match it (digest "
+            "and owner weights), else exit 1.",
+        ),
+    ] = None,
 ) -> None:
     """Query suspects with the fingerprint and judge each one: pirated or not.
 
     Only the suspects' top-1 labels are used. The exit status is 0 whatever the verdicts;
-    read them from the table or the JSON.
+    read them from the table or the JSON. With --pubkey the fingerprint must carry a valid
+    signature (FILE.sig) by that key, and with --commitment it must match the commitment;
+    otherwise the exit status is 1 and no suspect is queried.
     """
     from ipguard.adapters import Preprocess, needs_weights, open_suspect, suspect_kind
     from ipguard.fingerprint import load_fingerprint
@@ -653,7 +717,26 @@ def verify(
     from ipguard.verify import check_threshold
     from ipguard.verify import verify as run_verify
 
+    sig = _signature_status(fingerprint_file, pubkey) if pubkey is not None else None
+    if sig is not None and not sig.valid:
+        raise InputError(
+            f"signature check failed: {'; '.join(sig.problems)}",
+            "verify only a fingerprint signed by the key you trust",
+        )
     fp = load_fingerprint(fingerprint_file)
+    evidence: dict[str, Any] = {"fingerprint_digest": fp.digest}
+    if sig is not None:
+        evidence["signature"] = sig.to_dict()
+    if commitment is not None:
+        from ipguard.signing import check_commitment
+
+        committed = check_commitment(fp, commitment)
+        if not committed.matches:
+            raise InputError(
+                f"fingerprint does not match commitment {commitment}: "
+                + "; ".join(committed.problems)
+            )
+        evidence["commitment"] = committed.to_dict()
     cal = None
     if calibration is not None:
         from ipguard.calibration import load_calibration
@@ -715,7 +798,7 @@ def verify(
                 input_shape=fp.input_shape, bounds=fp.bounds, device=device,
                 http_options=http_options if kind == "http" else None,
                 default_mean=fp.preprocessing["mean"], default_std=fp.preprocessing["std"],
-                kind=kind,
+                kind=kind, trust_pickle=trust_pickle,
             )
         )  # fmt: skip
     for spec in adapter or []:  # --adapter: an explicit package.module:function suspect
@@ -747,9 +830,12 @@ def verify(
         rows.append(row)
     if as_json:
         for row in rows:
-            _print_json(row)
+            _print_json({**row, **evidence})
         return
-    table = Table(title=escape(f"fingerprint {fingerprint_file} (digest {fp.digest[:16]}...)"))
+    table = Table(
+        title=escape(f"fingerprint {fingerprint_file} (digest {fp.digest[:16]}...)"),
+        caption=escape(_evidence_caption(evidence)),
+    )
     cols = ["suspect", "matches", "matching rate", "threshold", "verdict"]
     if cal is not None:
         cols.insert(4, "p-value")
@@ -782,20 +868,37 @@ def inspect(
         Path, typer.Argument(metavar="FILE", help="A fingerprint file.", show_default=False)
     ],
     as_json: JsonOpt = False,
+    pubkey: PubkeyOpt = None,
 ) -> None:
-    """Check a fingerprint file and show what it holds and how it was made."""
+    """Check a fingerprint file and show what it holds and how it was made.
+
+    When FILE.sig exists (or --pubkey is given) the signature is checked too; an invalid
+    signature, or one by another key than --pubkey, is an error (exit 1).
+    """
     from ipguard.fingerprint import load_fingerprint
 
-    fp = load_fingerprint(fingerprint_file)
+    sig = _signature_status(fingerprint_file, pubkey)
+    try:
+        fp = load_fingerprint(fingerprint_file)
+    except IPGuardError as e:
+        if sig is None or sig.valid:
+            raise
+        raise InputError(f"{e}; signature check: {'; '.join(sig.problems)}") from None
     summary = fp.summary()
+    if sig is not None:
+        summary["signature"] = sig.to_dict()
     if as_json:
         _print_json(summary)
-        return
-    table = _kv_table(escape(f"{fingerprint_file}: valid fingerprint"))
-    for key, value in summary.items():
-        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-        table.add_row(key, escape(text))
-    out.print(table)
+    else:
+        table = _kv_table(escape(f"{fingerprint_file}: valid fingerprint"))
+        for key, value in summary.items():
+            if key == "signature" and sig is not None:
+                value = sig.describe()
+            text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+            table.add_row(key, escape(text))
+        out.print(table)
+    if sig is not None and not sig.valid:
+        raise _fail(f"signature check failed: {'; '.join(sig.problems)}")
 
 
 @app.command()
@@ -1103,6 +1206,7 @@ def serve(
         float, typer.Option("--fault-500", help="Testing: answer 500 with probability P.")
     ] = 0.0,
     fault_seed: Annotated[int, typer.Option("--fault-seed", help="Seed of the faults.")] = 0,
+    trust_pickle: TrustPickleOpt = False,
 ) -> None:
     """Serve a model's top-1 labels over HTTP (label-only protocol, docs/http.md).
 
@@ -1122,7 +1226,7 @@ def serve(
     faults = FaultSpec(
         delay=fault_delay, drop=fault_drop, http429=fault_429, http500=fault_500, seed=fault_seed
     )
-    module = load_module(model, weights, input_shape=shape)
+    module = load_module(model, weights, input_shape=shape, trust_pickle=trust_pickle)
     owner = OwnerModel(
         module, input_shape=shape, mean=_numbers(mean, "--mean"), std=_numbers(std, "--std")
     )
@@ -1144,6 +1248,138 @@ def serve(
         pass
     finally:
         server.server_close()
+
+
+@app.command()
+@handle_errors
+def keygen(
+    output: Annotated[
+        Path,
+        typer.Option(
+            "-o",
+            "--output",
+            metavar="NAME",
+            help="Writes NAME.key (private, mode 0600) and NAME.pub (public).",
+            show_default=False,
+        ),
+    ],
+    passphrase_env: PassphraseEnvOpt = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace existing NAME.key and NAME.pub.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make an Ed25519 key pair for signing fingerprints and commitments.
+
+    Keep NAME.key secret (encrypt it with --passphrase-env); publish NAME.pub.
+    Example: ipguard keygen -o owner
+    """  # fmt: skip
+    from ipguard.signing import key_paths, passphrase_from_env, write_keypair
+
+    key_path, _ = key_paths(output)
+    _check_output(key_path)
+    key_file, pub_file, kid = write_keypair(
+        output, passphrase=passphrase_from_env(passphrase_env), force=force
+    )
+    info = {"private_key": str(key_file), "public_key": str(pub_file), "key_id": kid,
+            "encrypted": passphrase_env is not None}  # fmt: skip
+    if as_json:
+        _print_json(info)
+        return
+    table = _kv_table("key pair written")
+    table.add_row("private key", escape(f"{key_file} (mode 0600: keep it secret)"))
+    table.add_row("public key", escape(f"{pub_file} (publish it)"))
+    table.add_row("key id", kid)
+    table.add_row("encrypted", "yes" if passphrase_env is not None else "no")
+    out.print(table)
+
+
+@app.command()
+@handle_errors
+def sign(
+    fingerprint_file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="A fingerprint file.", show_default=False)
+    ],
+    key: Annotated[
+        Path, typer.Option("--key", metavar="NAME.key", help="Private key from ipguard keygen.")
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", help="Where to write the signature (default FILE.sig)."),
+    ] = None,
+    passphrase_env: PassphraseEnvOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a detached, dated signature FILE.sig of a fingerprint file (left unchanged).
+
+    ipguard inspect FILE and ipguard verify FILE --pubkey NAME.pub check it.
+    """
+    from ipguard.signing import load_private_key, passphrase_from_env, sign_fingerprint
+
+    if output is not None:
+        _check_output(output)
+    private = load_private_key(key, passphrase_from_env(passphrase_env))
+    sig_file, record = sign_fingerprint(fingerprint_file, private, output)
+    info = {"signature_file": str(sig_file)}
+    info |= {k: v for k, v in record.items() if k != "signature"}
+    if as_json:
+        _print_json(info)
+        return
+    table = _kv_table("signature written")
+    for name in ("signature_file", "fingerprint_digest", "key_id", "signed_at"):
+        table.add_row(name.replace("_", " "), escape(str(info[name])))
+    out.print(table)
+
+
+@app.command()
+@handle_errors
+def commit(
+    fingerprint_file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="A fingerprint file.", show_default=False)
+    ],
+    weights: Annotated[
+        Path,
+        typer.Option(
+            "--weights",
+            metavar="FILE",
+            help="The owner's weights the fingerprint was made from (.safetensors or a .pt "
+            "state dict; any file is hashed).",
+        ),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", help="Where to write it (default FILE.commit.json)."),
+    ] = None,
+    key: Annotated[
+        Path | None,
+        typer.Option("--key", metavar="NAME.key", help="Sign the commitment with this key."),
+    ] = None,
+    passphrase_env: PassphraseEnvOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a dated commitment tying the fingerprint to your weights, to publish or timestamp.
+
+    It records the fingerprint's digest, the SHA-256 of the weights file and of their state
+    dict (checked against the fingerprint's owner_sha256), the method and its parameters.
+    ipguard verify FILE --commitment C.json checks a fingerprint against it.
+    """  # fmt: skip
+    from ipguard.signing import load_private_key, make_commitment, passphrase_from_env
+
+    target = output if output is not None else Path(f"{fingerprint_file}.commit.json")
+    _check_output(target)
+    private = load_private_key(key, passphrase_from_env(passphrase_env)) if key else None
+    record = make_commitment(fingerprint_file, weights, target, private_key=private)
+    if as_json:
+        _print_json({"file": str(target), **record})
+        return
+    table = _kv_table("commitment written")
+    table.add_row("file", escape(str(target)))
+    for name in ("fingerprint_digest", "owner_sha256", "weights_file_sha256",
+                 "weights_state_sha256", "weights_note", "committed_at"):  # fmt: skip
+        table.add_row(name.replace("_", " "), escape(str(record[name])))
+    table.add_row("signed", f"key {record['key_id']}" if "key_id" in record else "no")
+    out.print(table)
+    err.print("publish or timestamp it now (docs/evidence.md)")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -138,7 +138,11 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
             )
         choices = allowed[key]
         if choices is None:
-            if not (eq and value.isdigit() and 1 <= int(value) <= _MAX_SIZE):
+            # ASCII digits only (int() refuses '²'), and few (int() refuses 5000 digits)
+            if not (
+                eq and value.isascii() and value.isdigit() and len(value) <= 9
+                and 1 <= int(value) <= _MAX_SIZE
+            ):  # fmt: skip
                 raise InputError(
                     f"data spec {spec!r}: {key} must be an integer 1..{_MAX_SIZE}, got {value!r}"
                 )

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ipguard import limits
 from ipguard.errors import FingerprintFileError
 from ipguard.io import atomic_write_bytes
 
@@ -33,7 +34,7 @@ __all__ = ["Fingerprint", "load_fingerprint", "FORMAT_NAME", "FORMAT_VERSION", "
 FORMAT_NAME = "ipguard-fingerprint"
 FORMAT_VERSION = "1"
 # A fingerprint of 100 ImageNet-sized points is ~60 MB; refuse anything absurd before reading.
-MAX_FILE_BYTES = 2 * 1024**3
+MAX_FILE_BYTES = limits.MAX_FINGERPRINT_FILE_BYTES
 MAX_CLASSES = 1_000_000
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _COUNT = re.compile(r"[1-9][0-9]{0,6}")
@@ -316,7 +317,7 @@ def _parse_safetensors(data: bytes, where: str) -> tuple[dict[str, str], dict[st
     if len(data) < 8:
         raise _bad(where, f"file is only {len(data)} bytes long (truncated or empty)")
     header_len = int.from_bytes(data[:8], "little")
-    if header_len > len(data) - 8 or header_len > 100 * 1024 * 1024:
+    if header_len > len(data) - 8 or header_len > limits.MAX_SAFETENSORS_HEADER_BYTES:
         raise _bad(where, "header length exceeds the file (truncated, or not safetensors)")
     try:
         header = json.loads(data[8 : 8 + header_len])
@@ -329,11 +330,29 @@ def _parse_safetensors(data: bytes, where: str) -> tuple[dict[str, str], dict[st
         isinstance(k, str) and isinstance(v, str) for k, v in meta.items()
     ):
         raise _bad(where, "metadata is not a str->str map")
+    points = header.get("points")
+    n_points = _shape_of(points)
+    if n_points is not None and n_points[:1] and n_points[0] > limits.MAX_FINGERPRINT_POINTS:
+        raise _bad(
+            where,
+            f"it holds {n_points[0]} points, over the limit of {limits.MAX_FINGERPRINT_POINTS}",
+        )
+    limits.check_safetensors_header(
+        data[: 8 + header_len], where, FingerprintFileError,
+        max_elements=limits.MAX_FINGERPRINT_ELEMENTS,
+    )  # fmt: skip
     try:
         tensors = load(data)
     except (SafetensorError, ValueError, TypeError, RuntimeError, OverflowError) as err:
         raise _bad(where, f"corrupt or truncated tensor data ({_short(err)})") from err
     return meta, tensors
+
+
+def _shape_of(entry: Any) -> list[int] | None:
+    shape = entry.get("shape") if isinstance(entry, dict) else None
+    if isinstance(shape, list) and all(_is_int(v) for v in shape):
+        return shape
+    return None
 
 
 def _short(err: BaseException) -> str:

@@ -32,6 +32,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,11 +42,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ipguard import limits
 from ipguard.errors import InputError, SuspectError
 
 __all__ = ["HTTPOptions", "HTTPSuspect", "HTTPStats", "point_key", "MAX_RESPONSE_BYTES"]
 
-MAX_RESPONSE_BYTES = 64 * 1024**2
+MAX_RESPONSE_BYTES = limits.MAX_HTTP_ANSWER_BYTES
 MAX_BACKOFF = 30.0
 log = logging.getLogger("ipguard.http")
 
@@ -211,39 +213,7 @@ class HTTPSuspect:
 
     # -- journal ----------------------------------------------------------------------------
     def _read_journal(self, path: Path) -> dict[str, int]:
-        known: dict[str, int] = {}
-        if not path.exists():
-            return known
-        try:
-            data = path.read_bytes()
-        except OSError as err:
-            raise InputError(f"cannot read journal {path}: {err.strerror or err}") from err
-        lines = data.split(b"\n")
-        complete, torn = lines[:-1], lines[-1]  # no final newline: a torn last line
-        if torn:
-            log.warning("journal %s: ignoring a torn last line (%d bytes)", path, len(torn))
-        for number, line in enumerate(complete, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                key, label, enc = rec["key"], rec["label"], rec["encoding"]
-            except (ValueError, KeyError, TypeError):
-                raise InputError(
-                    f"journal {path} line {number} is not a journal record",
-                    "give another --journal file, or delete this one to start over",
-                ) from None
-            if not isinstance(key, str) or not _is_int(label):
-                raise InputError(f"journal {path} line {number} is not a journal record")
-            if _exactness(enc) == _exactness(self.options.encoding):
-                known[key] = int(label)
-        if torn:  # cut the torn bytes so new records start on a line of their own
-            try:
-                with path.open("r+b") as fh:
-                    fh.truncate(len(data) - len(torn))
-            except OSError as err:
-                raise InputError(f"cannot repair journal {path}: {err.strerror or err}") from err
-        return known
+        return read_journal(path, self.options.encoding)
 
     def _journal_append(self, keys: list[str], labels: list[int]) -> None:
         path = self.options.journal
@@ -421,56 +391,10 @@ class HTTPSuspect:
         return self._parse(raw, ctype, count)
 
     def _parse(self, raw: bytes, ctype: str, count: int) -> list[int]:
-        where = f"suspect {self.name}"
-        if len(raw) > MAX_RESPONSE_BYTES:
-            raise SuspectError(f"{where} answered more than {MAX_RESPONSE_BYTES} bytes")
-        head = raw.lstrip()[:15].lower()
-        if "html" in ctype.lower() or head.startswith((b"<!doctype", b"<html", b"<")):
-            raise SuspectError(
-                f"{where} answered an HTML page, not JSON labels",
-                "is the URL the service's base address (POST /predict)?",
-            )
-        try:
-            obj = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise SuspectError(
-                f"{where} answered malformed JSON ({err.msg} at byte {err.pos})"
-                if isinstance(err, json.JSONDecodeError)
-                else f"{where} answered bytes that are not UTF-8 JSON"
-            ) from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("labels"), list):
-            raise SuspectError(f'{where} answered JSON without a "labels" list')
-        answers = obj["labels"]
-        if len(answers) != count:
-            raise SuspectError(
-                f"{where} answered {len(answers)} labels for {count} inputs",
-                "it must return one top-1 label per input",
-            )
-        names = self.options.class_names
-        index = {n: i for i, n in enumerate(names)} if names is not None else None
-        labels = []
-        for a in answers:
-            if _is_int(a):
-                labels.append(int(a))
-            elif isinstance(a, str):
-                if index is None:
-                    raise SuspectError(
-                        f"{where} answered the class name {self._mask(a)[:60]!r}",
-                        "give the class names (class_names) to map names to indices",
-                    )
-                if a not in index:
-                    raise SuspectError(
-                        f"{where} answered an unknown class name {self._mask(a)[:60]!r}",
-                        f"known: {', '.join(names[:5]) if names else ''}"
-                        + (", ..." if names and len(names) > 5 else ""),
-                    )
-                labels.append(index[a])
-            else:
-                raise SuspectError(
-                    f"{where} answered a {type(a).__name__} label, expected an integer or a "
-                    "class name"
-                )
-        return labels
+        return parse_answer(
+            raw, ctype, count, where=f"suspect {self.name}",
+            class_names=self.options.class_names, mask=self._mask,
+        )  # fmt: skip
 
     def _detail(self, raw: bytes) -> str:
         """A short, masked description of an error body."""
@@ -491,6 +415,114 @@ class HTTPSuspect:
             if len(token) >= 4:
                 text = text.replace(token, "***")
         return text
+
+
+def read_journal(path: Path, encoding: object) -> dict[str, int]:
+    """Labels by point key from a journal file, for answers as exact as ``encoding``.
+
+    A torn last line (no final newline) is cut off the file; any other bad line is an
+    InputError.
+    """
+    known: dict[str, int] = {}
+    if not path.exists():
+        return known
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise InputError(f"cannot read journal {path}: {err.strerror or err}") from err
+    lines = data.split(b"\n")
+    complete, torn = lines[:-1], lines[-1]  # no final newline: a torn last line
+    if torn:
+        log.warning("journal %s: ignoring a torn last line (%d bytes)", path, len(torn))
+    for number, line in enumerate(complete, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            key, label, enc = rec["key"], rec["label"], rec["encoding"]
+        except (ValueError, KeyError, TypeError):
+            raise InputError(
+                f"journal {path} line {number} is not a journal record",
+                "give another --journal file, or delete this one to start over",
+            ) from None
+        if not isinstance(key, str) or not _is_int(label):
+            raise InputError(f"journal {path} line {number} is not a journal record")
+        if _exactness(enc) == _exactness(encoding):
+            known[key] = int(label)
+    if torn:  # cut the torn bytes so new records start on a line of their own
+        try:
+            with path.open("r+b") as fh:
+                fh.truncate(len(data) - len(torn))
+        except OSError as err:
+            raise InputError(f"cannot repair journal {path}: {err.strerror or err}") from err
+    return known
+
+
+def parse_answer(
+    raw: bytes,
+    ctype: str,
+    count: int,
+    *,
+    where: str = "suspect",
+    class_names: Sequence[str] | None = None,
+    mask: Callable[[str], str] = str,
+) -> list[int]:
+    """The ``count`` labels of an HTTP answer body, or a SuspectError saying what is wrong.
+
+    ``class_names`` map answered names to indices; ``mask`` hides credentials in messages.
+    """
+    if len(raw) > MAX_RESPONSE_BYTES:
+        raise SuspectError(f"{where} answered more than {MAX_RESPONSE_BYTES} bytes")
+    head = raw.lstrip()[:15].lower()
+    if "html" in ctype.lower() or head.startswith((b"<!doctype", b"<html", b"<")):
+        raise SuspectError(
+            f"{where} answered an HTML page, not JSON labels",
+            "is the URL the service's base address (POST /predict)?",
+        )
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SuspectError(
+            f"{where} answered malformed JSON ({err.msg} at byte {err.pos})"
+            if isinstance(err, json.JSONDecodeError)
+            else f"{where} answered bytes that are not UTF-8 JSON"
+        ) from None
+    except (ValueError, RecursionError) as err:  # a number of 4300+ digits, deep nesting
+        raise SuspectError(f"{where} answered JSON that cannot be read ({str(err)[:80]})") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("labels"), list):
+        raise SuspectError(f'{where} answered JSON without a "labels" list')
+    answers = obj["labels"]
+    if len(answers) != count:
+        raise SuspectError(
+            f"{where} answered {len(answers)} labels for {count} inputs",
+            "it must return one top-1 label per input",
+        )
+    names = class_names
+    index = {n: i for i, n in enumerate(names)} if names is not None else None
+    labels = []
+    for a in answers:
+        if _is_int(a):
+            if not -(2**63) <= a < 2**63:
+                raise SuspectError(f"{where} answered a label outside the int64 range")
+            labels.append(int(a))
+        elif isinstance(a, str):
+            if index is None:
+                raise SuspectError(
+                    f"{where} answered the class name {mask(a)[:60]!r}",
+                    "give the class names (class_names) to map names to indices",
+                )
+            if a not in index:
+                raise SuspectError(
+                    f"{where} answered an unknown class name {mask(a)[:60]!r}",
+                    f"known: {', '.join(names[:5]) if names else ''}"
+                    + (", ..." if names and len(names) > 5 else ""),
+                )
+            labels.append(index[a])
+        else:
+            raise SuspectError(
+                f"{where} answered a {type(a).__name__} label, expected an integer or a class name"
+            )
+    return labels
 
 
 def _is_int(v: Any) -> bool:

@@ -16,6 +16,8 @@ import contextlib
 import copy
 import hashlib
 import importlib
+import pickle
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ipguard import limits
 from ipguard.errors import InputError, ModelError, SuspectError
 
 __all__ = [
@@ -333,32 +336,86 @@ def first_line(err: BaseException) -> str:
 
 
 # -- loading ---------------------------------------------------------------------------------
-def load_weights(path: str | Path) -> dict[str, Tensor]:
+PICKLE_SUFFIXES = (".pt", ".pth")
+
+
+def warn_pickle(path: str | Path) -> None:
+    """The one-line warning printed before unpickling a file with ``trust_pickle``."""
+    sys.stderr.write(
+        f"warning: unpickling {path} with --trust-pickle: the file can run arbitrary code "
+        "on this machine; only do this for files you trust\n"
+    )
+    sys.stderr.flush()
+
+
+def _pickle_refusal(p: Path, detail: str) -> ModelError:
+    return ModelError(
+        f"refusing to unpickle {p}: {detail}; unpickling a file can run arbitrary code",
+        "save a state dict or .safetensors, or pass --trust-pickle if you trust the file",
+    )
+
+
+def _check_state(state: dict[str, Tensor], p: Path) -> None:
+    if len(state) > limits.MAX_TENSORS:
+        raise ModelError(
+            f"weights file {p} holds {len(state)} tensors, over the limit of {limits.MAX_TENSORS}"
+        )
+    total = sum(int(t.numel()) for t in state.values())
+    if total > limits.MAX_STATE_DICT_ELEMENTS:
+        raise ModelError(
+            f"weights file {p} holds {total} tensor elements, over the limit of "
+            f"{limits.MAX_STATE_DICT_ELEMENTS}"
+        )
+
+
+def load_weights(path: str | Path, *, trust_pickle: bool = False) -> dict[str, Tensor]:
     """Read a state dict from ``.safetensors``, or a ``.pt``/``.pth`` read with ``weights_only``.
 
-    Never unpickles arbitrary objects: a ``.pt`` file holding a whole pickled module is refused.
+    Never unpickles arbitrary objects unless ``trust_pickle``: then a ``.pt``/``.pth`` file
+    that ``weights_only`` refuses (a whole pickled module, a checkpoint with other objects) is
+    read with ``torch.load(weights_only=False)`` after a warning on stderr. File size, tensor
+    count and tensor elements are checked against :mod:`ipguard.limits`.
     """
     p = Path(path)
     if not p.is_file():
         raise ModelError(f"weights file {p} does not exist or is not a file")
+    limits.check_file_size(p, limits.MAX_MODEL_FILE_BYTES, "weights file", ModelError)
+    obj: Any
     try:
         if p.suffix == ".safetensors":
             from safetensors import SafetensorError
             from safetensors.torch import load_file
 
+            head = limits.read_safetensors_head(p, ModelError)
+            limits.check_safetensors_header(
+                head, f"weights file {p}", ModelError,
+                max_elements=limits.MAX_STATE_DICT_ELEMENTS,
+            )  # fmt: skip
             try:
-                return load_file(str(p), device="cpu")
-            except SafetensorError as err:
-                raise ModelError(f"weights file {p} is not valid safetensors: {err}") from err
+                state = load_file(str(p), device="cpu")
+            except (SafetensorError, ValueError, TypeError, OverflowError) as err:
+                raise ModelError(
+                    f"weights file {p} is not valid safetensors: {first_line(err)[:160]}"
+                ) from err
+            _check_state(state, p)
+            return state
+        limits.check_torch_zip(p, ModelError)
         try:
             obj = torch.load(str(p), map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - torch raises many types here
-            raise ModelError(
-                f"cannot read weights {p} safely: {type(err).__name__}: {first_line(err)}",
-                "save a state dict (torch.save(model.state_dict(), ...)) or .safetensors",
-            ) from err
+            if not (_holds_objects(err) and p.suffix in PICKLE_SUFFIXES):
+                raise ModelError(
+                    f"cannot read weights {p} safely: {type(err).__name__}: "
+                    f"{first_line(err)[:160]}",
+                    "save a state dict (torch.save(model.state_dict(), ...)) or .safetensors",
+                ) from err
+            if not trust_pickle:
+                raise _pickle_refusal(p, "it holds objects other than tensors") from None
+            obj = _unpickle(p)
     except OSError as err:
         raise ModelError(f"cannot read weights file {p}: {err.strerror or err}") from err
+    if isinstance(obj, nn.Module):  # only reachable with trust_pickle
+        obj = obj.state_dict()
     for wrapper in ("state_dict", "model"):  # training checkpoints wrap the state dict
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
@@ -370,7 +427,24 @@ def load_weights(path: str | Path) -> dict[str, Tensor]:
             f"weights file {p} does not hold a state dict of tensors",
             "save it with torch.save(model.state_dict(), path)",
         )
+    _check_state(obj, p)
     return obj
+
+
+def _holds_objects(err: BaseException) -> bool:
+    """True when ``weights_only`` refused a valid torch.save file for its pickled objects."""
+    return isinstance(err, pickle.UnpicklingError) and "GLOBAL" in str(err)
+
+
+def _unpickle(p: Path) -> Any:
+    """``torch.load(weights_only=False)`` after the warning; every failure is a ModelError."""
+    warn_pickle(p)
+    try:
+        return torch.load(str(p), map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - arbitrary code may raise anything
+        raise ModelError(
+            f"cannot unpickle {p}: {type(err).__name__}: {first_line(err)[:160]}"
+        ) from err
 
 
 def import_attr(spec: str) -> Any:
@@ -403,6 +477,7 @@ def load_module(
     weights: str | Path | None = None,
     *,
     input_shape: tuple[int, int, int] | None = None,
+    trust_pickle: bool = False,
 ) -> nn.Module:
     """Load a classifier module from a TorchScript archive, ``package.module:factory``, or
     ``arch:NAME`` (an architecture of :data:`ipguard.nets.ARCHITECTURES`).
@@ -412,6 +487,10 @@ def load_module(
     archive carries its own weights; ``weights`` may still override them. ``arch:NAME`` is
     built for ``input_shape`` (default: the architecture's own) and as many classes as the
     weights' classifier has (:func:`ipguard.nets.load_pretrained`).
+
+    A ``.pt``/``.pth`` file holding a whole pickled module (``torch.save(model, path)``) is
+    refused unless ``trust_pickle``: unpickling can run arbitrary code (see
+    :func:`load_weights`, which gets the same flag).
     """
     if spec.startswith("arch:"):
         from ipguard.nets import load_pretrained
@@ -420,7 +499,9 @@ def load_module(
             raise ModelError(
                 f"{spec} builds an untrained model", "pass --weights FILE with its trained weights"
             )
-        return load_pretrained(spec.removeprefix("arch:"), weights, input_shape=input_shape)
+        return load_pretrained(
+            spec.removeprefix("arch:"), weights, input_shape=input_shape, trust_pickle=trust_pickle
+        )
     if is_factory_spec(spec):
         factory = import_attr(spec)
         if isinstance(factory, nn.Module):
@@ -447,18 +528,24 @@ def load_module(
                 f"model file {spec} does not exist",
                 "give a TorchScript archive or package.module:factory with --weights",
             )
+        limits.check_file_size(path, limits.MAX_MODEL_FILE_BYTES, "model file", ModelError)
+        limits.check_torch_zip(path, ModelError)
         try:
             with warnings.catch_warnings():  # torch 2.9+ deprecates TorchScript; still supported
                 warnings.simplefilter("ignore", DeprecationWarning)
                 module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
         except Exception as err:  # noqa: BLE001 - torch raises many types here
-            raise ModelError(
-                f"cannot load {spec} as a TorchScript archive: {first_line(err)[:160]}",
-                "export it with torch.jit.save(torch.jit.script(model), path), or give "
-                "package.module:factory with --weights",
-            ) from err
+            pickled = _pickled_module(path, trust_pickle)
+            if pickled is not None:
+                module = pickled
+            else:
+                raise ModelError(
+                    f"cannot load {spec} as a TorchScript archive: {first_line(err)[:160]}",
+                    "export it with torch.jit.save(torch.jit.script(model), path), or give "
+                    "package.module:factory with --weights",
+                ) from err
     if weights is not None:
-        state = load_weights(weights)
+        state = load_weights(weights, trust_pickle=trust_pickle)
         try:
             module.load_state_dict(state, strict=True)
         except RuntimeError as err:
@@ -468,3 +555,27 @@ def load_module(
                 "check that the weights belong to this architecture",
             ) from err
     return module
+
+
+def _pickled_module(path: Path, trust_pickle: bool) -> nn.Module | None:
+    """A whole module pickled with ``torch.save(model, path)``: None if the file is not one.
+
+    Refused (ModelError naming ``--trust-pickle`` and the risk) unless ``trust_pickle``.
+    """
+    if path.suffix not in PICKLE_SUFFIXES:
+        return None
+    try:
+        torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if not _holds_objects(err):
+            return None  # garbage or not a torch.save file: the TorchScript error says enough
+    except Exception:  # noqa: BLE001 - not a torch.save file at all: the TorchScript error
+        return None
+    else:
+        return None  # plain tensors: not a module (a state dict given as the model)
+    if not trust_pickle:
+        raise _pickle_refusal(path, "it is a pickled Python object, not a TorchScript archive")
+    obj = _unpickle(path)
+    if not isinstance(obj, nn.Module):
+        raise ModelError(f"{path} unpickles to {type(obj).__name__}, not an nn.Module")
+    return obj

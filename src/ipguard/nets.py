@@ -634,6 +634,7 @@ def load_pretrained(
     *,
     num_classes: int | None = None,
     input_shape: tuple[int, int, int] | None = None,
+    trust_pickle: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
     """Build architecture ``name`` and load the local weights file ``path``; eval mode.
@@ -646,7 +647,8 @@ def load_pretrained(
     """
     shape = native_input_shape(name) if input_shape is None else input_shape
     p = Path(path)
-    state = load_weights(p)  # .safetensors or a weights_only .pt/.pth state dict
+    # .safetensors or a weights_only .pt/.pth state dict (unpickled only with trust_pickle)
+    state = load_weights(p, trust_pickle=trust_pickle)
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     classes = _classes_in(name, state, shape) if num_classes is None else num_classes

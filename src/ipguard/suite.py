@@ -222,6 +222,8 @@ def _loads(text: str, where: str) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise InputError(f"{where} is not valid TOML: {err}") from err
+    except (ValueError, RecursionError) as err:  # e.g. an integer of over 4300 digits
+        raise InputError(f"{where} is not valid TOML: {str(err)[:120]}") from err
 
 
 def load_suite(path: str | Path) -> Suite:

@@ -90,6 +90,13 @@ def _kind(value: object) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+def _show(v: object) -> str:
+    """``repr`` for messages; a huge integer (repr fails over 4300 digits) is summarised."""
+    if isinstance(v, int) and v.bit_length() > 256:
+        return f"an integer of {v.bit_length()} bits"
+    return repr(v)[:80]
+
+
 def _check_ks(ks: object, where: str) -> tuple[float, ...]:
     if isinstance(ks, str | bytes) or not isinstance(ks, Sequence):
         raise InputError(f"{where}ks must be a list of numbers, got {_kind(ks)}", "e.g. [1, 3, 10]")
@@ -99,8 +106,8 @@ def _check_ks(ks: object, where: str) -> tuple[float, ...]:
     for v in ks:
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise InputError(f"{where}ks must hold numbers, got {_kind(v)} {v!r}"[:200])
-        if not math.isfinite(v) or v < 0:
-            raise InputError(f"{where}ks must be finite and >= 0, got {v!r}")
+        if (isinstance(v, int) and abs(v) > 1e300) or not math.isfinite(v) or v < 0:
+            raise InputError(f"{where}ks must be finite and >= 0, got {_show(v)}")
         out.append(float(v))
     if len(set(out)) != len(out):
         raise InputError(f"{where}ks has duplicates: {list(ks)!r}"[:200])
@@ -119,7 +126,7 @@ def _check_ns(ns: object, where: str) -> tuple[int, ...]:
         if isinstance(v, bool) or not isinstance(v, int):
             raise InputError(f"{where}ns must hold positive integers, got {_kind(v)} {v!r}"[:200])
         if not 1 <= v <= MAX_N:
-            raise InputError(f"{where}ns must hold integers in 1..{MAX_N}, got {v}")
+            raise InputError(f"{where}ns must hold integers in 1..{MAX_N}, got {_show(v)}")
         out.append(int(v))
     if len(set(out)) != len(out):
         raise InputError(f"{where}ns has duplicates: {list(ns)!r}"[:200])
