@@ -19,7 +19,7 @@ import importlib
 import pickle
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -86,8 +86,13 @@ def weights_sha256(module: nn.Module) -> str:
     Independent of device and of how the weights were stored on disk, so the same weights
     loaded from a ``.pt`` file or from ``.safetensors`` give the same digest.
     """
+    return state_dict_sha256(module.state_dict())
+
+
+def state_dict_sha256(state: Mapping[str, Tensor]) -> str:
+    """SHA-256 over a state dict's sorted names, dtypes, shapes and raw bytes (see
+    :func:`weights_sha256`); for weights loaded without building the module."""
     h = hashlib.sha256()
-    state = module.state_dict()
     for name in sorted(state):
         t = state[name].detach().to("cpu").contiguous()
         h.update(name.encode())

@@ -439,20 +439,6 @@ def check_signature(
 
 
 # -- commitments -------------------------------------------------------------------------------
-def _state_dict_sha256(state: Mapping[str, Any]) -> str:
-    """Same hashing as :func:`ipguard.models.weights_sha256`, on a loaded state dict."""
-    import torch
-
-    h = hashlib.sha256()
-    for name in sorted(state):
-        t = state[name].detach().to("cpu").contiguous()
-        h.update(name.encode())
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 def _file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     try:
@@ -477,7 +463,7 @@ def make_commitment(
     fingerprint's ``owner_sha256`` (these are not the weights it was made from).
     """
     from ipguard.fingerprint import load_fingerprint
-    from ipguard.models import load_weights
+    from ipguard.models import load_weights, state_dict_sha256
 
     fp = load_fingerprint(fingerprint_path)
     wp = Path(weights_path)
@@ -486,7 +472,7 @@ def make_commitment(
     file_sha = _file_sha256(wp)
     note = None
     try:
-        state_sha: str | None = _state_dict_sha256(load_weights(wp))
+        state_sha: str | None = state_dict_sha256(load_weights(wp))
     except IPGuardError as err:
         state_sha, note = None, f"state dict not readable: {err}"
     if state_sha is not None and state_sha != fp.owner_sha256:
