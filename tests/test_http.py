@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -332,7 +333,8 @@ def test_bad_url_and_journal(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="line 1 is not a journal record"):
         HTTPSuspect("http://127.0.0.1:9", HTTPOptions(journal=journal))
     key = point_key(X[0])
-    journal.write_text(json.dumps({"key": key, "label": 7, "encoding": "array"}) + '\n{"ke')
+    record = {"key": key, "label": 7, "encoding": "array", "suspect": "http://127.0.0.1:9"}
+    journal.write_text(json.dumps(record) + '\n{"ke')
     suspect = HTTPSuspect("http://127.0.0.1:9", HTTPOptions(journal=journal))
     assert suspect.predict(X[:1].clone()).tolist() == [7]  # from the journal, nothing sent
     assert suspect.stats.points_from_journal == 1 and suspect.stats.requests == 0
@@ -390,3 +392,74 @@ def test_cli_verify_url_suspect(
     again = CliRunner().invoke(app, [*args[:-1], "1"])
     assert again.exit_code == 0, again.output
     assert json.loads(again.output)["matching_rate"] == rate
+
+
+# -- regressions from the review ---------------------------------------------------------------
+class _Constant:
+    """A label-only model that always answers ``label``."""
+
+    def __init__(self, label: int) -> None:
+        self.label = label
+
+    @property
+    def num_classes(self) -> int:
+        return 3
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full((x.shape[0],), self.label, dtype=torch.int64)
+
+
+def _serve(oracle: Any, class_names: list[str] | None = None) -> Any:
+    server = make_server(oracle, input_shape=(1, 2, 2), faults=FaultSpec(),
+                         class_names=class_names)  # fmt: skip
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_one_journal_shared_by_two_suspects_keeps_their_answers_apart(tmp_path: Path) -> None:
+    a, b = _serve(_Constant(0)), _serve(_Constant(1))
+    try:
+        opts = HTTPOptions(journal=tmp_path / "shared.jsonl", retries=0)
+        x = torch.rand(4, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+        assert HTTPSuspect(a.url, opts).predict(x).tolist() == [0] * 4
+        assert HTTPSuspect(b.url, opts).predict(x).tolist() == [1] * 4
+        again_a, again_b = HTTPSuspect(a.url, opts), HTTPSuspect(b.url, opts)
+        assert again_a.predict(x).tolist() == [0] * 4  # not b's answers
+        assert again_b.predict(x).tolist() == [1] * 4
+        assert again_a.stats.requests == 0 and again_b.stats.requests == 0
+    finally:
+        a.shutdown()
+        b.shutdown()
+
+
+def test_server_answers_400_to_undecodable_bodies_and_refuses_bad_model_labels() -> None:
+    server = _serve(_Constant(0))
+    bodies = [
+        b'{"inputs":' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # RecursionError
+        b'{"inputs":[' + b"1" * 5000 + b"]}",  # 4300+ digit integer
+        json.dumps({"inputs": [[[[10**400, 0.5], [0.5, 0.5]]]], "encoding": "array"}).encode(),
+    ]
+    try:
+        for body in bodies:
+            req = urllib.request.Request(server.url + "/predict", data=body, method="POST")
+            with pytest.raises(urllib.error.HTTPError) as info:
+                urllib.request.urlopen(req, timeout=10)
+            assert info.value.code == 400
+        assert server.stats.bad_requests == len(bodies)
+    finally:
+        server.shutdown()
+    negative = _serve(_Constant(-1), class_names=["cat", "dog", "emu"])
+    try:
+        point = [[[[0.5, 0.5], [0.5, 0.5]]]]
+        body = json.dumps({"inputs": point, "encoding": "array"}).encode()
+        req = urllib.request.Request(negative.url + "/predict", data=body, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(req, timeout=10)
+        assert info.value.code == 500  # never served as the last class name
+    finally:
+        negative.shutdown()
+
+
+def test_port_out_of_range_is_a_configuration_error() -> None:
+    with pytest.raises(InputError, match="suspect URL"):
+        HTTPSuspect("http://127.0.0.1:99999")

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from ipguard.cli import app
-from ipguard.errors import InputError
+from ipguard.errors import InputError, IPGuardError
 from ipguard.fingerprint import Fingerprint
 from ipguard.models import weights_sha256
 from ipguard.nets import digits_cnn
@@ -336,3 +336,37 @@ def test_write_keypair_library(tmp_path: Path) -> None:
     assert key.stat().st_mode & 0o777 == 0o600 and len(kid) == 16
     with pytest.raises(InputError, match="already exist"):
         write_keypair(tmp_path / "lib")
+
+
+def test_nan_in_a_tampered_signature_commitment_or_header_is_reported_not_raised(
+    env: dict[str, Path], tmp_path: Path
+) -> None:
+    fp = _copy(env, tmp_path)
+    sig = signature_path(fp)
+    sig.write_text(sig.read_text().replace("{", '{"x": NaN, ', 1))
+    result = check_signature(fp)
+    assert not result.valid and result.problems
+    # NaN inside the fingerprint's own header (same length, so offsets stay valid)
+    (tmp_path / "b").mkdir()
+    fp2 = _copy(env, tmp_path / "b")
+    data = bytearray(fp2.read_bytes())
+    n = int.from_bytes(data[:8], "little")
+    header = data[8 : 8 + n].decode()
+    shape = re.search(r'"shape":\[\d+\]', header)
+    assert shape is not None
+    tampered = header.replace(shape.group(0), '"shape":NaN'.ljust(len(shape.group(0))), 1)
+    data[8 : 8 + n] = tampered.encode()
+    fp2.write_bytes(bytes(data))
+    try:  # reported as a problem, or refused with the project's own error; never ValueError
+        header_result = check_signature(fp2)
+    except IPGuardError:
+        pass
+    else:
+        assert not header_result.valid and header_result.problems
+    commit = tmp_path / "c.json"
+    code, _, err = run("commit", str(env["fp"]), "--weights", str(env["weights"]),
+                       "-o", str(commit))  # fmt: skip
+    assert code == 0, err
+    commit.write_text(re.sub(r'"n": \d+', '"n": NaN', commit.read_text(), count=1))
+    checked = check_commitment(env["fp"], commit)
+    assert not checked.matches and checked.problems

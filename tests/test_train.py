@@ -183,3 +183,31 @@ def test_bad_training_data() -> None:
     with pytest.raises(InputError, match="training data"):
         train(seeded(digits_cnn, 0), torch.zeros(3, 1, 8, 8), torch.zeros(2, dtype=torch.long),
               Recipe(epochs=1))  # fmt: skip
+
+
+def test_failed_resume_leaves_no_trace_of_the_checkpoint(
+    data: tuple[torch.Tensor, torch.Tensor], tmp_path: Path
+) -> None:
+    """A checkpoint that matches the run but breaks half-way through restoring (here the
+    generator state) must not leave its weights behind: the run starts truly afresh."""
+    ckpt = tmp_path / "run.ckpt"
+    train(seeded(bn_net, 0), *data, SGD, seed=5, checkpoint=ckpt)
+    blob = torch.load(ckpt, weights_only=True)
+    blob["epoch"] = 1
+    blob["order_gen"] = torch.zeros(3, dtype=torch.uint8)  # not a generator state
+    torch.save(blob, ckpt)
+    fresh = train(seeded(bn_net, 0), *data, SGD, seed=5)
+    assert _same(fresh, train(seeded(bn_net, 0), *data, SGD, seed=5, checkpoint=ckpt))
+
+
+def test_checkpoint_of_a_run_on_other_parameters_is_not_used(
+    data: tuple[torch.Tensor, torch.Tensor], tmp_path: Path
+) -> None:
+    ckpt = tmp_path / "run.ckpt"
+    train(seeded(bn_net, 0), *data, SGD, seed=5, checkpoint=ckpt)
+    last = seeded(bn_net, 0)
+    only_last = list(last[-1].parameters())
+    fresh = seeded(bn_net, 0)
+    train(fresh, *data, SGD, seed=5, params=list(fresh[-1].parameters()))
+    train(last, *data, SGD, seed=5, params=only_last, checkpoint=ckpt)
+    assert _same(fresh, last)

@@ -155,9 +155,9 @@ class HTTPStats:
 
 
 def point_key(point: Tensor) -> str:
-    """SHA-256 of one point's float32 bytes (C order): the journal key."""
+    """SHA-256 of one point's shape and float32 bytes (C order): the journal key."""
     arr = point.detach().to("cpu", torch.float32).contiguous().numpy()
-    return hashlib.sha256(arr.tobytes()).hexdigest()
+    return hashlib.sha256(repr(arr.shape).encode() + arr.tobytes()).hexdigest()
 
 
 class _Retryable(Exception):
@@ -178,7 +178,11 @@ class HTTPSuspect:
 
     def __init__(self, url: str, options: HTTPOptions = HTTPOptions()) -> None:
         parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        try:
+            port_ok = parsed.port is None or 0 < parsed.port
+        except ValueError:  # a port outside 0..65535 or not a number
+            port_ok = False
+        if parsed.scheme not in ("http", "https") or not parsed.hostname or not port_ok:
             raise InputError(
                 f"suspect URL must be http(s)://HOST[:PORT][/PATH], got {_redact(url)!r}"
             )
@@ -213,7 +217,7 @@ class HTTPSuspect:
 
     # -- journal ----------------------------------------------------------------------------
     def _read_journal(self, path: Path) -> dict[str, int]:
-        return read_journal(path, self.options.encoding)
+        return read_journal(path, self.options.encoding, suspect=self.name)
 
     def _journal_append(self, keys: list[str], labels: list[int]) -> None:
         path = self.options.journal
@@ -223,7 +227,15 @@ class HTTPSuspect:
             if path is None:
                 return
             text = "".join(
-                json.dumps({"key": k, "label": lab, "encoding": self.options.encoding}) + "\n"
+                json.dumps(
+                    {
+                        "key": k,
+                        "label": lab,
+                        "encoding": self.options.encoding,
+                        "suspect": self.name,
+                    }
+                )
+                + "\n"
                 for k, lab in zip(keys, labels, strict=True)
             )
             try:
@@ -417,8 +429,10 @@ class HTTPSuspect:
         return text
 
 
-def read_journal(path: Path, encoding: object) -> dict[str, int]:
-    """Labels by point key from a journal file, for answers as exact as ``encoding``.
+def read_journal(path: Path, encoding: object, *, suspect: str | None = None) -> dict[str, int]:
+    """Labels by point key from a journal file, for answers as exact as ``encoding`` and,
+    when ``suspect`` is given, answered by that suspect (records name their suspect, so one
+    journal shared by several suspects never gives one suspect another's answers).
 
     A torn last line (no final newline) is cut off the file; any other bad line is an
     InputError.
@@ -447,7 +461,9 @@ def read_journal(path: Path, encoding: object) -> dict[str, int]:
             ) from None
         if not isinstance(key, str) or not _is_int(label):
             raise InputError(f"journal {path} line {number} is not a journal record")
-        if _exactness(enc) == _exactness(encoding):
+        if _exactness(enc) == _exactness(encoding) and (
+            suspect is None or rec.get("suspect") == suspect
+        ):
             known[key] = int(label)
     if torn:  # cut the torn bytes so new records start on a line of their own
         try:

@@ -141,7 +141,11 @@ class LabelServer(ThreadingHTTPServer):
     def predict(self, x: torch.Tensor) -> list[int | str]:
         with self._predict_lock, torch.no_grad():
             labels = as_labels(self.oracle.predict(x), "the served model").tolist()
+        if len(labels) != x.shape[0] or any(i < 0 for i in labels):
+            raise ValueError("the served model returned a wrong number of labels or a negative one")
         if self.class_names is not None:
+            if any(i >= len(self.class_names) for i in labels):
+                raise ValueError("the served model returned a label beyond its class names")
             return [self.class_names[i] for i in labels]
         return [int(i) for i in labels]
 
@@ -217,6 +221,10 @@ class _Handler(BaseHTTPRequestHandler):
         except _BadRequest as bad:
             self._refuse(bad)
             return
+        except (RecursionError, ValueError, OverflowError, TypeError, MemoryError) as err:
+            # deeply nested JSON, 4300+ digit integers, numbers beyond float range...
+            self._refuse(_BadRequest(400, f"the body cannot be decoded: {type(err).__name__}"))
+            return
         try:
             labels = self.server.predict(x)
         except Exception as err:  # noqa: BLE001 - report the model's failure as a 500
@@ -265,7 +273,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif encoding == "array":
             try:
                 arr = np.asarray(inputs, dtype=np.float64)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise _BadRequest(400, "inputs must be a rectangular array of numbers") from None
         elif encoding == "png":
             arr = np.stack([_decode_png(item, shape) for item in inputs])

@@ -189,6 +189,11 @@ def passphrase_from_env(name: str | None) -> bytes | None:
 
 
 # -- canonical forms ---------------------------------------------------------------------------
+def _refuse_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON: ipguard never writes them, so a file with one was edited."""
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def _canonical(obj: Mapping[str, Any]) -> bytes:
     return json.dumps(
         dict(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
@@ -249,7 +254,7 @@ def _verify_fields(
 def _read_record(path: Path, fmt: str, what: str) -> tuple[dict[str, Any] | None, list[str]]:
     data = _read_small(path, what)
     try:
-        record = json.loads(data)
+        record = json.loads(data, parse_constant=_refuse_constant)
     except (ValueError, RecursionError):
         return None, [f"{what} {path} is corrupt: not valid JSON"]
     if not isinstance(record, dict) or record.get("format") != fmt:
@@ -302,7 +307,7 @@ def _parts(path: Path) -> _Parts:
     if n > len(data) - 8:
         raise FingerprintFileError(f"{where}: header length exceeds the file (corrupt)")
     try:
-        header = json.loads(data[8 : 8 + n])
+        header = json.loads(data[8 : 8 + n], parse_constant=_refuse_constant)
     except (ValueError, RecursionError):
         raise FingerprintFileError(
             f"{where}: the header (metadata and tensor layout) is corrupt"

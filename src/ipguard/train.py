@@ -20,6 +20,7 @@ On CUDA, ``amp=True`` trains in float16 autocast with a gradient scaler.
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import math
@@ -269,7 +270,11 @@ def train(
     aug_gen = torch.Generator().manual_seed(seed + 7919)
     n = int(x.shape[0])
     steps = math.ceil(n / recipe.batch_size)
-    identity = {"recipe": recipe.to_dict(), "seed": seed, "n": n}
+    names = {id(p): name for name, p in module.named_parameters()}
+    identity = {
+        "recipe": recipe.to_dict(), "seed": seed, "n": n,
+        "params": [names.get(id(p), "?") for p in trainable],
+    }  # fmt: skip
     state = _State()
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None:
@@ -341,6 +346,12 @@ def _resume(
     """Restore from ``path`` if it holds a checkpoint of this very run; else start afresh."""
     if not path.is_file():
         return _State()
+    # Everything is restored or nothing is: a failure half-way puts the originals back.
+    saved = (
+        {k: v.detach().clone() for k, v in module.state_dict().items()},
+        copy.deepcopy(opt.state_dict()), scaler.state_dict(), order_gen.get_state(),
+        aug_gen.get_state(),
+    )  # fmt: skip
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
@@ -357,6 +368,11 @@ def _resume(
         epoch = int(blob["epoch"])
     except Exception as err:  # a damaged checkpoint only costs the epochs it held
         log.warning("cannot resume from %s (%s); starting afresh", path, err)
+        module.load_state_dict(saved[0])
+        opt.load_state_dict(saved[1])
+        scaler.load_state_dict(saved[2])
+        order_gen.set_state(saved[3])
+        aug_gen.set_state(saved[4])
         return _State()
     log.info("resuming %s after epoch %d", path, epoch)
     return _State(epoch=epoch, losses=losses)
