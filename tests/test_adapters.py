@@ -323,3 +323,23 @@ def test_preprocess_order_and_types() -> None:
                 {"dtype": "uint8", "mean": (0.5,)}):  # fmt: skip
         with pytest.raises(InputError):
             Preprocess(**bad)
+
+
+def test_scaled_local_suspect_does_not_get_the_owners_normalisation(tmp_path: Path) -> None:
+    """A model that takes 0..255 values (--scale 255) must not also get the owner's 0..1
+    mean/std: that would be applied to 0..255 values and shift everything."""
+    from ipguard.adapters import Preprocess, open_suspect
+
+    class Bright(torch.nn.Module):  # label 1 iff the mean input is in the 0..255 mid-range
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            m = x.mean(dim=(1, 2, 3))
+            return torch.stack([m - 200.0, 200.0 - m], dim=1)
+
+    path = tmp_path / "bright.pt"
+    torch.jit.save(torch.jit.script(Bright()), str(path))
+    points = torch.full((3, 1, 4, 4), 0.5)
+    _, suspect = open_suspect(
+        str(path), preprocess=Preprocess(scale=255.0), input_shape=(1, 4, 4), bounds=(0.0, 1.0),
+        default_mean=(0.5,), default_std=(0.25,),
+    )  # fmt: skip
+    assert suspect.predict(points).tolist() == [1, 1, 1]  # saw 127.5, not (127.5-0.5)/0.25

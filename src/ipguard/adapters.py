@@ -19,7 +19,8 @@ points, batched, before the suspect sees them.
 
 Local models (TorchScript, factories, ``arch:``, ONNX) get the owner's normalisation
 (``default_mean``/``default_std``, recorded in the fingerprint) unless the preprocessing
-gives its own; functions and HTTP APIs get the points as they are unless told otherwise.
+gives its own or rescales the values (``scale`` other than 1: such a model gets no mean/std
+unless given); functions and HTTP APIs get the points as they are unless told otherwise.
 """
 
 from __future__ import annotations
@@ -564,7 +565,9 @@ def open_suspect(
         preprocess.check_channels(shape[0])
     if kind in ("onnx", "torchscript", "factory", "arch"):
         pre = preprocess or Preprocess()
-        if pre.dtype == "float32":  # the owner's normalisation unless the suspect has its own
+        # The owner's normalisation, unless the suspect has its own or takes another value
+        # range (--scale): a model fed 0..255 does not want a mean and std made for 0..1.
+        if pre.dtype == "float32" and pre.scale == 1.0:
             pre = replace(
                 pre,
                 mean=pre.mean if pre.mean is not None else _tuple(default_mean),

@@ -476,7 +476,8 @@ ScaleOpt = Annotated[
     float,
     typer.Option(
         "--scale", help="Multiply the points by this before the suspects see them, e.g. "
-        "255 for suspects that take 0..255 pixels (--mean/--std apply after it).",
+        "255 for suspects that take 0..255 pixels. --mean/--std apply after it; with a "
+        "--scale, local models no longer get the owner's mean/std by default.",
         rich_help_panel=_PRE,
     ),
 ]  # fmt: skip
