@@ -218,6 +218,18 @@ def _prefixed(note: Callable[[str], None], prefix: str, text: str) -> None:
     note(f"{prefix}: {text}")
 
 
+def _trained(
+    zoo: ModelZoo, spec: dict[str, Any], factory: Callable[[], nn.Module], x: Tensor, y: Tensor,
+    *, recipe: Recipe, seed: int, name: str, note: Callable[[str], None], init: int = 10_000,
+) -> tuple[str, nn.Module]:  # fmt: skip
+    """The zoo's model for ``spec``, trained from scratch (checkpointed in the zoo) if missing."""
+    build = partial(
+        _train, factory, x, y, recipe=recipe, seed=seed, init=init,
+        checkpoint=zoo.checkpoint_path(zoo_key(spec)), note=partial(_prefixed, note, name),
+    )  # fmt: skip
+    return zoo.get_or_build(spec, build, template=factory)
+
+
 @dataclass(frozen=True, eq=False)
 class BuiltSuspect:
     """One model of a suite, built or loaded from the zoo."""
@@ -283,21 +295,10 @@ def build_suite_models(
     owner_factory = _factory(o.arch, (c, h, w), num_classes)
     owner_spec = {"kind": "owner", "data": data_spec, "split": "owner", **o.to_dict(),
                   "num_classes": num_classes}  # fmt: skip
-    owner_key, owner = zoo.get_or_build(
-        owner_spec,
-        partial(
-            _train,
-            owner_factory,
-            xo,
-            yo,
-            recipe=o.recipe,
-            seed=o.seed,
-            init=0,
-            checkpoint=zoo.checkpoint_path(zoo_key(owner_spec)),
-            note=partial(_prefixed, note, "owner"),
-        ),  # fmt: skip
-        template=owner_factory,
-    )
+    owner_key, owner = _trained(
+        zoo, owner_spec, owner_factory, xo, yo, recipe=o.recipe, seed=o.seed, name="owner",
+        note=note, init=0,
+    )  # fmt: skip
     step("owner")
     lap("owner")
     suspects = [BuiltSuspect("owner", "owner", True, owner_key, owner)]
@@ -336,24 +337,29 @@ def build_suite_models(
             spec = {"kind": "independent", "data": data_spec, "split": ind.data,
                     "arch": ind.arch, **ind.recipe.to_dict(), "seed": seed,
                     "num_classes": num_classes}  # fmt: skip
-            key, module = zoo.get_or_build(
-                spec,
-                partial(
-                    _train,
-                    factory,
-                    x,
-                    y,
-                    recipe=ind.recipe,
-                    seed=seed,
-                    checkpoint=zoo.checkpoint_path(zoo_key(spec)),
-                    note=partial(_prefixed, note, name),
-                ),  # fmt: skip
-                template=factory,
+            key, module = _trained(
+                zoo, spec, factory, x, y, recipe=ind.recipe, seed=seed, name=name, note=note
             )
             suspects.append(BuiltSuspect(name, family, False, key, module))
             step(name)
     lap("independents")
     return SuiteModels(owner, tuple(suspects), (c, h, w), splits["test"], seconds)
+
+
+class StepCounter:
+    """Counts finished steps and reports ``progress(what, done, total)`` after each one;
+    :meth:`note` reports without counting (e.g. the epoch of a long training)."""
+
+    def __init__(self, total: int, progress: ProgressFn | None) -> None:
+        self.total, self.done, self.progress = total, 0, progress
+
+    def step(self, what: str) -> None:
+        self.done += 1
+        self.note(what)
+
+    def note(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress(text, self.done, self.total)
 
 
 def run_suite(
@@ -362,20 +368,9 @@ def run_suite(
     """Build or load every model of ``suite`` in ``zoo_dir`` and evaluate the fingerprint."""
     started = time.perf_counter()
     zoo = ModelZoo(zoo_dir)
-    total = suite_size(suite) + 1
-    done = 0
-
-    def step(what: str) -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(what, done, total)
-
-    def note(text: str) -> None:
-        if progress is not None:
-            progress(text, done, total)
-
-    models = build_suite_models(suite, zoo, step, note)
+    counter = StepCounter(suite_size(suite) + 1, progress)
+    step = counter.step
+    models = build_suite_models(suite, zoo, step, counter.note)
     seconds = dict(models.seconds)
     clock = time.perf_counter()
     xt, yt = models.test

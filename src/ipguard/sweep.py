@@ -39,7 +39,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ipguard.errors import InputError
-from ipguard.evaluate import ProgressFn, SuiteModels, build_suite_models, suite_size
+from ipguard.evaluate import (
+    ProgressFn,
+    StepCounter,
+    SuiteModels,
+    build_suite_models,
+    suite_size,
+)
 from ipguard.fingerprint import Fingerprint
 from ipguard.io import atomic_write_bytes, write_json
 from ipguard.methods import make_method
@@ -358,15 +364,9 @@ def run_sweep(
     started = time.perf_counter()
     zoo = ModelZoo(zoo_dir)
     total = suite_size(suite) + (len(k_values) if k_values else 0) + (1 if n_values else 0)
-    done = 0
-
-    def step(what: str) -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(what, done, total)
-
-    models = build_suite_models(suite, zoo, step)
+    counter = StepCounter(total, progress)
+    step = counter.step
+    models = build_suite_models(suite, zoo, step, counter.note)
     owner_model = OwnerModel(models.owner, input_shape=models.input_shape)
     data = models.test[0] if base.needs_data else None
     labels = models.test[1] if base.needs_data else None

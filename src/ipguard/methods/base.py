@@ -45,10 +45,14 @@ class FingerprintMethod(ABC):
 
     name: ClassVar[str]
 
+    #: Subclasses that always start from real inputs set this; those that do only with some
+    #: settings override :attr:`needs_data`.
+    data_required: ClassVar[bool] = False
+
     @property
     def needs_data(self) -> bool:
         """True if, with these settings, the method starts from real inputs (``data``)."""
-        return False
+        return self.data_required
 
     @property
     def needs_labels(self) -> bool:

@@ -49,9 +49,7 @@ class FGSM(FingerprintMethod):
         check_fraction("eps", self.eps)
         check_bool("targeted", self.targeted)
 
-    @property
-    def needs_data(self) -> bool:
-        return True
+    data_required: ClassVar[bool] = True
 
     def run(
         self,

@@ -29,9 +29,7 @@ class Misclassified(FingerprintMethod):
 
     name: ClassVar[str] = "misclassified"
 
-    @property
-    def needs_data(self) -> bool:
-        return True
+    data_required: ClassVar[bool] = True
 
     @property
     def needs_labels(self) -> bool:

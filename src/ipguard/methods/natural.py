@@ -25,9 +25,7 @@ class Natural(FingerprintMethod):
 
     name: ClassVar[str] = "natural"
 
-    @property
-    def needs_data(self) -> bool:
-        return True
+    data_required: ClassVar[bool] = True
 
     def run(
         self,

@@ -60,9 +60,7 @@ class PGD(FingerprintMethod):
         check_bool("random_start", self.random_start)
         check_bool("targeted", self.targeted)
 
-    @property
-    def needs_data(self) -> bool:
-        return True
+    data_required: ClassVar[bool] = True
 
     def run(
         self,
