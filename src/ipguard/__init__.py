@@ -25,6 +25,7 @@ from ipguard.errors import (
 from ipguard.fingerprint import Fingerprint, load_fingerprint
 from ipguard.methods import METHODS, FingerprintMethod, make_method
 from ipguard.methods.ipguard import IPGuard
+from ipguard.methods.select import IPGuardSelect
 from ipguard.models import CallableSuspect, LabelOracle, OwnerModel, load_module
 from ipguard.verify import DEFAULT_THRESHOLD, VerificationResult, verify
 
@@ -40,6 +41,7 @@ __all__ = [
     "IPGuardError",
     "InputError",
     "LabelOracle",
+    "IPGuardSelect",
     "METHODS",
     "ModelError",
     "OwnerModel",

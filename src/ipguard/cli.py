@@ -24,6 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ipguard.errors import InputError, IPGuardError
+from ipguard.methods.base import GenerationProgress
 from ipguard.methods.ipguard import DEFAULT_K, DEFAULT_LR
 from ipguard.verify import DEFAULT_THRESHOLD
 
@@ -218,6 +219,12 @@ def _check_output(path: Path) -> None:
         raise InputError(f"cannot write {path}: it is a folder", "give a file name")
 
 
+def _generation_note(p: GenerationProgress) -> str:
+    if p.round == 0:  # methods that train surrogate models first report them as round 0
+        return f"surrogate model {p.iteration + 1}/{p.max_iter}"
+    return f"round {p.round} step {p.iteration}"
+
+
 def _method_params(items: Sequence[str]) -> dict[str, Any]:
     """``--param KEY=VALUE`` options as a dict; VALUE is JSON where it parses, else a string."""
     out: dict[str, Any] = {}
@@ -374,7 +381,7 @@ def fingerprint(
         fp = fp_method.generate(
             owner, n, data=dataset.x if dataset is not None else None,
             labels=dataset.y if dataset is not None else None, seed=seed,
-            progress=lambda p: update(p.converged, f"round {p.round} step {p.iteration}"),
+            progress=lambda p: update(p.converged, _generation_note(p)),
         )  # fmt: skip
         update(n, "done")
     fp.save(output)

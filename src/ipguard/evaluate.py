@@ -34,11 +34,12 @@ from ipguard.data import load_data
 from ipguard.errors import InputError
 from ipguard.fingerprint import Fingerprint
 from ipguard.io import atomic_write_bytes, write_json
-from ipguard.methods import make_method
+from ipguard.methods import METHODS, FingerprintMethod, make_method
 from ipguard.metrics import SuiteSummary, SuspectRecord, robustness, summarise, uniqueness
-from ipguard.models import OwnerModel
+from ipguard.models import OwnerModel, weights_sha256
 from ipguard.nets import build_arch
 from ipguard.suite import Suite
+from ipguard.surrogates import overlapping_weights
 from ipguard.train import Recipe, accuracy, seeded, train
 from ipguard.verify import DEFAULT_THRESHOLD, verify
 from ipguard.zoo import ModelZoo, zoo_key
@@ -250,6 +251,8 @@ class SuiteModels:
     input_shape: tuple[int, int, int]
     test: tuple[Tensor, Tensor]
     seconds: dict[str, float] = field(default_factory=dict)
+    #: the owner's training split, for methods whose ``data_role`` is ``"training"``
+    owner_data: tuple[Tensor, Tensor] | None = None
 
 
 def suite_size(suite: Suite) -> int:
@@ -311,7 +314,7 @@ def build_suite_models(
             attack = make_attack(a.name, **params)
             student = getattr(attack, "student", None)
             template: Callable[[], nn.Module]
-            if a.name in ("distill", "extract") and isinstance(student, str):
+            if a.name in ("distill", "extract") and isinstance(student, str) and student != "same":
                 template = _factory(student, (c, h, w), num_classes)
             else:  # the attacked model has the owner's structure
                 template = partial(copy.deepcopy, owner)
@@ -343,7 +346,55 @@ def build_suite_models(
             suspects.append(BuiltSuspect(name, family, False, key, module))
             step(name)
     lap("independents")
-    return SuiteModels(owner, tuple(suspects), (c, h, w), splits["test"], seconds)
+    return SuiteModels(
+        owner, tuple(suspects), (c, h, w), splits["test"], seconds, owner_data=splits["owner"]
+    )
+
+
+def suite_method(suite: Suite, zoo_dir: str | Path) -> FingerprintMethod:
+    """The suite's fingerprinting method. A method that trains surrogates gets, unless its
+    parameters say otherwise, the owner's training recipe and the suite's zoo as its cache."""
+    f = suite.fingerprint
+    params = dict(f.params)
+    if f.method in METHODS and METHODS[f.method].data_role == "training":
+        params.setdefault("recipe", suite.owner.recipe.to_dict())
+        params.setdefault("cache", str(Path(zoo_dir) / "surrogates"))
+    return make_method(f.method, **params)
+
+
+def suite_fingerprint(
+    suite: Suite, owner: nn.Module, input_shape: tuple[int, int, int], zoo_dir: str | Path,
+    *, test: tuple[Tensor, Tensor], owner_data: tuple[Tensor, Tensor] | None,
+) -> Fingerprint:  # fmt: skip
+    """Fingerprint the suite's owner. It sees only the owner, the owner's split (methods
+    whose ``data_role`` is ``"training"``) or the test split (start points): never a suspect."""
+    method = suite_method(suite, zoo_dir)
+    x, y = test
+    if method.data_role == "training":
+        if owner_data is None:
+            raise InputError(f"method {method.name!r} needs the owner's training split")
+        x, y = owner_data
+    return method.generate(
+        OwnerModel(owner, input_shape=input_shape), suite.fingerprint.n,
+        data=x if method.needs_data else None, labels=y if method.needs_data else None,
+        seed=suite.fingerprint.seed,
+    )  # fmt: skip
+
+
+def check_disjoint(fp: Fingerprint, suspects: list[nn.Module]) -> None:
+    """Refuse an evaluation in which a suspect has the weights of a model the fingerprint
+    was selected with (it would overstate the result)."""
+    used = {s["sha256"]: s["name"] for s in fp.stats.get("surrogates", []) if isinstance(s, dict)}
+    if not used:
+        return
+    seen = overlapping_weights(list(used), [weights_sha256(m) for m in suspects])
+    if seen:
+        names = ", ".join(sorted(used[h] for h in seen))
+        raise InputError(
+            f"evaluation suspect(s) have the same weights as surrogate(s) {names} that the "
+            "fingerprint was selected with; the evaluation would overstate the result",
+            "give the surrogates other seeds, attacks or parameters than the suspects",
+        )
 
 
 class StepCounter:
@@ -379,13 +430,9 @@ def run_suite(
     suspects = [(b.name, b.family, b.pirated, b.key, b.module) for b in models.suspects]
 
     # -- fingerprint and verify
-    f = suite.fingerprint
-    method = make_method(f.method, **f.params)
-    owner_model = OwnerModel(owner, input_shape=input_shape)
-    fp = method.generate(
-        owner_model, f.n, data=xt if method.needs_data else None,
-        labels=yt if method.needs_data else None, seed=f.seed,
-    )  # fmt: skip
+    fp = suite_fingerprint(suite, owner, input_shape, zoo_dir, test=models.test,
+                           owner_data=models.owner_data)  # fmt: skip
+    check_disjoint(fp, [b.module for b in models.suspects[1:]])
     step("fingerprint")
     seconds["fingerprint"] = time.perf_counter() - clock
     clock = time.perf_counter()

@@ -263,6 +263,7 @@ def suite_from_dict(obj: Mapping[str, Any], *, where: str = "suite") -> Suite:
             "calibration needs at least 2; 10 or more are advised",
         )
     fp = _fingerprint(obj.get("fingerprint", {}), f"{where}: [fingerprint]")
+    _check_split(fp, independents, f"{where}: [fingerprint]")
     cal = _calibration(obj.get("calibration", {}), f"{where}: [calibration]")
     return Suite(data, owner, attacks, independents, fp, cal)
 
@@ -379,6 +380,20 @@ def _fingerprint(obj: Any, where: str) -> FingerprintSpec:
         seed=_int(obj, "seed", where, d.seed, minimum=0),
         params=dict(params),
     )
+
+
+def _check_split(
+    fp: FingerprintSpec, independents: tuple[IndependentSpec, ...], where: str
+) -> None:
+    """Surrogates a method selects against must not share seeds with the evaluation's
+    independents: the models that measure a fingerprint must not have chosen it."""
+    surrogate_seeds = set(getattr(make_method(fp.method, **fp.params), "seeds", ()))
+    clash = surrogate_seeds & {s for i in independents for s in i.seeds}
+    if clash:
+        raise InputError(
+            f"{where}: surrogate seeds {sorted(clash)} are also seeds of evaluation independents",
+            "give params.seeds values that no [[independents]] table uses",
+        )
 
 
 def _calibration(obj: Any, where: str) -> CalibrationSpec:

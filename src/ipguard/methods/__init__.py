@@ -17,6 +17,7 @@ from ipguard.methods.misclassified import Misclassified
 from ipguard.methods.natural import Natural
 from ipguard.methods.noise import RandomNoise
 from ipguard.methods.pgd import PGD
+from ipguard.methods.select import IPGuardSelect
 
 __all__ = ["METHODS", "FingerprintMethod", "GenerationProgress", "ProgressFn", "make_method"]
 
@@ -28,6 +29,7 @@ METHODS: dict[str, type[FingerprintMethod]] = {
     PGD.name: PGD,
     Boundary.name: Boundary,
     Misclassified.name: Misclassified,
+    IPGuardSelect.name: IPGuardSelect,
 }
 
 

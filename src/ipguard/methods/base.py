@@ -49,6 +49,11 @@ class FingerprintMethod(ABC):
     #: settings override :attr:`needs_data`.
     data_required: ClassVar[bool] = False
 
+    #: ``"inputs"``: ``data`` are any real inputs (start points; an evaluation passes its
+    #: held-out test split). ``"training"``: ``data`` must be the owner's own training data
+    #: (an evaluation passes the owner's split), e.g. to train surrogate models on.
+    data_role: ClassVar[str] = "inputs"
+
     @property
     def needs_data(self) -> bool:
         """True if, with these settings, the method starts from real inputs (``data``)."""

@@ -1,0 +1,285 @@
+"""``ipguard-select``: IPGuard points chosen against the owner's own surrogate suite.
+
+Plain IPGuard keeps the first ``n`` boundary points it finds. Two things go wrong with
+some of them: a same-data independent model happens to agree with the owner there (a false
+alarm), or a distilled, extracted or fine-tuned copy no longer does (a miss). The owner can
+measure both before any suspect exists, with models it builds itself
+(:mod:`ipguard.surrogates`):
+
+1. **Candidate pool**: ``pool * n`` IPGuard points (the paper's loss, section 2 of
+   IPGUARD-SPEC.md) split evenly over every margin in ``ks`` and every start in
+   ``starts`` (uniform noise, or the owner's own data), with random target labels.
+2. **Surrogate suite**: copies of the owner made with ipguard's attacks on the owner's
+   data, and independents trained from scratch on the owner's data with other seeds
+   (cached in a zoo, built once per owner).
+3. **Selection**: each candidate gets ``copy agreement - independent agreement``: the
+   fraction of surrogate copies that give it the owner's label (each attack family
+   weighs the same) minus the fraction of surrogate independents that do. The ``n``
+   highest-scoring candidates are the fingerprint (ties broken at random with the seed).
+
+Verification is unchanged and label-only: a suspect's matching rate on the selected points.
+The surrogates are disjoint from any evaluation's suspects by construction (they are built
+from the owner's data split and their own seeds; :func:`ipguard.evaluate.run_suite` also
+checks that no suspect's weights equal a surrogate's).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from ipguard.attacks import ATTACKS
+from ipguard.attacks._student import SAME_ARCH
+from ipguard.errors import GenerationError, InputError
+from ipguard.methods._common import check_int
+from ipguard.methods.base import FingerprintMethod, GenerationProgress, ProgressFn
+from ipguard.methods.ipguard import DEFAULT_LR, IPGuard
+from ipguard.models import OwnerModel
+from ipguard.nets import ARCHITECTURES
+from ipguard.surrogates import COPY_ATTACKS, SurrogateSuite, build_surrogates
+from ipguard.train import Recipe
+
+__all__ = ["IPGuardSelect", "selection_scores"]
+
+DEFAULT_KS = (1.0, 3.0, 10.0)
+DEFAULT_SEEDS = (1001, 1002)
+
+
+def _tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def selection_scores(
+    owner_labels: Tensor, predictions: Tensor, families: list[str], pirated: list[bool]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-candidate ``(score, copy agreement, independent agreement)``, each ``(N,)``.
+
+    ``predictions`` is ``(models, N)``. Copy agreement averages each family's mean
+    agreement (so seven fine-tuned copies do not outvote one distilled copy); independent
+    agreement is the mean over independents. ``score = copy - independent``.
+    """
+    agree = (predictions == owner_labels[None, :]).float()
+    copy_rows = [i for i, p in enumerate(pirated) if p]
+    ind_rows = [i for i, p in enumerate(pirated) if not p]
+    if not copy_rows or not ind_rows:
+        raise InputError("a surrogate suite needs at least one copy and one independent")
+    fams = sorted({families[i] for i in copy_rows})
+    per_family = torch.stack(
+        [agree[[i for i in copy_rows if families[i] == f]].mean(dim=0) for f in fams]
+    )
+    copy_agree = per_family.mean(dim=0)
+    ind_agree = agree[ind_rows].mean(dim=0)
+    return copy_agree - ind_agree, copy_agree, ind_agree
+
+
+@dataclass(frozen=True, kw_only=True)
+class IPGuardSelect(FingerprintMethod):
+    """IPGuard points selected against surrogate copies and independents of the owner.
+
+    Needs the owner's training data with true labels (``--data``): the surrogates are made
+    from it, and ``"data"`` starts are drawn from it.
+
+    Args:
+        ks: the margins of the candidate pool (IPGuard's k), split evenly.
+        starts: ``"noise"`` and/or ``"data"`` start points, split evenly.
+        pool: candidates per selected point (``pool * n`` candidates in all).
+        lr, max_iter: IPGuard's Adam step and steps per candidate.
+        attacks: the surrogate copies, one per attack name (ipguard.attacks.ATTACKS).
+        archs: the surrogate independents' architectures: ``"same"`` (the owner's, freshly
+            initialised) or registered names; one model per arch and seed.
+        seeds: the surrogate independents' seeds; keep them apart from any evaluation's.
+        recipe: how surrogate independents are trained (Recipe keys, e.g. ``{"epochs": 40}``);
+            the owner's own recipe is the right choice. Default: ``Recipe()``.
+        budget: multiplies every surrogate's training epochs: the cost knob (0.25 is a
+            quarter of the training time; surrogates then differ more from real models).
+        cache: the zoo folder for surrogates (not a hyper-parameter: not in ``params()``);
+            default ``$IPGUARD_CACHE_DIR/surrogates`` or ``~/.cache/ipguard/surrogates``.
+    """
+
+    name: ClassVar[str] = "ipguard-select"
+    data_required: ClassVar[bool] = True
+    data_role: ClassVar[str] = "training"
+
+    ks: tuple[float, ...] = DEFAULT_KS
+    starts: tuple[str, ...] = ("noise", "data")
+    pool: int = 4
+    lr: float = DEFAULT_LR
+    max_iter: int = 1000
+    attacks: tuple[str, ...] = COPY_ATTACKS
+    archs: tuple[str, ...] = (SAME_ARCH,)
+    seeds: tuple[int, ...] = DEFAULT_SEEDS
+    recipe: Mapping[str, Any] | None = None
+    budget: float = 1.0
+    cache: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("ks", "starts", "attacks", "archs", "seeds"):
+            object.__setattr__(self, name, _tuple(getattr(self, name)))
+        if (
+            not isinstance(self.ks, tuple)
+            or not self.ks
+            or not all(
+                isinstance(k, (int, float)) and not isinstance(k, bool) and 0 <= k < math.inf
+                for k in self.ks
+            )
+        ):
+            raise InputError(f"ks must be a non-empty list of margins >= 0, got {self.ks!r}")
+        object.__setattr__(self, "ks", tuple(float(k) for k in self.ks))
+        if not self.starts or not set(self.starts) <= {"noise", "data"}:
+            raise InputError(f'starts must list "noise" and/or "data", got {self.starts!r}')
+        check_int("pool", self.pool, 1)
+        check_int("max_iter", self.max_iter, 1)
+        IPGuard(lr=self.lr)  # validates lr
+        if not self.attacks or any(a not in ATTACKS for a in self.attacks):
+            raise InputError(
+                f"attacks must name surrogate attacks, got {self.attacks!r}",
+                f"choose from: {', '.join(sorted(ATTACKS))}",
+            )
+        if not self.archs or any(a != SAME_ARCH and a not in ARCHITECTURES for a in self.archs):
+            raise InputError(
+                f"archs must be 'same' or registered architectures, got {self.archs!r}",
+                "see ipguard archs",
+            )
+        if not self.seeds or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**31 for s in self.seeds
+        ) or len(set(self.seeds)) != len(self.seeds):  # fmt: skip
+            raise InputError(f"seeds must be distinct integers >= 0, got {self.seeds!r}")
+        if self.recipe is not None:
+            if not isinstance(self.recipe, Mapping):
+                raise InputError(f"recipe must be a table of training keys, got {self.recipe!r}")
+            self.training_recipe()  # validates the keys
+        if not (
+            isinstance(self.budget, (int, float)) and not isinstance(self.budget, bool)
+            and 0 < self.budget <= 100
+        ):  # fmt: skip
+            raise InputError(f"budget must be a number in (0, 100], got {self.budget!r}")
+        if self.cache is not None and not isinstance(self.cache, str):
+            raise InputError(f"cache must be a folder path, got {self.cache!r}")
+
+    @property
+    def needs_labels(self) -> bool:
+        return True
+
+    def training_recipe(self) -> Recipe:
+        if self.recipe is None:
+            return Recipe()
+        try:
+            return Recipe.from_dict({**Recipe().to_dict(), **dict(self.recipe)})
+        except (InputError, TypeError) as err:
+            raise InputError(f"recipe: {err}") from err
+
+    def params(self) -> dict[str, Any]:
+        out = super().params()
+        out.pop("cache")  # where surrogates are cached is not part of the method
+        out["recipe"] = self.training_recipe().to_dict()
+        return out
+
+    @property
+    def surrogate_count(self) -> int:
+        return len(self.attacks) + len(self.archs) * len(self.seeds)
+
+    def surrogates(
+        self, model: OwnerModel, data: Tensor, labels: Tensor,
+        note: Callable[[str], None] = lambda _text: None,
+    ) -> SurrogateSuite:  # fmt: skip
+        """Build (or load) this method's surrogate suite for ``model`` and its data."""
+        return build_surrogates(
+            model, data, labels, attacks=self.attacks, archs=self.archs, seeds=self.seeds,
+            recipe=self.training_recipe(), budget=float(self.budget), cache=self.cache,
+            note=note,
+        )  # fmt: skip
+
+    def run(
+        self,
+        model: OwnerModel,
+        n: int,
+        *,
+        data: Tensor | None,
+        generator: torch.Generator,
+        progress: ProgressFn | None,
+        labels: Tensor | None = None,
+    ) -> tuple[Tensor, dict[str, Any]]:
+        assert data is not None and labels is not None
+        clock = time.perf_counter()
+        count = iter(range(self.surrogate_count))
+
+        def note(_text: str) -> None:  # round 0: surrogate i of the suite is being built
+            if progress is not None:
+                progress(GenerationProgress(0, next(count, 0), self.surrogate_count, 0, n))
+
+        suite = self.surrogates(model, data, labels, note)
+        t_surrogates = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        combos = [(k, s) for k in self.ks for s in self.starts]
+        size = math.ceil(self.pool * n / len(combos))
+        parts: list[Tensor] = []
+        sources: list[str] = []
+        pool_stats: dict[str, Any] = {}
+        for i, (k, start) in enumerate(combos):
+            method = IPGuard(k=k, lr=self.lr, max_iter=self.max_iter, start=start)  # type: ignore[arg-type]
+            tag = f"k={k:g},{start}"
+            try:
+                pts, st = method.run(
+                    model, size, data=data, generator=generator, progress=None, labels=None
+                )
+            except GenerationError as err:  # a combination that cannot converge is skipped
+                pool_stats[tag] = {"error": str(err)}
+                continue
+            parts.append(pts.cpu())
+            sources += [tag] * pts.shape[0]
+            pool_stats[tag] = {"candidates": int(pts.shape[0]),
+                               "convergence_rate": st["convergence_rate"]}  # fmt: skip
+            if progress is not None:
+                progress(GenerationProgress(1, i + 1, len(combos), min(n, len(sources)), n))
+        if len(sources) < n:
+            raise GenerationError(
+                f"only {len(sources)} candidates for {n} points ({pool_stats})",
+                "raise pool or max_iter, or lower the ks",
+            )
+        low, high = model.bounds
+        candidates = torch.cat(parts).clamp(low, high)
+        t_pool = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        owner_labels = model.predict(candidates)
+        preds = suite.predict((candidates - low) / (high - low))
+        families = [m.family for m in suite.members]
+        pirated = [m.pirated for m in suite.members]
+        score, copy_agree, ind_agree = selection_scores(owner_labels, preds, families, pirated)
+        # rank by score; ties in a random order drawn from the seed
+        shuffle = torch.randperm(len(score), generator=generator)
+        order = shuffle[torch.argsort(score[shuffle], descending=True, stable=True)]
+        keep = order[:n]
+        t_select = time.perf_counter() - clock
+
+        chosen = [sources[int(i)] for i in keep]
+        stats = {
+            "pool": len(sources),
+            "pool_sources": pool_stats,
+            "selected_sources": {t: chosen.count(t) for t in dict.fromkeys(sources)},
+            "copy_agreement": {"pool": _mean(copy_agree), "selected": _mean(copy_agree[keep])},
+            "independent_agreement": {
+                "pool": _mean(ind_agree),
+                "selected": _mean(ind_agree[keep]),
+            },  # fmt: skip
+            "surrogates": [m.describe() for m in suite.members],
+            "surrogates_built": suite.built,
+            "surrogates_loaded": suite.loaded,
+            "cost_seconds": {
+                "surrogates": round(t_surrogates, 3),
+                "pool": round(t_pool, 3),
+                "selection": round(t_select, 3),
+            },  # fmt: skip
+        }
+        return candidates[keep], stats
+
+
+def _mean(t: Tensor) -> float:
+    return round(float(t.mean()), 4) if t.numel() else 0.0

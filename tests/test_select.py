@@ -1,0 +1,220 @@
+"""ipguard-select: selection against surrogate suites, on tiny seeded digits models.
+
+The method must keep the owner's labels, be deterministic in its seed, cache its surrogates,
+select what the surrogates say (copies agree, independents do not), and never see the
+suspects an evaluation measures it with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from ipguard import IPGuardSelect, OwnerModel, make_method, verify
+from ipguard.attacks import make_attack
+from ipguard.attacks._student import reinitialised
+from ipguard.errors import InputError
+from ipguard.evaluate import build_suite_models, check_disjoint, run_suite, suite_fingerprint
+from ipguard.methods.select import selection_scores
+from ipguard.models import weights_sha256
+from ipguard.suite import parse_suite
+from ipguard.surrogates import InputMap, build_surrogates
+from ipguard.zoo import ModelZoo
+from tests.test_evaluate import TINY
+
+# Cheap surrogates: three copies, two same-architecture independents, 4-epoch recipe.
+CHEAP = {
+    "attacks": ["ftal", "prune", "extract"], "seeds": [101, 102], "recipe": {"epochs": 4},
+    "pool": 3, "ks": [1.0, 3.0], "max_iter": 300,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def owner_data(digits: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = digits
+    return x[:900], y[:900]  # the owner fixture's own training rows
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("surrogates")
+
+
+@pytest.fixture(scope="module")
+def selected(
+    owner: OwnerModel, owner_data: tuple[torch.Tensor, torch.Tensor], cache: Path
+) -> tuple[IPGuardSelect, object]:
+    method = IPGuardSelect(**CHEAP, cache=str(cache))  # type: ignore[arg-type]
+    x, y = owner_data
+    return method, method.generate(owner, 20, data=x, labels=y, seed=3)
+
+
+def test_selected_points_keep_the_owner_labels(selected: tuple, owner: OwnerModel) -> None:
+    _, fp = selected
+    assert fp.points.shape == (20, 1, 8, 8) and fp.method == "ipguard-select"
+    assert torch.equal(fp.labels, owner.predict(fp.points))
+    assert verify(fp, owner).matching_rate == 1.0
+    # points sit beside a boundary: the owner's top label is not its label at a start
+    st = fp.stats
+    assert st["pool"] >= 3 * 20 and sum(st["selected_sources"].values()) == 20
+    assert len(st["surrogates"]) == 3 + 2 and "cache" not in fp.params
+
+
+def test_selection_is_deterministic_and_surrogates_are_cached(
+    selected: tuple, owner: OwnerModel, owner_data: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    method, fp = selected
+    x, y = owner_data
+    again = method.generate(owner, 20, data=x, labels=y, seed=3)
+    assert torch.equal(again.points, fp.points) and torch.equal(again.labels, fp.labels)
+    assert again.stats["surrogates_built"] == 0 and again.stats["surrogates_loaded"] == 5
+    other = method.generate(owner, 20, data=x, labels=y, seed=4)
+    assert not torch.equal(other.points, fp.points)
+
+
+def test_selection_prefers_what_copies_keep_and_independents_lose(selected: tuple) -> None:
+    _, fp = selected
+    copy_agree, ind_agree = fp.stats["copy_agreement"], fp.stats["independent_agreement"]
+    assert ind_agree["selected"] < ind_agree["pool"]
+    gap_selected = copy_agree["selected"] - ind_agree["selected"]
+    assert gap_selected > copy_agree["pool"] - ind_agree["pool"] + 0.1
+
+
+def test_selection_scores_weigh_families_equally() -> None:
+    owner = torch.tensor([0, 0, 0])
+    # rows: two fine-tuned copies agree everywhere, one distilled copy only on point 2,
+    # one independent agrees on point 0
+    preds = torch.tensor([[0, 0, 0], [0, 0, 0], [1, 1, 0], [0, 1, 1]])
+    fams = ["fine-tune", "fine-tune", "distill", "independent:same"]
+    score, copy, ind = selection_scores(owner, preds, fams, [True, True, True, False])
+    assert torch.allclose(copy, torch.tensor([0.5, 0.5, 1.0]))
+    assert torch.allclose(ind, torch.tensor([1.0, 0.0, 0.0]))
+    assert int(score.argmax()) == 2
+    with pytest.raises(InputError, match="at least one copy and one independent"):
+        selection_scores(owner, preds[:3], fams[:3], [True, True, True])
+
+
+def test_surrogates_respect_bounds_and_normalisation(
+    owner_module: nn.Module, owner_data: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    # an owner on inputs in [-1, 1] with a mean/std: the input map reproduces its logits
+    owner = OwnerModel(owner_module, input_shape=(1, 8, 8), bounds=(-1.0, 1.0),
+                       mean=[0.1], std=[0.5])  # fmt: skip
+    x01 = owner_data[0][:50]
+    raw = x01 * 2 - 1
+    mapped = InputMap.of(owner)
+    with torch.no_grad():
+        assert torch.allclose(mapped(x01), owner.raw_logits(raw), atol=1e-5)
+
+
+def test_evaluation_never_shows_suspects_to_selection(tmp_path: Path) -> None:
+    toml = TINY.replace(
+        'method = "ipguard"\nn = 20\nseed = 0\nparams = {max_iter = 100}',
+        'method = "ipguard-select"\nn = 20\nseed = 0\n'
+        'params = {attacks = ["ftal", "extract"], seeds = [101, 102], pool = 2, '
+        "max_iter = 200}",
+    )  # fmt: skip
+    suite = parse_suite(toml, where="tiny-select.toml")
+    models = build_suite_models(suite, ModelZoo(tmp_path / "zoo"))
+    # every forward call of an evaluation suspect while the fingerprint is made is recorded
+    calls: list[str] = []
+    handles = [
+        b.module.register_forward_pre_hook(lambda *_a, name=b.name: calls.append(name))
+        for b in models.suspects[1:]
+    ]
+    fp = suite_fingerprint(suite, models.owner, models.input_shape, tmp_path / "zoo",
+                           test=models.test, owner_data=models.owner_data)  # fmt: skip
+    for h in handles:
+        h.remove()
+    assert calls == []
+    # the same fingerprint comes out of a suite with other suspects entirely: it is a
+    # function of the owner, the owner's split and the parameters only
+    fewer = replace(suite, attacks=suite.attacks[:1], independents=suite.independents[1:])
+    result = run_suite(fewer, tmp_path / "zoo")
+    assert torch.equal(result.fingerprint.points, fp.points)
+    # the surrogates are none of the evaluation suspects
+    used = {s["sha256"] for s in fp.stats["surrogates"]}
+    assert used.isdisjoint(weights_sha256(b.module) for b in models.suspects)
+
+
+def test_a_surrogate_equal_to_a_suspect_is_refused(selected: tuple, owner: OwnerModel) -> None:
+    _, fp = selected
+    leaked = reinitialised(owner.module, 0)  # any model: made to look like a surrogate below
+    stats = dict(fp.stats)
+    stats["surrogates"] = [*stats["surrogates"], {"name": "leak", "sha256": weights_sha256(leaked)}]
+    with pytest.raises(InputError, match="same weights as surrogate.*leak"):
+        check_disjoint(replace(fp, stats=stats), [leaked])
+    check_disjoint(fp, [leaked])  # no overlap: no error
+
+
+def test_suite_refuses_surrogate_seeds_shared_with_independents() -> None:
+    toml = TINY.replace(
+        'method = "ipguard"\nn = 20\nseed = 0\nparams = {max_iter = 100}',
+        'method = "ipguard-select"\nn = 20\nparams = {seeds = [2, 50]}',
+    )
+    with pytest.raises(InputError, match=r"surrogate seeds \[2\] are also seeds of evaluation"):
+        parse_suite(toml, where="bad.toml")
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"ks": []}, "ks must be a non-empty list"),
+        ({"starts": ["grid"]}, "starts must list"),
+        ({"attacks": ["steal"]}, "attacks must name"),
+        ({"archs": ["resnet9000"]}, "archs must be"),
+        ({"seeds": [1, 1]}, "seeds must be distinct"),
+        ({"recipe": {"epochs": 0}}, "recipe"),
+        ({"recipe": {"flavour": 1}}, "recipe"),
+        ({"budget": 0}, "budget must be"),
+        ({"pool": 0}, "pool must be"),
+    ],
+)
+def test_bad_parameters(params: dict[str, object], message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        make_method("ipguard-select", **params)
+
+
+def test_budget_scales_surrogate_training(
+    owner: OwnerModel, owner_data: tuple[torch.Tensor, torch.Tensor], tmp_path: Path
+) -> None:
+    x, y = owner_data
+    small = build_surrogates(owner, x, y, attacks=("ftal",), seeds=(7,), recipe=None,
+                             budget=0.1, cache=tmp_path)  # fmt: skip
+    assert small.built == 2 and len(small.copies) == 1 and len(small.independents) == 1
+    sidecars = [p.read_text() for p in tmp_path.glob("*.json")]
+    assert any('"epochs": 3' in s for s in sidecars)  # 30 epochs x 0.1
+    again = build_surrogates(owner, x, y, attacks=("ftal",), seeds=(7,), budget=0.1,
+                             cache=tmp_path)  # fmt: skip
+    assert again.built == 0 and again.loaded == 2
+
+
+def test_student_same_is_a_fresh_copy_of_the_architecture(
+    owner_module: nn.Module, digits: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    from ipguard.attacks import PirateData
+
+    x, y = digits
+    student = make_attack("extract", student="same", epochs=3).apply(
+        owner_module, PirateData(x[900:1300], y[900:1300]), seed=0
+    )
+    assert type(student) is type(owner_module)
+    assert student.state_dict().keys() == owner_module.state_dict().keys()
+    assert weights_sha256(student) != weights_sha256(owner_module)
+
+
+def test_reinitialised_refuses_parameters_it_cannot_reset() -> None:
+    class Odd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+            self.scale = nn.Parameter(torch.ones(1))
+
+    with pytest.raises(InputError, match="scale"):
+        reinitialised(Odd(), 0)
+    fresh = reinitialised(nn.Sequential(nn.Linear(4, 2)), 1)
+    assert isinstance(fresh, nn.Sequential)
