@@ -19,7 +19,7 @@ from ipguard.attacks import make_attack
 from ipguard.attacks._student import reinitialised
 from ipguard.errors import InputError
 from ipguard.evaluate import build_suite_models, check_disjoint, run_suite, suite_fingerprint
-from ipguard.methods.select import selection_scores
+from ipguard.methods.select import ensemble_search, selection_scores
 from ipguard.models import weights_sha256
 from ipguard.suite import parse_suite
 from ipguard.surrogates import InputMap, build_surrogates
@@ -29,7 +29,7 @@ from tests.test_evaluate import TINY
 # Cheap surrogates: three copies, two same-architecture independents, 4-epoch recipe.
 CHEAP = {
     "attacks": ["ftal", "prune", "extract"], "seeds": [101, 102], "recipe": {"epochs": 4},
-    "pool": 3, "ks": [1.0, 3.0], "max_iter": 300,
+    "pool": 3, "ks": [1.0, 3.0], "max_iter": 200,
 }  # fmt: skip
 
 
@@ -218,3 +218,37 @@ def test_reinitialised_refuses_parameters_it_cannot_reset() -> None:
         reinitialised(Odd(), 0)
     fresh = reinitialised(nn.Sequential(nn.Linear(4, 2)), 1)
     assert isinstance(fresh, nn.Sequential)
+
+
+def test_ensemble_search_meets_its_constraints(
+    owner: OwnerModel, owner_module: nn.Module, other_module: nn.Module
+) -> None:
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.rand((40, 1, 8, 8), generator=gen)
+    source = owner.predict(x0)
+    target = (source + torch.randint(1, 10, (40,), generator=gen)) % 10
+    pts = ensemble_search(
+        owner, [owner_module], [other_module], x0, source, target, k=1.0, margin=0.5,
+        lr=0.01, max_iter=500,
+    )  # fmt: skip
+    assert float(pts.min()) >= 0.0 and float(pts.max()) <= 1.0
+    hit = owner.predict(pts) == target
+    other = OwnerModel(other_module, input_shape=(1, 8, 8)).predict(pts)
+    assert float(hit.float().mean()) >= 0.9
+    assert float((other[hit] != target[hit]).float().mean()) >= 0.9
+    # without the independent in the loss, the independent agrees with the owner more often
+    plain = ensemble_search(owner, [], [], x0, source, target, k=1.0, margin=0.5, lr=0.01,
+                            max_iter=500)  # fmt: skip
+    other_plain = OwnerModel(other_module, input_shape=(1, 8, 8)).predict(plain)
+    assert int((other_plain == target).sum()) > int((other == target).sum())
+
+
+def test_pure_selection_without_the_ensemble_loss(
+    owner: OwnerModel, owner_data: tuple[torch.Tensor, torch.Tensor], cache: Path
+) -> None:
+    x, y = owner_data
+    method = IPGuardSelect(**{**CHEAP, "ensemble": 0.0, "starts": ["noise", "data"]},
+                           cache=str(cache))  # type: ignore[arg-type]  # fmt: skip
+    fp = method.generate(owner, 10, data=x, labels=y, seed=1)
+    assert set(fp.stats["pool_sources"]) == {"k=1,noise", "k=1,data", "k=3,noise", "k=3,data"}
+    assert torch.equal(fp.labels, owner.predict(fp.points))

@@ -6,16 +6,20 @@ alarm), or a distilled, extracted or fine-tuned copy no longer does (a miss). Th
 measure both before any suspect exists, with models it builds itself
 (:mod:`ipguard.surrogates`):
 
-1. **Candidate pool**: ``pool * n`` IPGuard points (the paper's loss, section 2 of
-   IPGUARD-SPEC.md) split evenly over every margin in ``ks`` and every start in
-   ``starts`` (uniform noise, or the owner's own data), with random target labels.
-2. **Surrogate suite**: copies of the owner made with ipguard's attacks on the owner's
+1. **Surrogate suite**: copies of the owner made with ipguard's attacks on the owner's
    data, and independents trained from scratch on the owner's data with other seeds
    (cached in a zoo, built once per owner).
+2. **Candidate pool** of ``pool * n`` points, from start points in ``starts`` (uniform
+   noise, or rows of the owner's data) with random target labels, each margin of ``ks``
+   in turn. A fraction ``ensemble`` of them minimise IPGuard's loss on the owner *plus* a
+   loss over the surrogates (:func:`ensemble_search`): every surrogate copy should also
+   predict the target, and every other surrogate independent should not. The rest are
+   plain IPGuard points (the paper's loss only).
 3. **Selection**: each candidate gets ``copy agreement - independent agreement``: the
    fraction of surrogate copies that give it the owner's label (each attack family
-   weighs the same) minus the fraction of surrogate independents that do. The ``n``
-   highest-scoring candidates are the fingerprint (ties broken at random with the seed).
+   weighs the same) minus the fraction of surrogate independents that do (all of them,
+   including the half the ensemble loss never saw). The ``n`` highest-scoring candidates
+   are the fingerprint (ties broken at random with the seed).
 
 Verification is unchanged and label-only: a suspect's matching rate on the selected points.
 The surrogates are disjoint from any evaluation's suspects by construction (they are built
@@ -32,20 +36,20 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ipguard.attacks import ATTACKS
 from ipguard.attacks._student import SAME_ARCH
 from ipguard.errors import GenerationError, InputError
 from ipguard.methods._common import check_int
 from ipguard.methods.base import FingerprintMethod, GenerationProgress, ProgressFn
-from ipguard.methods.ipguard import DEFAULT_LR, IPGuard
+from ipguard.methods.ipguard import DEFAULT_LR, IPGuard, ipguard_loss
 from ipguard.models import OwnerModel
 from ipguard.nets import ARCHITECTURES
 from ipguard.surrogates import COPY_ATTACKS, SurrogateSuite, build_surrogates
 from ipguard.train import Recipe
 
-__all__ = ["IPGuardSelect", "selection_scores"]
+__all__ = ["IPGuardSelect", "ensemble_search", "selection_scores"]
 
 DEFAULT_KS = (1.0, 3.0, 10.0)
 DEFAULT_SEEDS = (1001, 1002)
@@ -78,6 +82,64 @@ def selection_scores(
     return copy_agree - ind_agree, copy_agree, ind_agree
 
 
+def _lead(logits: Tensor, j: Tensor) -> Tensor:
+    """How far class ``j`` leads the best other class, per row."""
+    g_j = logits.gather(1, j[:, None]).squeeze(1)
+    others = logits.scatter(1, j[:, None], torch.finfo(logits.dtype).min).max(dim=1).values
+    return g_j - others
+
+
+def ensemble_search(
+    model: OwnerModel, copies: list[nn.Module], independents: list[nn.Module], x0: Tensor,
+    source: Tensor, target: Tensor, *, k: float, margin: float, lr: float, max_iter: int,
+) -> Tensor:  # fmt: skip
+    """IPGuard's loss on the owner plus a loss over surrogates, minimised with Adam.
+
+    For a start ``x0`` with owner label ``i`` and target ``j``, the loss is IPGuard's
+    (``j`` leads ``i`` by ``k`` on the owner, ``i`` is the runner-up) plus the mean over
+    ``copies`` of ``ReLU(margin - lead_j)`` (each copy should predict ``j`` by ``margin``)
+    plus the mean over ``independents`` of ``ReLU(margin + lead_j)`` (each should predict
+    another class by ``margin``). Surrogates take inputs in ``[0, 1]``. A point stops once
+    its loss is 0; the others run ``max_iter`` steps. Returns the final points, in bounds.
+    """
+    low, high = model.bounds
+    x = x0.detach().to(model.device, torch.float32).clone()
+    src, tgt = source.to(model.device), target.to(model.device)
+    active = torch.ones(x.shape[0], dtype=torch.bool, device=model.device)
+    m, v = torch.zeros_like(x), torch.zeros_like(x)
+    b1, b2 = 0.9, 0.999
+    with model.evaluating():
+        for step in range(1, max_iter + 1):
+            xa = x[active].requires_grad_(True)
+            ta = tgt[active]
+            loss = ipguard_loss(model.raw_logits(xa), src[active], ta, k)
+            x01 = (xa - low) / (high - low)
+            if copies:
+                loss = loss + torch.stack(
+                    [torch.relu(margin - _lead(c(x01), ta)) for c in copies]
+                ).mean(dim=0)
+            if independents:
+                loss = loss + torch.stack(
+                    [torch.relu(margin + _lead(i(x01), ta)) for i in independents]
+                ).mean(dim=0)
+            (grad,) = torch.autograd.grad(loss.sum(), xa)
+            done = loss.detach() <= 0
+            idx = active.nonzero().squeeze(1)
+            active[idx[done]] = False
+            if not bool(active.any()):
+                break
+            keep = ~done
+            g = torch.zeros_like(x)
+            g[idx[keep]] = grad[keep]
+            rows = idx[keep]
+            m[rows] = m[rows] * b1 + (1 - b1) * g[rows]
+            v[rows] = v[rows] * b2 + (1 - b2) * g[rows] ** 2
+            step_size = lr / (1 - b1**step)
+            denom = (v[rows] / (1 - b2**step)).sqrt() + 1e-8
+            x[rows] = (x[rows] - step_size * m[rows] / denom).clamp(low, high)
+    return x.detach().cpu()
+
+
 @dataclass(frozen=True, kw_only=True)
 class IPGuardSelect(FingerprintMethod):
     """IPGuard points selected against surrogate copies and independents of the owner.
@@ -89,6 +151,12 @@ class IPGuardSelect(FingerprintMethod):
         ks: the margins of the candidate pool (IPGuard's k), split evenly.
         starts: ``"noise"`` and/or ``"data"`` start points, split evenly.
         pool: candidates per selected point (``pool * n`` candidates in all).
+        ensemble: the fraction of the pool made with the ensemble loss
+            (:func:`ensemble_search`: IPGuard's loss on the owner, and surrogate copies pushed
+            to agree and every other surrogate independent to disagree, by ``margin``); the
+            rest are plain IPGuard points. The selection scores every candidate with all the
+            surrogates, half of the independents being unseen by the loss. 0 turns it off.
+        margin: the logit margin of the ensemble loss on the surrogates.
         lr, max_iter: IPGuard's Adam step and steps per candidate.
         attacks: the surrogate copies, one per attack name (ipguard.attacks.ATTACKS).
         archs: the surrogate independents' architectures: ``"same"`` (the owner's, freshly
@@ -107,8 +175,10 @@ class IPGuardSelect(FingerprintMethod):
     data_role: ClassVar[str] = "training"
 
     ks: tuple[float, ...] = DEFAULT_KS
-    starts: tuple[str, ...] = ("noise", "data")
+    starts: tuple[str, ...] = ("noise",)
     pool: int = 4
+    ensemble: float = 1.0
+    margin: float = 1.0
     lr: float = DEFAULT_LR
     max_iter: int = 1000
     attacks: tuple[str, ...] = COPY_ATTACKS
@@ -134,6 +204,12 @@ class IPGuardSelect(FingerprintMethod):
         if not self.starts or not set(self.starts) <= {"noise", "data"}:
             raise InputError(f'starts must list "noise" and/or "data", got {self.starts!r}')
         check_int("pool", self.pool, 1)
+        for name, value, top in (("ensemble", self.ensemble, 1.0), ("margin", self.margin, 1e6)):
+            if not (
+                isinstance(value, (int, float)) and not isinstance(value, bool)
+                and 0 <= value <= top
+            ):  # fmt: skip
+                raise InputError(f"{name} must be a number in [0, {top:g}], got {value!r}")
         check_int("max_iter", self.max_iter, 1)
         IPGuard(lr=self.lr)  # validates lr
         if not self.attacks or any(a not in ATTACKS for a in self.attacks):
@@ -217,12 +293,14 @@ class IPGuardSelect(FingerprintMethod):
         t_surrogates = time.perf_counter() - clock
 
         clock = time.perf_counter()
+        total = self.pool * n
+        n_ens = round(self.ensemble * total)
         combos = [(k, s) for k in self.ks for s in self.starts]
-        size = math.ceil(self.pool * n / len(combos))
+        size = math.ceil((total - n_ens) / len(combos)) if n_ens < total else 0
         parts: list[Tensor] = []
         sources: list[str] = []
         pool_stats: dict[str, Any] = {}
-        for i, (k, start) in enumerate(combos):
+        for i, (k, start) in enumerate(combos if size else []):
             method = IPGuard(k=k, lr=self.lr, max_iter=self.max_iter, start=start)  # type: ignore[arg-type]
             tag = f"k={k:g},{start}"
             try:
@@ -238,6 +316,11 @@ class IPGuardSelect(FingerprintMethod):
                                "convergence_rate": st["convergence_rate"]}  # fmt: skip
             if progress is not None:
                 progress(GenerationProgress(1, i + 1, len(combos), min(n, len(sources)), n))
+        if n_ens:
+            pts = self._ensemble_pool(model, suite, n_ens, data, generator)
+            parts.append(pts)
+            sources += ["ensemble"] * pts.shape[0]
+            pool_stats["ensemble"] = {"candidates": int(pts.shape[0])}
         if len(sources) < n:
             raise GenerationError(
                 f"only {len(sources)} candidates for {n} points ({pool_stats})",
@@ -279,6 +362,39 @@ class IPGuardSelect(FingerprintMethod):
             },  # fmt: skip
         }
         return candidates[keep], stats
+
+    def _ensemble_pool(
+        self, model: OwnerModel, suite: SurrogateSuite, size: int, data: Tensor,
+        generator: torch.Generator,
+    ) -> Tensor:  # fmt: skip
+        """``size`` candidates from :func:`ensemble_search`, the starts split like the pool's
+        (noise and/or rows of the owner's data), each k of ``ks`` in turn, random targets."""
+        low, high = model.bounds
+        starts = []
+        for i, start in enumerate(self.starts):
+            count = size // len(self.starts) + (1 if i < size % len(self.starts) else 0)
+            if start == "noise":
+                starts.append(low + (high - low) * torch.rand((count, *model.input_shape),
+                                                              generator=generator))  # fmt: skip
+            else:
+                rows = torch.randint(0, data.shape[0], (count,), generator=generator)
+                starts.append(data[rows].to(torch.float32))
+        x0 = torch.cat(starts)
+        with torch.no_grad(), model.evaluating():
+            source = model.raw_logits(x0.to(model.device)).argmax(dim=1).cpu()
+        shift = torch.randint(1, model.num_classes, (size,), generator=generator)
+        target = (source + shift) % model.num_classes
+        ks = torch.tensor(self.ks)[torch.arange(size) % len(self.ks)]
+        copies = [m.module for m in suite.copies]
+        seen = [m.module for m in suite.independents][0::2]
+        out = torch.empty_like(x0)
+        for k in self.ks:  # one batch per margin
+            rows = (ks == k).nonzero().squeeze(1)
+            out[rows] = ensemble_search(
+                model, copies, seen, x0[rows], source[rows], target[rows], k=k,
+                margin=float(self.margin), lr=self.lr, max_iter=self.max_iter,
+            )  # fmt: skip
+        return out
 
 
 def _mean(t: Tensor) -> float:
