@@ -12,7 +12,6 @@ import torch
 from ipguard import METHODS, OwnerModel, load_fingerprint, make_method, verify
 from ipguard.errors import InputError
 
-
 # Methods whose defaults train models get cheaper settings here (same code paths).
 FAST: dict[str, dict[str, object]] = {
     "ipguard-select": {"recipe": {"epochs": 5}, "attacks": ["ftal", "extract"], "max_iter": 200},
