@@ -971,6 +971,23 @@ def evaluate(
             show_default=False,
         ),
     ] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(
+            "--method",
+            help="Replace the config's fingerprint method (its params are dropped unless "
+            "--param gives new ones). The digits suite uses ipguard-select; --method ipguard "
+            "is the paper's IPGuard (k = 3).",
+            show_default=False,
+        ),
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            help="KEY=VALUE parameter of the fingerprint method (JSON value); repeatable.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure the fingerprint on a suite of pirated copies and independent models.
@@ -984,12 +1001,20 @@ def evaluate(
     import torch
 
     from ipguard.evaluate import run_suite
-    from ipguard.suite import default_suite
+    from ipguard.suite import default_suite, suite_from_dict
     from ipguard.sweep import SweepConfig, load_suite_and_sweep, run_sweep
 
     suite, sweep_config = load_suite_and_sweep(config) if config else (default_suite(), None)
     if data is not None:
         suite = dataclasses.replace(suite, data=dataclasses.replace(suite.data, spec=data))
+    if method is not None or param:
+        f = suite.fingerprint
+        params = {} if method is not None and method != f.method else dict(f.params)
+        f = dataclasses.replace(
+            f, method=method or f.method, params={**params, **_method_params(param or [])}
+        )
+        # re-validated: the method's parameters, and surrogates apart from the suspects
+        suite = suite_from_dict({**suite.to_dict(), "fingerprint": f.to_dict()}, where="suite")
     if sweep and sweep_config is None:
         sweep_config = SweepConfig(ks=DEFAULT_SWEEP_KS, ns=DEFAULT_SWEEP_NS)
     if threads < 0:

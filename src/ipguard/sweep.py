@@ -44,6 +44,7 @@ from ipguard.evaluate import (
     StepCounter,
     SuiteModels,
     build_suite_models,
+    suite_method,
     suite_size,
 )
 from ipguard.fingerprint import Fingerprint
@@ -356,10 +357,13 @@ def run_sweep(
     if k_values is None and n_values is None:
         raise InputError("nothing to sweep: ks and ns are both None", "give ks and/or ns")
     f = suite.fingerprint
-    base = make_method(f.method, **f.params)
+    base = suite_method(suite, zoo_dir)
     k_fixed = getattr(base, "k", None)
     if k_values is not None and k_fixed is None:
-        raise InputError(f"method {f.method!r} has no parameter k to sweep")
+        raise InputError(
+            f"method {f.method!r} has no parameter k to sweep",
+            "sweep IPGuard's k with --method ipguard",
+        )
 
     started = time.perf_counter()
     zoo = ModelZoo(zoo_dir)
@@ -368,8 +372,9 @@ def run_sweep(
     step = counter.step
     models = build_suite_models(suite, zoo, step, counter.note)
     owner_model = OwnerModel(models.owner, input_shape=models.input_shape)
-    data = models.test[0] if base.needs_data else None
-    labels = models.test[1] if base.needs_data else None
+    x, y = models.owner_data if base.data_role == "training" and models.owner_data else models.test
+    data = x if base.needs_data else None
+    labels = y if base.needs_data else None
 
     rows: list[SweepRow] = []
     for k in k_values or ():

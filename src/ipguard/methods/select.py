@@ -52,7 +52,7 @@ from ipguard.train import Recipe
 __all__ = ["IPGuardSelect", "ensemble_search", "selection_scores"]
 
 DEFAULT_KS = (1.0, 3.0, 10.0)
-DEFAULT_SEEDS = (1001, 1002)
+DEFAULT_SEEDS = (1001, 1002, 1003)
 
 
 def _tuple(value: Any) -> Any:
@@ -92,7 +92,7 @@ def _lead(logits: Tensor, j: Tensor) -> Tensor:
 def ensemble_search(
     model: OwnerModel, copies: list[nn.Module], independents: list[nn.Module], x0: Tensor,
     source: Tensor, target: Tensor, *, k: float, margin: float, lr: float, max_iter: int,
-) -> Tensor:  # fmt: skip
+) -> tuple[Tensor, Tensor]:  # fmt: skip
     """IPGuard's loss on the owner plus a loss over surrogates, minimised with Adam.
 
     For a start ``x0`` with owner label ``i`` and target ``j``, the loss is IPGuard's
@@ -100,7 +100,8 @@ def ensemble_search(
     ``copies`` of ``ReLU(margin - lead_j)`` (each copy should predict ``j`` by ``margin``)
     plus the mean over ``independents`` of ``ReLU(margin + lead_j)`` (each should predict
     another class by ``margin``). Surrogates take inputs in ``[0, 1]``. A point stops once
-    its loss is 0; the others run ``max_iter`` steps. Returns the final points, in bounds.
+    its loss is 0; the others run ``max_iter`` steps. Returns the final points (in bounds)
+    and which of them reached loss 0 ``(N,)`` bool.
     """
     low, high = model.bounds
     x = x0.detach().to(model.device, torch.float32).clone()
@@ -137,7 +138,7 @@ def ensemble_search(
             step_size = lr / (1 - b1**step)
             denom = (v[rows] / (1 - b2**step)).sqrt() + 1e-8
             x[rows] = (x[rows] - step_size * m[rows] / denom).clamp(low, high)
-    return x.detach().cpu()
+    return x.detach().cpu(), ~active.cpu()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -175,9 +176,9 @@ class IPGuardSelect(FingerprintMethod):
     data_role: ClassVar[str] = "training"
 
     ks: tuple[float, ...] = DEFAULT_KS
-    starts: tuple[str, ...] = ("noise",)
-    pool: int = 4
-    ensemble: float = 1.0
+    starts: tuple[str, ...] = ("noise", "data")
+    pool: int = 8
+    ensemble: float = 0.0
     margin: float = 1.0
     lr: float = DEFAULT_LR
     max_iter: int = 1000
@@ -317,10 +318,10 @@ class IPGuardSelect(FingerprintMethod):
             if progress is not None:
                 progress(GenerationProgress(1, i + 1, len(combos), min(n, len(sources)), n))
         if n_ens:
-            pts = self._ensemble_pool(model, suite, n_ens, data, generator)
+            pts, rate = self._ensemble_pool(model, suite, n_ens, data, generator)
             parts.append(pts)
             sources += ["ensemble"] * pts.shape[0]
-            pool_stats["ensemble"] = {"candidates": int(pts.shape[0])}
+            pool_stats["ensemble"] = {"candidates": int(pts.shape[0]), "convergence_rate": rate}
         if len(sources) < n:
             raise GenerationError(
                 f"only {len(sources)} candidates for {n} points ({pool_stats})",
@@ -366,9 +367,10 @@ class IPGuardSelect(FingerprintMethod):
     def _ensemble_pool(
         self, model: OwnerModel, suite: SurrogateSuite, size: int, data: Tensor,
         generator: torch.Generator,
-    ) -> Tensor:  # fmt: skip
+    ) -> tuple[Tensor, float]:  # fmt: skip
         """``size`` candidates from :func:`ensemble_search`, the starts split like the pool's
-        (noise and/or rows of the owner's data), each k of ``ks`` in turn, random targets."""
+        (noise and/or rows of the owner's data), each k of ``ks`` in turn, random targets;
+        and the share of them that met every constraint (loss 0)."""
         low, high = model.bounds
         starts = []
         for i, start in enumerate(self.starts):
@@ -388,13 +390,14 @@ class IPGuardSelect(FingerprintMethod):
         copies = [m.module for m in suite.copies]
         seen = [m.module for m in suite.independents][0::2]
         out = torch.empty_like(x0)
+        converged = torch.zeros(size, dtype=torch.bool)
         for k in self.ks:  # one batch per margin
             rows = (ks == k).nonzero().squeeze(1)
-            out[rows] = ensemble_search(
+            out[rows], converged[rows] = ensemble_search(
                 model, copies, seen, x0[rows], source[rows], target[rows], k=k,
                 margin=float(self.margin), lr=self.lr, max_iter=self.max_iter,
             )  # fmt: skip
-        return out
+        return out, round(float(converged.float().mean()), 4)
 
 
 def _mean(t: Tensor) -> float:
