@@ -94,6 +94,16 @@ def test_selection_scores_weigh_families_equally() -> None:
     assert torch.allclose(copy, torch.tensor([0.5, 0.5, 1.0]))
     assert torch.allclose(ind, torch.tensor([1.0, 0.0, 0.0]))
     assert int(score.argmax()) == 2
+    # a fitted candidate (made against the first independent) is judged by the held-out one
+    preds2 = torch.cat([preds, torch.tensor([[1, 1, 1]])])
+    fams2, pir2 = [*fams, "independent:same"], [True, True, True, False, False]
+    _, _, ind_all = selection_scores(owner, preds2, fams2, pir2)
+    _, _, ind_held = selection_scores(
+        owner, preds2, fams2, pir2, held_out=[False, False, False, False, True],
+        fitted=torch.tensor([True, False, False]),
+    )  # fmt: skip
+    assert torch.allclose(ind_all, torch.tensor([0.5, 0.0, 0.0]))
+    assert torch.allclose(ind_held, torch.tensor([0.0, 0.0, 0.0]))
     with pytest.raises(InputError, match="at least one copy and one independent"):
         selection_scores(owner, preds[:3], fams[:3], [True, True, True])
 
