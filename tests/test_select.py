@@ -182,6 +182,7 @@ def test_suite_refuses_surrogate_seeds_shared_with_independents() -> None:
         ({"recipe": {"flavour": 1}}, "recipe"),
         ({"budget": 0}, "budget must be"),
         ({"pool": 0}, "pool must be"),
+        ({"ks": [3, 3]}, "ks lists a margin twice"),
     ],
 )
 def test_bad_parameters(params: dict[str, object], message: str) -> None:
@@ -263,3 +264,68 @@ def test_pure_selection_without_the_ensemble_loss(
     fp = method.generate(owner, 10, data=x, labels=y, seed=1)
     assert set(fp.stats["pool_sources"]) == {"k=1,noise", "k=1,data", "k=3,noise", "k=3,data"}
     assert torch.equal(fp.labels, owner.predict(fp.points))
+
+
+def test_surrogate_cache_is_keyed_by_the_input_mapping(
+    owner_module: nn.Module, owner_data: tuple[torch.Tensor, torch.Tensor], tmp_path: Path
+) -> None:
+    x, y = owner_data
+    plain = OwnerModel(owner_module, input_shape=(1, 8, 8))
+    first = build_surrogates(plain, x, y, attacks=("prune",), seeds=(7,), budget=0.1,
+                             cache=tmp_path)  # fmt: skip
+    # the same weights behind another normalisation are another model to copy
+    shifted = OwnerModel(owner_module, input_shape=(1, 8, 8), mean=[0.2], std=[0.5])
+    second = build_surrogates(shifted, x, y, attacks=("prune",), seeds=(7,), budget=0.1,
+                              cache=tmp_path)  # fmt: skip
+    assert first.built == 2 and second.built == 2 and second.loaded == 0
+    assert {m.key for m in first.members}.isdisjoint(m.key for m in second.members)
+
+
+def test_torchscript_owner_is_refused(
+    owner: OwnerModel, owner_module: nn.Module, owner_data: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    scripted = OwnerModel(torch.jit.trace(owner_module.eval(), owner_data[0][:2]),
+                          input_shape=(1, 8, 8))  # fmt: skip
+    with pytest.raises(InputError, match="TorchScript.*arch:NAME"):
+        build_surrogates(scripted, *owner_data, attacks=("prune",), seeds=(7,))
+
+
+def test_suite_refuses_a_surrogate_copy_equal_to_a_suite_attack() -> None:
+    toml = TINY.replace(
+        'method = "ipguard"\nn = 20\nseed = 0\nparams = {max_iter = 100}',
+        'method = "ipguard-select"\nn = 20\nparams = {seeds = [50], attacks = ["prune", "ftal"]}',
+    ).replace(
+        'name = "quantize"\nparams = {dtype = "fp16"}', 'name = "prune"\nparams = {rate = 0.5}'
+    )
+    with pytest.raises(InputError, match=r"surrogate copy prune .*\(leave 'prune' out"):
+        parse_suite(toml, where="clash.toml")
+    parse_suite(toml.replace("rate = 0.5", "rate = 0.4"), where="ok.toml")
+
+
+def test_cli_evaluate_checks_the_method_before_training(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ipguard.cli import app
+
+    (tmp_path / "tiny.toml").write_text(TINY)
+    runner = CliRunner()
+    zoo = tmp_path / "zoo"
+    args = ["evaluate", str(tmp_path / "tiny.toml"), "--zoo", str(zoo), "--out", str(tmp_path)]
+    shared = runner.invoke(app, [*args, "--method", "ipguard-select", "--param", "seeds=[2]"])
+    assert shared.exit_code == 1 and "surrogate seeds [2]" in shared.stderr
+    sweep = runner.invoke(app, [*args, "--method", "ipguard-select", "--sweep"])
+    assert sweep.exit_code == 1 and "add --method ipguard" in sweep.stderr
+    unknown = runner.invoke(app, [*args, "--method", "ipguard", "--param", "ks=[1]"])
+    assert unknown.exit_code == 1 and "ks" in unknown.stderr
+    assert not zoo.exists() or not any(zoo.iterdir())  # nothing was trained
+
+
+@pytest.mark.parametrize(
+    ("params", "field", "value"),
+    [({"attacks": "ftal"}, "attacks", ("ftal",)), ({"seeds": 5}, "seeds", (5,)),
+     ({"ks": 2}, "ks", (2.0,))],
+)  # fmt: skip
+def test_bare_values_are_one_element_lists(
+    params: dict[str, object], field: str, value: tuple[object, ...]
+) -> None:
+    assert getattr(make_method("ipguard-select", **params), field) == value

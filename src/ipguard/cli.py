@@ -975,9 +975,9 @@ def evaluate(
         str | None,
         typer.Option(
             "--method",
-            help="Replace the config's fingerprint method (its params are dropped unless "
-            "--param gives new ones). The digits suite uses ipguard-select; --method ipguard "
-            "is the paper's IPGuard (k = 3).",
+            help="Replace the config's fingerprint method; a different method drops the "
+            "config's params (give new ones with --param). The digits suite uses "
+            "ipguard-select; --method ipguard is the paper's IPGuard (k = 3).",
             show_default=False,
         ),
     ] = None,
@@ -1001,6 +1001,7 @@ def evaluate(
     import torch
 
     from ipguard.evaluate import run_suite
+    from ipguard.methods import make_method
     from ipguard.suite import default_suite, suite_from_dict
     from ipguard.sweep import SweepConfig, load_suite_and_sweep, run_sweep
 
@@ -1017,6 +1018,13 @@ def evaluate(
         suite = suite_from_dict({**suite.to_dict(), "fingerprint": f.to_dict()}, where="suite")
     if sweep and sweep_config is None:
         sweep_config = SweepConfig(ks=DEFAULT_SWEEP_KS, ns=DEFAULT_SWEEP_NS)
+    if sweep and sweep_config is not None and sweep_config.ks:
+        f = suite.fingerprint
+        if not hasattr(make_method(f.method, **f.params), "k"):  # refuse before any training
+            raise InputError(
+                f"--sweep varies IPGuard's k, and method {f.method!r} has no parameter k",
+                "add --method ipguard",
+            )
     if threads < 0:
         raise InputError(f"--threads must be >= 0, got {threads}")
     if threads:

@@ -357,7 +357,7 @@ def suite_method(suite: Suite, zoo_dir: str | Path) -> FingerprintMethod:
     f = suite.fingerprint
     params = dict(f.params)
     if f.method in METHODS and METHODS[f.method].data_role == "training":
-        params.setdefault("recipe", suite.owner.recipe.to_dict())
+        params["recipe"] = {**suite.owner.recipe.to_dict(), **dict(params.get("recipe") or {})}
         params.setdefault("cache", str(Path(zoo_dir) / "surrogates"))
     return make_method(f.method, **params)
 

@@ -63,6 +63,7 @@ from ipguard.attacks import ATTACKS, make_attack
 from ipguard.errors import InputError
 from ipguard.methods import METHODS, make_method
 from ipguard.nets import ARCHITECTURES
+from ipguard.surrogates import DETERMINISTIC, copy_variants
 from ipguard.train import Recipe
 
 if sys.version_info >= (3, 11):
@@ -263,7 +264,7 @@ def suite_from_dict(obj: Mapping[str, Any], *, where: str = "suite") -> Suite:
             "calibration needs at least 2; 10 or more are advised",
         )
     fp = _fingerprint(obj.get("fingerprint", {}), f"{where}: [fingerprint]")
-    _check_split(fp, independents, f"{where}: [fingerprint]")
+    _check_split(fp, attacks, independents, f"{where}: [fingerprint]")
     cal = _calibration(obj.get("calibration", {}), f"{where}: [calibration]")
     return Suite(data, owner, attacks, independents, fp, cal)
 
@@ -383,17 +384,31 @@ def _fingerprint(obj: Any, where: str) -> FingerprintSpec:
 
 
 def _check_split(
-    fp: FingerprintSpec, independents: tuple[IndependentSpec, ...], where: str
-) -> None:
-    """Surrogates a method selects against must not share seeds with the evaluation's
-    independents: the models that measure a fingerprint must not have chosen it."""
-    surrogate_seeds = set(getattr(make_method(fp.method, **fp.params), "seeds", ()))
+    fp: FingerprintSpec, attacks: tuple[AttackSpec, ...],
+    independents: tuple[IndependentSpec, ...], where: str,
+) -> None:  # fmt: skip
+    """Surrogates a method selects against must not be models that measure it: no seed
+    shared with the evaluation's independents, and no data-free, seed-free surrogate copy
+    (pruning, quantization) made with the parameters of one of the suite's attacks."""
+    method = make_method(fp.method, **fp.params)
+    surrogate_seeds = set(getattr(method, "seeds", ()))
     clash = surrogate_seeds & {s for i in independents for s in i.seeds}
     if clash:
         raise InputError(
             f"{where}: surrogate seeds {sorted(clash)} are also seeds of evaluation independents",
             "give params.seeds values that no [[independents]] table uses",
         )
+    names = [a for a in getattr(method, "attacks", ()) if a in DETERMINISTIC]
+    for name, params in copy_variants(Recipe(), 1.0, names):
+        mine = make_attack(name, **params).params()
+        for a in attacks:
+            if a.name == name and any(make_attack(name, **v).params() == mine for v in a.variants):
+                raise InputError(
+                    f"{where}: the surrogate copy {name} {params} is also one of the suite's "
+                    "attacks: the same model would select and measure the fingerprint",
+                    f"leave {name!r} out of params.attacks, or change that attack's "
+                    "parameters in the suite",
+                )
 
 
 def _calibration(obj: Any, where: str) -> CalibrationSpec:

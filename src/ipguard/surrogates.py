@@ -49,6 +49,7 @@ from ipguard.zoo import ModelZoo, zoo_key
 
 __all__ = [
     "COPY_ATTACKS",
+    "DETERMINISTIC",
     "InputMap",
     "Surrogate",
     "SurrogateSuite",
@@ -61,6 +62,8 @@ __all__ = [
 COPY_ATTACKS: tuple[str, ...] = (
     "ftal", "rtal", "prune", "distill", "extract", "adv-finetune", "weight-noise",
 )  # fmt: skip
+#: Surrogate copies whose attack uses no data and no seed (the same model every time).
+DETERMINISTIC: tuple[str, ...] = ("prune", "quantize")
 _ZOO_KIND = "surrogate"
 # Seeds for surrogate copies are offset so that they never coincide with a suite's.
 _COPY_SEED_BASE = 50_000
@@ -231,6 +234,12 @@ def build_surrogates(
     """
     if not seeds:
         raise InputError("a surrogate suite needs at least one seed")
+    if isinstance(owner.module, torch.jit.ScriptModule):
+        raise InputError(
+            "surrogates need the owner as a PyTorch nn.Module to copy and re-train; a "
+            "TorchScript archive cannot be",
+            "load the model as package.module:factory or arch:NAME with --weights",
+        )
     recipe = recipe or Recipe()
     started = time.perf_counter()
     zoo = ModelZoo(cache if cache is not None else default_cache())
@@ -238,7 +247,12 @@ def build_surrogates(
     x01 = ((x.detach().to("cpu", torch.float32) - low) / (high - low)).clamp_(0.0, 1.0)
     y = y.detach().to("cpu", torch.int64)
     base = InputMap.of(owner)
-    base_spec = {"kind": _ZOO_KIND, "owner": owner.sha256(), "data": _data_hash(x01, y)}
+    base_spec = {
+        "kind": _ZOO_KIND, "owner": owner.sha256(), "data": _data_hash(x01, y),
+        # how raw inputs reach the owner's module: the surrogates are trained through it
+        "input": {"shape": list(owner.input_shape), "bounds": list(owner.bounds),
+                  "mean": owner.mean and list(owner.mean), "std": owner.std and list(owner.std)},
+    }  # fmt: skip
     members: list[Surrogate] = []
 
     for i, (name, params) in enumerate(copy_variants(recipe, budget, attacks)):

@@ -44,6 +44,7 @@ from ipguard.evaluate import (
     StepCounter,
     SuiteModels,
     build_suite_models,
+    check_disjoint,
     suite_method,
     suite_size,
 )
@@ -386,6 +387,7 @@ def run_sweep(
     n_fp: Fingerprint | None = None
     if n_values:
         n_fp = base.generate(owner_model, max(n_values), data=data, labels=labels, seed=f.seed)
+        check_disjoint(n_fp, [b.module for b in models.suspects[1:]])
         step(f"fingerprint n={n_fp.n}")
         for n in n_values:
             rows.append(_row("n", n, nested_fingerprint(n_fp, n), models))

@@ -22,10 +22,11 @@ SAME_ARCH = "same"
 
 
 def reinitialised(module: nn.Module, seed: int) -> nn.Module:
-    """A deep copy of ``module`` with every parameter and buffer re-drawn from ``seed``.
+    """A deep copy of ``module`` with every parameter re-drawn from ``seed``.
 
-    Every submodule's own ``reset_parameters`` is called (Linear, Conv, BatchNorm, ...), so
-    the result is the same architecture with fresh weights. Raises :class:`InputError` when a
+    Every submodule's own ``reset_parameters`` is called (Linear, Conv, BatchNorm, ...) and
+    normalisation running statistics are reset, so the result is the same architecture
+    with fresh weights (other buffers are copied as they are). Raises :class:`InputError` when a
     parameter has no owner that can reset it (a custom ``nn.Parameter``): such a model would
     keep some of the original's weights, which is not a fresh model.
     """
@@ -46,7 +47,8 @@ def reinitialised(module: nn.Module, seed: int) -> nn.Module:
         raise InputError(
             f"cannot re-initialise the model: parameter(s) {', '.join(missed[:3])} belong to no "
             "layer with reset_parameters()",
-            "name a registered architecture instead (ipguard archs)",
+            "use a registered architecture (ipguard archs) for the student, or leave "
+            "distill/extract out of ipguard-select's attacks",
         )
     for p in fresh.parameters():
         p.grad = None

@@ -57,7 +57,10 @@ DEFAULT_SEEDS = (1001, 1002, 1003)
 
 
 def _tuple(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
+    """Lists (from JSON or TOML) become tuples; one bare value a one-element tuple."""
+    if isinstance(value, list):
+        return tuple(value)
+    return (value,) if isinstance(value, (str, int, float)) else value
 
 
 def selection_scores(
@@ -212,6 +215,8 @@ class IPGuardSelect(FingerprintMethod):
         ):
             raise InputError(f"ks must be a non-empty list of margins >= 0, got {self.ks!r}")
         object.__setattr__(self, "ks", tuple(float(k) for k in self.ks))
+        if len(set(self.ks)) != len(self.ks):
+            raise InputError(f"ks lists a margin twice: {list(self.ks)}", "remove the duplicate")
         if not self.starts or not set(self.starts) <= {"noise", "data"}:
             raise InputError(f'starts must list "noise" and/or "data", got {self.starts!r}')
         check_int("pool", self.pool, 1)
@@ -333,9 +338,11 @@ class IPGuardSelect(FingerprintMethod):
             sources += ["ensemble"] * pts.shape[0]
             pool_stats["ensemble"] = {"candidates": int(pts.shape[0]), "convergence_rate": rate}
         if len(sources) < n:
+            failed = "; ".join(f"{t}: {v['error']}" for t, v in pool_stats.items() if "error" in v)
             raise GenerationError(
-                f"only {len(sources)} candidates for {n} points ({pool_stats})",
-                "raise pool or max_iter, or lower the ks",
+                f"only {len(sources)} candidates for {n} points"
+                + (f" ({failed})" if failed else ""),
+                'with few data rows use starts=["noise"]; else raise max_iter or lower the ks',
             )
         low, high = model.bounds
         candidates = torch.cat(parts).clamp(low, high)
