@@ -29,6 +29,7 @@ from tests.test_evaluate import TINY
 # Cheap surrogates: three copies, two same-architecture independents, 4-epoch recipe.
 CHEAP = {
     "attacks": ["ftal", "prune", "extract"], "seeds": [101, 102], "recipe": {"epochs": 4},
+    "archs": ["same"],
     "pool": 3, "ks": [1.0, 3.0], "max_iter": 200, "ensemble": 0.5,
 }  # fmt: skip
 

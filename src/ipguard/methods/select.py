@@ -174,7 +174,9 @@ class IPGuardSelect(FingerprintMethod):
         lr, max_iter: IPGuard's Adam step and steps per candidate.
         attacks: the surrogate copies, one per attack name (ipguard.attacks.ATTACKS).
         archs: the surrogate independents' architectures: ``"same"`` (the owner's, freshly
-            initialised) or registered names; one model per arch and seed.
+            initialised) or registered names; one model per arch and seed. The default adds
+            the registered ``mlp``: other architectures among the surrogates make the
+            points rarer in other architectures too (docs/results.md).
         seeds: the surrogate independents' seeds; keep them apart from any evaluation's.
         recipe: how surrogate independents are trained (Recipe keys, e.g. ``{"epochs": 40}``);
             the owner's own recipe is the right choice. Default: ``Recipe()``.
@@ -196,7 +198,7 @@ class IPGuardSelect(FingerprintMethod):
     lr: float = DEFAULT_LR
     max_iter: int = 1000
     attacks: tuple[str, ...] = COPY_ATTACKS
-    archs: tuple[str, ...] = (SAME_ARCH,)
+    archs: tuple[str, ...] = (SAME_ARCH, "mlp")
     seeds: tuple[int, ...] = DEFAULT_SEEDS
     recipe: Mapping[str, Any] | None = None
     budget: float = 1.0
