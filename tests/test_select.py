@@ -147,6 +147,8 @@ def test_evaluation_never_shows_suspects_to_selection(tmp_path: Path) -> None:
     fewer = replace(suite, attacks=suite.attacks[:1], independents=suite.independents[1:])
     result = run_suite(fewer, tmp_path / "zoo")
     assert torch.equal(result.fingerprint.points, fp.points)
+    sel = result.to_dict()["selection"]
+    assert sel["disjoint_by_weights"] and len(sel["surrogates"]) == 2 + 4
     # the surrogates are none of the evaluation suspects
     used = {s["sha256"] for s in fp.stats["surrogates"]}
     assert used.isdisjoint(weights_sha256(b.module) for b in models.suspects)

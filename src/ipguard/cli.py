@@ -1064,6 +1064,13 @@ def evaluate(
         _print_json(report)
         return
     _print_evaluation(result)
+    if (sel := result.selection()) is not None:
+        copies = sum(1 for m in sel["surrogates"] if m["pirated"])
+        out.print(
+            f"Fingerprint selected against {copies} surrogate copies and "
+            f"{len(sel['surrogates']) - copies} surrogate independents built from the owner's "
+            "split; no suspect has a surrogate's weights (checked)."
+        )
     if sweep_result is not None:
         out.print("Effect of k and n (ARUC overall and per family):")
         out.print(escape(sweep_result.markdown_table()))

@@ -138,6 +138,23 @@ class EvaluationResult:
             "models_loaded": self.models_loaded,
             "seconds": round(self.seconds, 3),
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
+            "selection": self.selection(),
+        }
+
+    def selection(self) -> dict[str, Any] | None:
+        """The surrogates the fingerprint was selected against (None for methods that use
+        none): trained on the owner's split, none of them an evaluation suspect."""
+        surrogates = self.fingerprint.stats.get("surrogates")
+        if not surrogates:
+            return None
+        return {
+            "split": "surrogates: the owner's split and their own seeds; suspects: the "
+            "pirate's split (copies) and the suite's seeds (independents)",
+            "disjoint_by_weights": True,  # run_suite refuses to score otherwise
+            "surrogates": [
+                {k: m[k] for k in ("name", "family", "pirated", "sha256")} for m in surrogates
+            ],
+            "cost_seconds": self.fingerprint.stats.get("cost_seconds"),
         }
 
     def write_json(self, path: str | Path) -> Path:
