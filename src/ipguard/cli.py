@@ -1001,9 +1001,8 @@ def evaluate(
     import torch
 
     from ipguard.evaluate import run_suite
-    from ipguard.methods import make_method
     from ipguard.suite import default_suite, suite_from_dict
-    from ipguard.sweep import SweepConfig, load_suite_and_sweep, run_sweep
+    from ipguard.sweep import SweepConfig, check_k_sweep, load_suite_and_sweep, run_sweep
 
     suite, sweep_config = load_suite_and_sweep(config) if config else (default_suite(), None)
     if data is not None:
@@ -1019,12 +1018,7 @@ def evaluate(
     if sweep and sweep_config is None:
         sweep_config = SweepConfig(ks=DEFAULT_SWEEP_KS, ns=DEFAULT_SWEEP_NS)
     if sweep and sweep_config is not None and sweep_config.ks:
-        f = suite.fingerprint
-        if not hasattr(make_method(f.method, **f.params), "k"):  # refuse before any training
-            raise InputError(
-                f"--sweep varies IPGuard's k, and method {f.method!r} has no parameter k",
-                "add --method ipguard",
-            )
+        check_k_sweep(suite)  # before any training
     if threads < 0:
         raise InputError(f"--threads must be >= 0, got {threads}")
     if threads:

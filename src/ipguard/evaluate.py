@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ipguard.attacks import ATTACKS, PirateData, make_attack
+from ipguard.attacks._student import SAME_ARCH
 from ipguard.calibration import Calibration, calibrate
 from ipguard.data import load_data
 from ipguard.errors import InputError
@@ -39,7 +40,6 @@ from ipguard.metrics import SuiteSummary, SuspectRecord, robustness, summarise, 
 from ipguard.models import OwnerModel, weights_sha256
 from ipguard.nets import build_arch
 from ipguard.suite import Suite
-from ipguard.surrogates import overlapping_weights
 from ipguard.train import Recipe, accuracy, seeded, train
 from ipguard.verify import DEFAULT_THRESHOLD, verify
 from ipguard.zoo import ModelZoo, zoo_key
@@ -331,7 +331,11 @@ def build_suite_models(
             attack = make_attack(a.name, **params)
             student = getattr(attack, "student", None)
             template: Callable[[], nn.Module]
-            if a.name in ("distill", "extract") and isinstance(student, str) and student != "same":
+            if (
+                a.name in ("distill", "extract")
+                and isinstance(student, str)
+                and student != SAME_ARCH
+            ):
                 template = _factory(student, (c, h, w), num_classes)
             else:  # the attacked model has the owner's structure
                 template = partial(copy.deepcopy, owner)
@@ -386,16 +390,26 @@ def suite_fingerprint(
     """Fingerprint the suite's owner. It sees only the owner, the owner's split (methods
     whose ``data_role`` is ``"training"``) or the test split (start points): never a suspect."""
     method = suite_method(suite, zoo_dir)
-    x, y = test
-    if method.data_role == "training":
-        if owner_data is None:
-            raise InputError(f"method {method.name!r} needs the owner's training split")
-        x, y = owner_data
+    data, labels = method_inputs(method, test=test, owner_data=owner_data)
     return method.generate(
-        OwnerModel(owner, input_shape=input_shape), suite.fingerprint.n,
-        data=x if method.needs_data else None, labels=y if method.needs_data else None,
-        seed=suite.fingerprint.seed,
+        OwnerModel(owner, input_shape=input_shape), suite.fingerprint.n, data=data,
+        labels=labels, seed=suite.fingerprint.seed,
     )  # fmt: skip
+
+
+def method_inputs(
+    method: FingerprintMethod, *, test: tuple[Tensor, Tensor],
+    owner_data: tuple[Tensor, Tensor] | None,
+) -> tuple[Tensor | None, Tensor | None]:  # fmt: skip
+    """The ``(data, labels)`` a suite gives ``method``: none if it needs no data, the owner's
+    split if its ``data_role`` is ``"training"``, else the held-out test split."""
+    if not method.needs_data:
+        return None, None
+    if method.data_role != "training":
+        return test
+    if owner_data is None:
+        raise InputError(f"method {method.name!r} needs the owner's training split")
+    return owner_data
 
 
 def check_disjoint(fp: Fingerprint, suspects: list[nn.Module]) -> None:
@@ -404,7 +418,7 @@ def check_disjoint(fp: Fingerprint, suspects: list[nn.Module]) -> None:
     used = {s["sha256"]: s["name"] for s in fp.stats.get("surrogates", []) if isinstance(s, dict)}
     if not used:
         return
-    seen = overlapping_weights(list(used), [weights_sha256(m) for m in suspects])
+    seen = used.keys() & {weights_sha256(m) for m in suspects}
     if seen:
         names = ", ".join(sorted(used[h] for h in seen))
         raise InputError(

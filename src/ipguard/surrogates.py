@@ -13,7 +13,7 @@ surrogate suite uses them to build, before any suspect exists,
 :mod:`ipguard.methods.select` keeps the candidate fingerprint points that the copies still
 agree on and the independents do not. The suite is built from the owner, the owner's data
 and the parameters only: nothing here can see an evaluation suspect (run_suite checks the
-weights of both sets are disjoint, see :func:`overlapping_weights`).
+weights of both sets are disjoint: :func:`ipguard.evaluate.check_disjoint`).
 
 Every model is cached in a :class:`~ipguard.zoo.ModelZoo` under a key made of the owner's
 weights hash, the data's hash and the surrogate's recipe, so a suite is built once per owner.
@@ -55,7 +55,6 @@ __all__ = [
     "SurrogateSuite",
     "build_surrogates",
     "default_cache",
-    "overlapping_weights",
 ]
 
 #: The surrogate copies built by default: one attack per family a pirate is known to use.
@@ -144,6 +143,16 @@ class SurrogateSuite:
     @property
     def independents(self) -> tuple[Surrogate, ...]:
         return tuple(m for m in self.members if not m.pirated)
+
+    def seen_by_loss(self) -> list[bool]:
+        """Per member: whether an optimisation against the suite may use it. Copies yes;
+        every other independent (the first, third, ...), so the rest stay held out to
+        judge what that optimisation made."""
+        flags, j = [], 0
+        for m in self.members:
+            flags.append(m.pirated or j % 2 == 0)
+            j += not m.pirated
+        return flags
 
     def predict(self, x01: Tensor, *, batch_size: int = 512) -> Tensor:
         """Labels ``(len(members), N)`` of every member for inputs ``x01`` in ``[0, 1]``."""
@@ -276,7 +285,9 @@ def build_surrogates(
         if arch == SAME_ARCH:
             factory = partial(reinitialised, base, 0)
         else:
-            factory = partial(_mapped_arch, arch, owner.num_classes, (c, h, w))
+            factory = partial(
+                build_arch, arch, num_classes=owner.num_classes, input_shape=(c, h, w)
+            )  # fmt: skip
         for seed in seeds:
             spec = {**base_spec, "role": "independent", "arch": arch, "recipe": ind.to_dict(),
                     "seed": seed}  # fmt: skip
@@ -294,11 +305,6 @@ def build_surrogates(
                           time.perf_counter() - started)  # fmt: skip
 
 
-def _mapped_arch(arch: str, classes: int, shape: tuple[int, int, int]) -> nn.Module:
-    """A registered architecture on [0, 1] inputs (it learns its own normalisation)."""
-    return build_arch(arch, num_classes=classes, input_shape=shape)
-
-
 def _train_independent(
     factory: Callable[[], nn.Module], arch: str, base: InputMap, x01: Tensor, y: Tensor,
     recipe: Recipe, seed: int, checkpoint: Path,
@@ -307,8 +313,3 @@ def _train_independent(
     module = reinitialised(base, init) if arch == SAME_ARCH else seeded(factory, init)
     device = model_device(base)
     return train(module, x01, y, recipe, seed=seed, checkpoint=checkpoint, device=device)
-
-
-def overlapping_weights(surrogates: Sequence[str], suspects: Sequence[str]) -> set[str]:
-    """The weight hashes found in both lists (must be empty for an honest evaluation)."""
-    return set(surrogates) & set(suspects)

@@ -45,6 +45,7 @@ from ipguard.evaluate import (
     SuiteModels,
     build_suite_models,
     check_disjoint,
+    method_inputs,
     suite_method,
     suite_size,
 )
@@ -330,6 +331,17 @@ def _row(param: Param, value: float, fp: Fingerprint, models: SuiteModels) -> Sw
 
 
 # --------------------------------------------------------------------------- running
+def check_k_sweep(suite: Suite) -> None:
+    """Raise InputError unless the suite's method has IPGuard's ``k`` to sweep (cheap: call
+    it before building any model)."""
+    f = suite.fingerprint
+    if getattr(make_method(f.method, **f.params), "k", None) is None:
+        raise InputError(
+            f"method {f.method!r} has no parameter k to sweep",
+            "add --method ipguard to sweep IPGuard's k",
+        )
+
+
 def run_sweep(
     suite: Suite,
     zoo_dir: str | Path,
@@ -358,13 +370,10 @@ def run_sweep(
     if k_values is None and n_values is None:
         raise InputError("nothing to sweep: ks and ns are both None", "give ks and/or ns")
     f = suite.fingerprint
+    if k_values is not None:
+        check_k_sweep(suite)
     base = suite_method(suite, zoo_dir)
     k_fixed = getattr(base, "k", None)
-    if k_values is not None and k_fixed is None:
-        raise InputError(
-            f"method {f.method!r} has no parameter k to sweep",
-            "sweep IPGuard's k with --method ipguard",
-        )
 
     started = time.perf_counter()
     zoo = ModelZoo(zoo_dir)
@@ -373,9 +382,7 @@ def run_sweep(
     step = counter.step
     models = build_suite_models(suite, zoo, step, counter.note)
     owner_model = OwnerModel(models.owner, input_shape=models.input_shape)
-    x, y = models.owner_data if base.data_role == "training" and models.owner_data else models.test
-    data = x if base.needs_data else None
-    labels = y if base.needs_data else None
+    data, labels = method_inputs(base, test=models.test, owner_data=models.owner_data)
 
     rows: list[SweepRow] = []
     for k in k_values or ():

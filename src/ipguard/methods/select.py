@@ -41,8 +41,9 @@ from torch import Tensor, nn
 
 from ipguard.attacks import ATTACKS
 from ipguard.attacks._student import SAME_ARCH
+from ipguard.attacks.base import check_real
 from ipguard.errors import GenerationError, InputError
-from ipguard.methods._common import check_int
+from ipguard.methods._common import check_int, random_targets
 from ipguard.methods.base import FingerprintMethod, GenerationProgress, ProgressFn
 from ipguard.methods.ipguard import DEFAULT_LR, IPGuard, ipguard_loss
 from ipguard.models import OwnerModel
@@ -222,14 +223,10 @@ class IPGuardSelect(FingerprintMethod):
         if not self.starts or not set(self.starts) <= {"noise", "data"}:
             raise InputError(f'starts must list "noise" and/or "data", got {self.starts!r}')
         check_int("pool", self.pool, 1)
-        for name, value, top in (("ensemble", self.ensemble, 1.0), ("margin", self.margin, 1e6)):
-            if not (
-                isinstance(value, (int, float)) and not isinstance(value, bool)
-                and 0 <= value <= top
-            ):  # fmt: skip
-                raise InputError(f"{name} must be a number in [0, {top:g}], got {value!r}")
+        check_real("ensemble", self.ensemble, low=0.0, high=1.0, low_open=False, high_open=False)
+        check_real("margin", self.margin, low=0.0, low_open=False)
         check_int("max_iter", self.max_iter, 1)
-        IPGuard(lr=self.lr)  # validates lr
+        check_real("lr", self.lr, low=0.0)
         if not self.attacks or any(a not in ATTACKS for a in self.attacks):
             raise InputError(
                 f"attacks must name surrogate attacks, got {self.attacks!r}",
@@ -248,11 +245,7 @@ class IPGuardSelect(FingerprintMethod):
             if not isinstance(self.recipe, Mapping):
                 raise InputError(f"recipe must be a table of training keys, got {self.recipe!r}")
             self.training_recipe()  # validates the keys
-        if not (
-            isinstance(self.budget, (int, float)) and not isinstance(self.budget, bool)
-            and 0 < self.budget <= 100
-        ):  # fmt: skip
-            raise InputError(f"budget must be a number in (0, 100], got {self.budget!r}")
+        check_real("budget", self.budget, low=0.0, high=100.0, high_open=False)
         if self.cache is not None and not isinstance(self.cache, str):
             raise InputError(f"cache must be a folder path, got {self.cache!r}")
 
@@ -355,11 +348,9 @@ class IPGuardSelect(FingerprintMethod):
         preds = suite.predict((candidates - low) / (high - low))
         families = [m.family for m in suite.members]
         pirated = [m.pirated for m in suite.members]
-        # the ensemble loss sees every other independent; the rest judge its candidates
-        order_ind = [i for i, m in enumerate(suite.members) if not m.pirated]
-        held_out = [False] * len(suite.members)
-        for j, i in enumerate(order_ind):
-            held_out[i] = j % 2 == 1
+        # the independents the ensemble loss did not see judge its candidates
+        seen = suite.seen_by_loss()
+        held_out = [not m.pirated and not v for m, v in zip(suite.members, seen, strict=True)]
         fitted = torch.tensor([src == "ensemble" for src in sources])
         score, copy_agree, ind_agree = selection_scores(
             owner_labels, preds, families, pirated, held_out=held_out, fitted=fitted
@@ -411,11 +402,12 @@ class IPGuardSelect(FingerprintMethod):
         x0 = torch.cat(starts)
         with torch.no_grad(), model.evaluating():
             source = model.raw_logits(x0.to(model.device)).argmax(dim=1).cpu()
-        shift = torch.randint(1, model.num_classes, (size,), generator=generator)
-        target = (source + shift) % model.num_classes
+        target = random_targets(source, model.num_classes, generator)
         ks = torch.tensor(self.ks)[torch.arange(size) % len(self.ks)]
         copies = [m.module for m in suite.copies]
-        seen = [m.module for m in suite.independents][0::2]
+        seen_flags = suite.seen_by_loss()
+        seen = [m.module for m, v in zip(suite.members, seen_flags, strict=True)
+                if v and not m.pirated]  # fmt: skip
         out = torch.empty_like(x0)
         converged = torch.zeros(size, dtype=torch.bool)
         for k in self.ks:  # one batch per margin
