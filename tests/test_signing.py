@@ -6,6 +6,7 @@ import base64
 import json
 import re
 import shutil
+import string
 from pathlib import Path
 
 import pytest
@@ -214,12 +215,18 @@ def test_flipped_byte_in_the_signature_file(env: dict[str, Path], tmp_path: Path
     fp = _copy(env, tmp_path)
     sig = signature_path(fp)
     original = sig.read_bytes()
-    # inside the base64 signature value
+    # inside the base64 signature value, at a character whose flip is still base64 (the key
+    # is random, so the character at a fixed offset is not known in advance)
     record = json.loads(original)
-    pos = original.index(record["signature"].encode()) + 5
+    start = original.index(record["signature"].encode())
+    alphabet = string.ascii_letters + string.digits + "+/"
+    pos = next(p for p in range(start + 5, start + 40) if chr(original[p] ^ 0x01) in alphabet)
     _flip(sig, pos)
     problems = check_signature(fp).problems
     assert any("signature does not verify" in p for p in problems), problems
+    # a character that is not base64 at all: the signature cannot be read
+    sig.write_bytes(original[: start + 5] + b"*" + original[start + 6 :])
+    assert any("no readable public key or signature" in p for p in check_signature(fp).problems)
     # inside a recorded hash: the signature breaks too
     sig.write_bytes(original)
     _flip(sig, original.index(record["points_sha256"].encode()) + 3)
