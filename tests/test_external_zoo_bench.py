@@ -1,0 +1,184 @@
+"""benchmarks/external_zoo.py on a tiny zoo laid out like ../shared/zoo-cifar10.
+
+The test writes a zoo of its own (a JPEG archive, splits.json, manifest.json, zoo_nets.py,
+the owner's safetensors and TorchScript files): an exact copy, a noisy copy and a
+distilled student must score above two independent models, and the oracle bound must run
+on both candidate pools.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import sys
+import tarfile
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["cat", "dog", "ship"]
+ZOO_NETS = """
+import torch.nn as nn
+
+
+def cnn_c():
+    return nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(64, 3))
+"""
+
+
+def _bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "external_zoo", ROOT / "benchmarks" / "external_zoo.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["external_zoo"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _images(count: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Colour-coded classes: each class brightens one channel, plus noise."""
+    y = torch.arange(count) % len(CLASSES)
+    x = 0.35 * torch.rand((count, 3, 32, 32), generator=gen)
+    x[torch.arange(count), y] += 0.5
+    return x.clamp(0, 1), y
+
+
+def _train(module: nn.Module, x: torch.Tensor, target: torch.Tensor, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(module.parameters(), lr=0.02)
+    for _ in range(60):
+        opt.zero_grad()
+        out = module(x)
+        loss = (
+            nn.functional.kl_div(out.log_softmax(1), target, reduction="batchmean")
+            if target.is_floating_point()
+            else nn.functional.cross_entropy(out, target)
+        )
+        loss.backward()
+        opt.step()
+    return module.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_zoo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("zoo")
+    zoo = root / "zoo"
+    zoo.mkdir()
+    (zoo / "zoo_nets.py").write_text(ZOO_NETS)
+    spec = importlib.util.spec_from_file_location("tiny_zoo_nets", zoo / "zoo_nets.py")
+    assert spec is not None and spec.loader is not None
+    nets = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nets)
+    gen = torch.Generator().manual_seed(0)
+    x, y = _images(150, gen)
+    members = [f"train/{CLASSES[int(c)]}/{i:04d}.jpg" for i, c in enumerate(y)]
+    archive = root / "images.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, img in zip(members, x, strict=True):
+            buf = io.BytesIO()
+            pixels = (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            Image.fromarray(pixels).save(buf, format="JPEG", quality=95)
+            info = tarfile.TarInfo(f"top/{name}")
+            info.size = buf.tell()
+            buf.seek(0)
+            tar.addfile(info, buf)
+    owner_rows, pirate_rows = list(range(100)), list(range(100, 150))
+    (zoo / "splits.json").write_text(json.dumps({
+        "classes": CLASSES, "owner": [members[i] for i in owner_rows],
+        "attacker": [members[i] for i in pirate_rows], "other": [], "test": [],
+    }))  # fmt: skip
+    torch.manual_seed(1)
+    owner = _train(nets.cnn_c(), x[:100], y[:100], seed=1)
+    save_file(owner.state_dict(), str(zoo / "owner.safetensors"))
+    noisy = nets.cnn_c()
+    noisy.load_state_dict(owner.state_dict())
+    with torch.no_grad():
+        for p in noisy.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=gen))
+    with torch.no_grad():
+        soft = (owner(x[100:]) / 2).softmax(1)
+    torch.manual_seed(2)
+    models = {
+        "owner": ("owner", "owner", owner),
+        "noise_copy": ("pirated", "noise", noisy.eval()),
+        "distill_student": ("pirated", "distill", _train(nets.cnn_c(), x[100:], soft, 2)),
+    }
+    for seed in (11, 12):
+        torch.manual_seed(seed)
+        models[f"indep_{seed}"] = ("independent", "same-arch-same-data",
+                                   _train(nets.cnn_c(), x[:100], y[:100], seed))  # fmt: skip
+    manifest = []
+    for name, (kind, family, module) in models.items():
+        torch.jit.script(module).save(str(zoo / f"{name}.pt"))
+        manifest.append({"name": name, "kind": kind, "family": family, "how": "test",
+                         "test_acc": 0.9})  # fmt: skip
+    (zoo / "manifest.json").write_text(json.dumps(manifest))
+    return zoo, archive
+
+
+def test_the_benchmark_scores_every_method_and_the_oracle(
+    tiny_zoo: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    zoo, archive = tiny_zoo
+    bench = _bench()
+    code = bench.main([
+        "--zoo", str(zoo), "--data", str(archive), "--out", str(tmp_path), "-n", "10",
+        "--methods", "ipguard,natural", "--param", "ipguard:max_iter=300",
+        "--pool", "40", "--oracle-splits", "2",
+    ])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert printed.index("| ipguard |") < printed.index("| natural |")  # the default first
+    assert "Oracle bound" in printed and "bridges between owner inputs" in printed
+    result = json.loads((tmp_path / "external_zoo.json").read_text())
+    for method in ("ipguard", "natural"):
+        rates = result["methods"][method]["rates"]
+        assert rates["owner"] == 1.0
+        assert rates["noise_copy"] >= 0.8
+    natural = result["methods"]["natural"]
+    # on real inputs the student follows the owner at least as well as the independents
+    assert natural["rates"]["distill_student"] >= 0.7
+    assert set(result["oracle"]) == {"ipguard (noise, k=3)", "bridges between owner inputs"}
+    # the decoded owner split is cached for the next run, in the split's order
+    with np.load(tmp_path / "owner_split.npz") as f:
+        assert f["x"].shape == (100, 3, 32, 32) and list(f["y"][:3]) == [0, 1, 2]
+
+
+def test_the_benchmark_refuses_a_missing_zoo_and_unknown_methods(
+    tiny_zoo: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = _bench()
+    assert bench.main(["--zoo", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 2
+    assert "manifest.json missing" in capsys.readouterr().err
+    assert bench.main(["--zoo", str(tiny_zoo[0]), "--methods", "nope"]) == 2
+    assert "unknown methods: ['nope']" in capsys.readouterr().err
+
+
+def test_the_student_points_experiment_runs_on_the_tiny_zoo(
+    tiny_zoo: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _bench()  # student_points imports its sibling
+    spec = importlib.util.spec_from_file_location(
+        "student_points", ROOT / "benchmarks" / "student_points.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    zoo, archive = tiny_zoo
+    args = ["--zoo", str(zoo), "--data", str(archive), "--out", str(tmp_path), "-n", "5"]
+    assert module.main([*args, "--pool", "30", "--epochs", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    # a header, then a random and a surrogate-chosen row for each of the three pools
+    assert len(rows) == 1 + 6 and sum("surrogate-chosen" in r for r in rows) == 3
+    assert (tmp_path / "surrogates").is_dir()  # the surrogates are cached for a rerun
