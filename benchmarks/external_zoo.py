@@ -46,20 +46,21 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from sklearn.metrics import roc_auc_score
 
 from ipguard.adapters import open_suspect
 from ipguard.errors import IPGuardError
 from ipguard.fingerprint import Fingerprint
 from ipguard.methods import METHODS, make_method
 from ipguard.methods.ipguard import IPGuard
-from ipguard.metrics import aruc, tpr_at_fpr
+from ipguard.metrics import aruc, roc_auc, tpr_at_fpr
 from ipguard.models import LabelOracle, OwnerModel, load_module
 from ipguard.verify import query_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSIC = ("owner", "fine-tune", "prune", "noise", "quantize")
 STUDENTS = ("distill", "extract")
+#: Copies that lost more than this much of the owner's test accuracy are reported apart.
+KEPT_ACCURACY = 0.10
 #: The method ``ipguard fingerprint`` uses by default: measured first.
 DEFAULT_METHOD = "ipguard"
 #: Methods that train surrogate models; left out of the default run (their CIFAR-10 cost
@@ -73,6 +74,8 @@ class Suspect:
     family: str
     pirated: bool
     test_acc: float
+    #: a copy within KEPT_ACCURACY of the owner's test accuracy (the zoo README's rule)
+    kept: bool
     oracle: LabelOracle = field(repr=False)
 
 
@@ -131,11 +134,14 @@ def load_zoo(zoo: Path) -> tuple[OwnerModel, list[Suspect]]:
         load_module("zoo_nets:cnn_c", zoo / "owner.safetensors", input_shape=shape),
         input_shape=shape,
     )
+    manifest = json.loads((zoo / "manifest.json").read_text())
+    floor = next(float(e["test_acc"]) for e in manifest if e["kind"] == "owner") - KEPT_ACCURACY
     suspects = []
-    for entry in json.loads((zoo / "manifest.json").read_text()):
+    for entry in manifest:
         _, oracle = open_suspect(str(zoo / f"{entry['name']}.pt"), input_shape=shape)
-        suspects.append(Suspect(entry["name"], entry["family"], entry["kind"] != "independent",
-                                float(entry["test_acc"]), oracle))  # fmt: skip
+        pirated, acc = entry["kind"] != "independent", float(entry["test_acc"])
+        suspects.append(Suspect(entry["name"], entry["family"], pirated, acc,
+                                pirated and acc >= floor, oracle))  # fmt: skip
     return owner, suspects
 
 
@@ -149,9 +155,15 @@ def agreement(fp: Fingerprint, suspects: list[Suspect]) -> np.ndarray:
     return np.stack(rows).astype(np.float64)
 
 
-def scores(rates: dict[str, float], suspects: list[Suspect], owner_acc: float) -> dict[str, Any]:
+def matching_rates(fp: Fingerprint, suspects: list[Suspect]) -> dict[str, float]:
+    """Each suspect's matching rate on ``fp``, by name."""
+    rates = agreement(fp, suspects).mean(axis=1)
+    return {s.name: float(r) for s, r in zip(suspects, rates, strict=True)}
+
+
+def scores(rates: dict[str, float], suspects: list[Suspect]) -> dict[str, Any]:
     """The table's figures for one method's matching rates."""
-    kept = [s for s in suspects if s.pirated and s.test_acc >= owner_acc - 0.10]
+    kept = [s for s in suspects if s.kept]
     neg = np.array([rates[s.name] for s in suspects if not s.pirated])
     every = np.array([rates[s.name] for s in suspects if s.pirated])
     pos = np.array([rates[s.name] for s in kept])
@@ -159,9 +171,7 @@ def scores(rates: dict[str, float], suspects: list[Suspect], owner_acc: float) -
     students = np.array([rates[s.name] for s in kept if s.family in STUDENTS])
 
     def auc(p: np.ndarray) -> float:
-        if not len(p) or not len(neg):
-            return float("nan")
-        return float(roc_auc_score([1] * len(p) + [0] * len(neg), np.r_[p, neg]))
+        return roc_auc(p, neg) if len(p) and len(neg) else float("nan")
 
     return {
         "roc_auc_all": auc(every), "roc_auc": auc(pos), "roc_auc_classic": auc(classic),
@@ -169,6 +179,7 @@ def scores(rates: dict[str, float], suspects: list[Suspect], owner_acc: float) -
         "tpr_at_1pct_fpr": tpr_at_fpr(pos, neg, 0.01),
         "above_every_independent": float((pos > neg.max()).mean()),
         "student_min": float(students.min()) if len(students) else float("nan"),
+        "student_max": float(students.max()) if len(students) else float("nan"),
         "independent_max": float(neg.max()),
         "copies_kept": len(pos),
     }  # fmt: skip
@@ -197,13 +208,12 @@ def bridge_pool(
 
 
 def oracle_bound(
-    agree: np.ndarray, suspects: list[Suspect], owner_acc: float, n: int, splits: int,
-    rng: np.random.Generator,
+    agree: np.ndarray, suspects: list[Suspect], n: int, splits: int, rng: np.random.Generator,
 ) -> dict[str, float]:  # fmt: skip
     """Choose ``n`` pool points with half the copies (per family; a family of odd size gives
     the extra one to either half at random) and half the independents, score them on the
     other half; mean over ``splits`` random halves."""
-    kept = [i for i, s in enumerate(suspects) if s.pirated and s.test_acc >= owner_acc - 0.10]
+    kept = [i for i, s in enumerate(suspects) if s.kept]
     neg = [i for i, s in enumerate(suspects) if not s.pirated]
     out: dict[str, list[float]] = {"roc_auc": [], "student_min": [], "independent_max": [],
                                    "aruc_classic": []}  # fmt: skip
@@ -226,7 +236,7 @@ def oracle_bound(
         p, q = agree[held_pos][:, top].mean(axis=1), agree[held_neg][:, top].mean(axis=1)
         stud = [r for r, i in zip(p, held_pos, strict=True) if suspects[i].family in STUDENTS]
         classic = [r for r, i in zip(p, held_pos, strict=True) if suspects[i].family in CLASSIC]
-        out["roc_auc"].append(float(roc_auc_score([1] * len(p) + [0] * len(q), np.r_[p, q])))
+        out["roc_auc"].append(roc_auc(p, q))
         out["student_min"].append(min(stud) if stud else float("nan"))
         out["independent_max"].append(float(q.max()))
         out["aruc_classic"].append(aruc(classic, q) if classic else float("nan"))
@@ -272,7 +282,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--oracle-splits", type=int, default=20)
     parser.add_argument("--pool", type=int, default=2000, help="oracle candidate pool size")
     args = parser.parse_args(argv)  # fmt: skip
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     if not (args.zoo / "manifest.json").exists():
         print(f"no zoo at {args.zoo} (manifest.json missing): pass --zoo DIR", file=sys.stderr)
         return 2
@@ -302,13 +311,11 @@ def main(argv: list[str] | None = None) -> int:
             outcomes.append(Outcome(name, 0.0, {}, str(err).splitlines()[0]))
             continue
         seconds = time.perf_counter() - started
-        agree = agreement(fp, suspects)
-        rates = {s.name: float(r) for s, r in zip(suspects, agree.mean(axis=1), strict=True)}
-        outcomes.append(Outcome(name, seconds, rates))
+        outcomes.append(Outcome(name, seconds, matching_rates(fp, suspects)))
 
     results: dict[str, Any] = {"n": args.n, "seed": args.seed, "owner_test_acc": owner_acc,
                                "methods": {}, "oracle": {}}  # fmt: skip
-    kept = sum(s.pirated and s.test_acc >= owner_acc - 0.10 for s in suspects)
+    kept = sum(s.kept for s in suspects)
     print(f"\nExternal zoo {args.zoo.name}: n = {args.n}, seed {args.seed}, "
           f"{sum(s.pirated for s in suspects)} copies ({kept} within 10 points of the owner's "
           f"accuracy), {sum(not s.pirated for s in suspects)} independents\n")  # fmt: skip
@@ -321,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {o.method} | | n/a: {o.error} | | | | | | | |")
             results["methods"][o.method] = {"error": o.error}
             continue
-        m = scores(o.rates, suspects, owner_acc)
+        m = scores(o.rates, suspects)
         results["methods"][o.method] = {"seconds": o.seconds, **m, "rates": o.rates}
         print(f"| {o.method} | {o.seconds:.1f} | {m['roc_auc_all']:.3f} | {m['roc_auc']:.3f} | "
               f"{m['roc_auc_classic']:.3f} | {m['aruc_classic']:.3f} | "
@@ -336,8 +343,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         cells = []
         for fam in families:
-            r = [o.rates[s.name] for s in suspects if s.family == fam
-                 and (not s.pirated or s.test_acc >= owner_acc - 0.10)]  # fmt: skip
+            r = [o.rates[s.name] for s in suspects
+                 if s.family == fam and (s.kept or not s.pirated)]  # fmt: skip
             cells.append(f"{np.mean(r):.2f} ({min(r):.2f}-{max(r):.2f})" if r else "")
         print(f"| {o.method} | " + " | ".join(cells) + " |")
 
@@ -357,8 +364,8 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|---:|---:|---:|---:|")
         for label, pool in pools.items():
             fp = pool if isinstance(pool, Fingerprint) else _as_fingerprint(owner, pool)
-            bound = oracle_bound(agreement(fp, suspects), suspects, owner_acc, args.n,
-                                 args.oracle_splits, rng)  # fmt: skip
+            bound = oracle_bound(agreement(fp, suspects), suspects, args.n, args.oracle_splits,
+                                 rng)  # fmt: skip
             results["oracle"][label] = bound
             print(
                 f"| {label} | {bound['roc_auc']:.3f} | {bound['aruc_classic']:.3f} | "

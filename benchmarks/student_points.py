@@ -35,9 +35,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from external_zoo import (  # noqa: E402  (a sibling benchmark, not a package)
     _as_fingerprint,
-    agreement,
     bridge_pool,
     load_zoo,
+    matching_rates,
     owner_data,
     scores,
     zoo_parser,
@@ -62,7 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)  # fmt: skip
     owner, suspects = load_zoo(args.zoo)
     x, y = owner_data(args.zoo, args.data, args.out / "owner_split.npz")
-    owner_acc = next(s.test_acc for s in suspects if s.family == "owner")
     gen = torch.Generator().manual_seed(args.seed)
     order = torch.randperm(len(x), generator=gen)
     half, rest = order[: len(x) // 2].sort().values, order[len(x) // 2 :]
@@ -111,17 +110,12 @@ def main(argv: list[str] | None = None) -> int:
                           float(i_agree[2 * b : 2 * b + 2, top].mean())))  # fmt: skip
         est = np.mean(folds, axis=0)
         for choice, rows in picks.items():
-            sub = _as_fingerprint(owner, points[rows])
-            agree = agreement(sub, suspects)
-            rates = {s.name: float(r) for s, r in zip(suspects, agree.mean(axis=1), strict=True)}
-            m = scores(rates, suspects, owner_acc)
-            kept = [s for s in suspects if s.family in ("distill", "extract")
-                    and s.test_acc >= owner_acc - 0.10]  # fmt: skip
-            st = [rates[s.name] for s in kept]
+            rates = matching_rates(_as_fingerprint(owner, points[rows]), suspects)
+            m = scores(rates, suspects)
             same = [rates[s.name] for s in suspects if s.family == "same-arch-same-data"]
             cross = f"{est[0]:.2f} / {est[1]:.2f}" if choice != "random" else ""
             print(f"| {label} | {choice} | {cross} | {m['roc_auc']:.3f} | "
-                  f"{m['aruc_classic']:.3f} | {min(st):.2f}-{max(st):.2f} | "
+                  f"{m['aruc_classic']:.3f} | {m['student_min']:.2f}-{m['student_max']:.2f} | "
                   f"{m['independent_max']:.2f} | {np.mean(same):.2f} |")  # fmt: skip
     return 0
 
