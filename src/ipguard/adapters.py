@@ -40,13 +40,12 @@ import torch.nn.functional as F  # noqa: N812 - the usual name
 from torch import Tensor, nn
 
 from ipguard import limits
-from ipguard.errors import InputError, ModelError, SuspectError
+from ipguard.errors import InputError, ModelError, SuspectError, first_line
 from ipguard.models import (
     CallableSuspect,
     LabelOracle,
     OwnerModel,
     eval_mode,
-    first_line,
     import_attr,
     load_module,
     resolve_device,

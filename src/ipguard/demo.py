@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -94,6 +95,25 @@ class DemoResult:
     def claim_holds(self) -> bool:
         """The demo's claim: the copies are flagged and the independent MLP is cleared."""
         return all(r.correct for r in self.rows if not r.hard_case)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report of ``ipguard demo --json``."""
+        return {
+            "owner_accuracy": self.owner_accuracy,
+            "fingerprint": self.fingerprint.summary(),
+            "suspects": [
+                {
+                    **r.result.to_dict(),
+                    "how": r.how,
+                    "accuracy": r.accuracy,
+                    "truly_pirated": r.pirated,
+                    "correct": r.correct,
+                }
+                for r in self.rows
+            ],  # fmt: skip
+            "all_correct": self.all_correct,
+            "claim_holds": self.claim_holds,
+        }
 
 
 def build_demo_models(

@@ -40,3 +40,9 @@ class GenerationError(IPGuardError):
 
 class SuspectError(IPGuardError):
     """A suspect gave an answer that cannot be compared with the fingerprint."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (for one-line errors that quote another)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else ""

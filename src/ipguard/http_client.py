@@ -45,7 +45,14 @@ from torch import Tensor
 from ipguard import limits
 from ipguard.errors import InputError, SuspectError
 
-__all__ = ["HTTPOptions", "HTTPSuspect", "HTTPStats", "point_key", "MAX_RESPONSE_BYTES"]
+__all__ = [
+    "HTTPOptions",
+    "HTTPSuspect",
+    "HTTPStats",
+    "point_key",
+    "read_class_names",
+    "MAX_RESPONSE_BYTES",
+]
 
 MAX_RESPONSE_BYTES = limits.MAX_HTTP_ANSWER_BYTES
 MAX_BACKOFF = 30.0
@@ -59,6 +66,21 @@ def _exactness(encoding: object) -> str:
     """base64 and array send the exact points, so their journal answers are interchangeable;
     png sends rounded points, whose answers may differ."""
     return "rounded" if encoding == "png" else "exact"
+
+
+def read_class_names(path: str | Path) -> tuple[str, ...]:
+    """Class names from a text file, one per line in label order (blank lines skipped)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read class names from {path}: {e}") from None
+    names = tuple(line.strip() for line in text.splitlines() if line.strip())
+    if not names:
+        raise InputError(f"class names file {path} is empty", "give one name per line")
+    if len(set(names)) != len(names):
+        raise InputError(f"class names file {path} repeats a name")
+    return names
 
 
 @dataclass(frozen=True)

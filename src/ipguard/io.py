@@ -43,3 +43,13 @@ def write_json(path: str | Path, obj: Any) -> Path:
     """Write ``obj`` as indented JSON (no NaN/inf), atomically."""
     text = json.dumps(obj, indent=2, allow_nan=False)
     return atomic_write_bytes(path, (text + "\n").encode())
+
+
+def check_output(path: str | Path) -> None:
+    """Fail before any work if a file cannot be written at ``path``."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(f"cannot write {path}: folder {folder} does not exist")
+    if path.is_dir():
+        raise InputError(f"cannot write {path}: it is a folder", "give a file name")

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ipguard.errors import InputError
-from ipguard.models import load_weights
+from ipguard.statedict import load_weights
 
 __all__ = [
     "ARCHITECTURES",

@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ipguard.errors import InputError
-from ipguard.models import LabelOracle, as_labels, first_line
+from ipguard.errors import InputError, first_line
+from ipguard.models import LabelOracle, as_labels
 
 __all__ = ["FaultSpec", "ServerStats", "LabelServer", "make_server", "MAX_BODY_BYTES"]
 

@@ -15,9 +15,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ipguard.errors import InputError, IPGuardError, SuspectError
+from ipguard.errors import InputError, IPGuardError, SuspectError, first_line
 from ipguard.fingerprint import Fingerprint
-from ipguard.models import LabelOracle, as_labels, first_line
+from ipguard.models import LabelOracle, as_labels
 
 __all__ = ["DEFAULT_THRESHOLD", "VerificationResult", "verify", "query_labels"]
 

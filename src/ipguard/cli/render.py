@@ -1,0 +1,315 @@
+"""How the CLI shows things: the consoles, progress bars, tables and JSON lines.
+
+Results go to stdout (``out``), progress and diagnostics to stderr (``err``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ipguard.methods.base import GenerationProgress
+
+if TYPE_CHECKING:
+    from ipguard.demo import DemoResult
+    from ipguard.evaluate import EvaluationResult
+    from ipguard.fingerprint import Fingerprint
+    from ipguard.operations import EvaluationRun, Inspection, VerificationReport
+
+# Piped output (files, CI logs) gets 120 columns instead of Rich's 80, so tables do not wrap.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
+err = Console(stderr=True, highlight=False)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print ``error: message`` as one line on stderr; the Exit to raise."""
+    # control characters (from file names) are shown escaped: one line, no terminal codes
+    message = "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode() for c in message
+    )
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+class Bar:
+    """A progress bar on stderr: ``bar(done, note)``; ``bar.total(n)`` changes the total.
+
+    It appears at its first update, so an error found before any work is one clean line.
+    """
+
+    def __init__(self, progress: Progress, task: Any) -> None:
+        self._progress, self._task = progress, task
+        self.shown = False
+
+    def _show(self) -> None:
+        if not self.shown:
+            self._progress.start()
+            self.shown = True
+
+    def __call__(self, done: int, note: str = "") -> None:
+        self._show()
+        self._progress.update(self._task, completed=done, note=escape(note))
+
+    def total(self, total: int) -> None:
+        self._progress.update(self._task, total=total)
+
+    def stage(self, what: str, done: int, total: int) -> None:
+        """A ``(what, done, total)`` progress callback of the library."""
+        self.total(total)
+        self(done, what)
+
+    def stage_of(self, description: str) -> Callable[[str, int, int], None]:
+        """:meth:`stage` for a later phase: the bar is described as ``description`` then."""
+
+        def update(what: str, done: int, total: int) -> None:
+            self._progress.update(self._task, description=description)
+            self.stage(what, done, total)
+
+        return update
+
+
+@contextmanager
+def progress(description: str, total: int) -> Iterator[Bar]:
+    bar = Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[note]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
+    task = bar.add_task(description, total=total, note="")
+    shown = Bar(bar, task)
+    try:
+        yield shown
+    finally:
+        if shown.shown:
+            bar.stop()
+
+
+def generation_note(p: GenerationProgress) -> str:
+    if p.round == 0:  # methods that train surrogate models first report them as round 0
+        return f"surrogate model {p.iteration + 1}/{p.max_iter}"
+    return f"round {p.round} step {p.iteration}"
+
+
+def kv_table(title: str) -> Table:
+    table = Table(title=title, show_header=False)
+    table.add_column("key", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    return table
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+# -- fingerprint, inspect ----------------------------------------------------------------------
+def print_fingerprint(fp: Fingerprint, output: Path, as_json: bool) -> None:
+    if as_json:
+        print_json({"file": str(output), **fp.summary()})
+        return
+    stats = fp.stats
+    table = kv_table("fingerprint written")
+    table.add_row("file", escape(str(output)))
+    table.add_row("method", escape(f"{fp.method} " + json.dumps(fp.params, sort_keys=True)))
+    table.add_row("points", f"{fp.n} of shape {fp.input_shape}, {fp.num_classes} classes")
+    if "convergence_rate" in stats:
+        table.add_row(
+            "converged",
+            f"{stats['converged']} of {stats['attempted']} start points "
+            f"({100 * stats['convergence_rate']:.1f}%), mean {stats['mean_iterations']} steps",
+        )
+    if "success_rate" in stats:
+        table.add_row(
+            "success",
+            f"{stats['successes']} of {fp.n} points ({100 * stats['success_rate']:.1f}%)",
+        )
+    table.add_row("time", f"{stats.get('seconds', 0):.2f} s")
+    table.add_row("owner weights sha256", fp.owner_sha256)
+    table.add_row("digest", fp.digest)
+    out.print(table)
+
+
+def print_inspection(found: Inspection, path: Path, as_json: bool) -> None:
+    summary = found.to_dict()
+    if as_json:
+        print_json(summary)
+        return
+    table = kv_table(escape(f"{path}: valid fingerprint"))
+    for key, value in summary.items():
+        if key == "signature" and found.signature is not None:
+            value = found.signature.describe()
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        table.add_row(key, escape(text))
+    out.print(table)
+
+
+# -- verify ------------------------------------------------------------------------------------
+def _evidence_caption(evidence: dict[str, Any]) -> str:
+    lines = [f"fingerprint digest {evidence['fingerprint_digest']}"]
+    if "signature" in evidence:
+        s = evidence["signature"]
+        lines.append(f"signature: valid, key {s['key_id']}, signed {s['signed_at']}")
+    if "commitment" in evidence:
+        c = evidence["commitment"]
+        by = f"signed by key {c['key_id']}" if c["signed"] else "unsigned"
+        lines.append(f"commitment: matches, committed {c['committed_at']}, {by}")
+    return "\n".join(lines)
+
+
+def print_verification(report: VerificationReport, path: Path, as_json: bool) -> None:
+    rows = report.to_dicts()
+    if as_json:
+        for row in rows:
+            print_json(row)
+        return
+    fp, cal = report.fingerprint, report.calibration
+    table = Table(
+        title=escape(f"fingerprint {path} (digest {fp.digest[:16]}...)"),
+        caption=escape(_evidence_caption(report.evidence)),
+    )
+    cols = ["suspect", "matches", "matching rate", "threshold", "verdict"]
+    if cal is not None:
+        cols.insert(4, "p-value")
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("suspect", "verdict") else "right")
+    for row in rows:
+        style = "bold red" if row["verdict"] == "pirated" else "green"
+        cells = [
+            escape(row["suspect"]), f"{row['matches']}/{row['n']}",
+            f"{row['matching_rate']:.3f}", f"{row['threshold']:.3f}",
+        ]  # fmt: skip
+        if cal is not None:
+            cells.append(f"{row['p_value']:.2g}")
+        table.add_row(*cells, f"[{style}]{row['verdict']}[/]")
+    out.print(table)
+    if cal is not None:
+        basis = "binomial null model" if cal.assumption_ok else "empirical quantile"
+        err.print(
+            f"threshold {cal.threshold:.3f} for a false-positive rate <= {cal.target_fpr:g} "
+            f"({basis}, from {cal.n_negatives} independent models)"
+            + ("" if cal.assumption_ok else "; p-values assume independent points and are "
+               "too small here (overdispersion)")
+        )  # fmt: skip
+
+
+# -- evaluate ----------------------------------------------------------------------------------
+def print_evaluation_run(run: EvaluationRun, zoo: Path, as_json: bool) -> None:
+    if as_json:
+        print_json(run.to_dict())
+        return
+    result = run.result
+    print_evaluation(result)
+    if (sel := result.selection()) is not None:
+        copies = sum(1 for m in sel["surrogates"] if m["pirated"])
+        out.print(
+            f"Fingerprint selected against {copies} surrogate copies and "
+            f"{len(sel['surrogates']) - copies} surrogate independents built from the owner's "
+            "split; no suspect has a surrogate's weights (checked)."
+        )
+    if run.sweep is not None:
+        out.print("Effect of k and n (ARUC overall and per family):")
+        out.print(escape(run.sweep.markdown_table()))
+    err.print(
+        f"wrote {run.out_dir}/results.json, suspects.csv, fingerprint.safetensors"
+        + (", calibration.json" if result.calibration is not None else "")
+        + f" and {len(run.plots)} plot files; {result.models_built} models trained, "
+        f"{result.models_loaded} loaded from {zoo}, {result.seconds:.0f} s"
+    )
+
+
+def print_evaluation(result: EvaluationResult) -> None:
+    summary = result.summary
+    table = Table(
+        title=f"ARUC, ROC-AUC and TPR at 1% FPR per family (threshold {result.threshold:.3f})"
+    )
+    for col in ("family", "suspects", "MR min", "MR mean", "ARUC", "ROC-AUC", "TPR@1%FPR",
+                "caught"):  # fmt: skip
+        table.add_column(col, justify="left" if col == "family" else "right")
+    for family, m in summary.pirated_families.items():
+        caught = f"{m.robustness:.0%}" if m.robustness is not None else "-"
+        table.add_row(
+            escape(family), str(m.n_pos), f"{m.pos.min:.2f}", f"{m.pos.mean:.2f}",
+            f"{m.aruc:.3f}", f"{m.roc_auc:.3f}", f"{m.tpr_at_1pct_fpr:.2f}", caught,
+        )  # fmt: skip
+    o = summary.overall
+    table.add_row(
+        "[bold]all copies[/]", str(o.n_pos), f"{o.pos.min:.2f}", f"{o.pos.mean:.2f}",
+        f"[bold]{o.aruc:.3f}[/]", f"[bold]{o.roc_auc:.3f}[/]", f"{o.tpr_at_1pct_fpr:.2f}",
+        f"{o.robustness:.0%}" if o.robustness is not None else "-",
+    )  # fmt: skip
+    out.print(table)
+    neg = Table(title="independent models (should not match)")
+    for col in ("family", "models", "MR mean", "MR max", "cleared"):
+        neg.add_column(col, justify="left" if col == "family" else "right")
+    for family, stats in summary.independent_families.items():
+        cleared = sum(
+            1 for s in result.suspects
+            if s.family == family and s.matching_rate < result.threshold
+        )  # fmt: skip
+        neg.add_row(
+            escape(family), str(stats.n), f"{stats.mean:.2f}", f"{stats.max:.2f}",
+            f"{cleared}/{stats.n}",
+        )  # fmt: skip
+    out.print(neg)
+    interval = o.separating_interval
+    out.print(
+        f"Owner accuracy {result.owner_accuracy:.1%}. "
+        + (
+            f"Thresholds in ({interval.low:.2f}, {interval.high:.2f}] separate every copy from "
+            "every independent model."
+            if interval is not None
+            else "No threshold separates every copy from every independent model."
+        )
+    )
+
+
+# -- demo --------------------------------------------------------------------------------------
+def print_demo(result: DemoResult, threshold: float, as_json: bool) -> None:
+    if as_json:
+        print_json(result.to_dict())
+        return
+    fp = result.fingerprint
+    out.print(
+        f"Owner: CNN on 900 digits, test accuracy {result.owner_accuracy:.1%}. Fingerprint: "
+        f"{fp.n} IPGuard points (k={fp.params['k']}), {fp.stats['seconds']:.1f} s, "
+        f"{fp.stats['convergence_rate']:.0%} of start points converged."
+    )
+    table = Table(title=f"Verification at threshold {threshold:.2f}")
+    for col in ("suspect", "how it was made", "test acc.", "matches", "verdict", "truth"):
+        table.add_column(col, justify="right" if col in ("test acc.", "matches") else "left")
+    for r in result.rows:
+        style = "bold red" if r.result.verdict == "pirated" else "green"
+        truth = "copy" if r.pirated else "indep."
+        mark = "[green]ok[/]" if r.correct else "[bold red]WRONG[/]"
+        table.add_row(
+            r.name, r.how, f"{r.accuracy:.1%}", f"{r.result.matches}/{r.result.n}",
+            f"[{style}]{r.result.verdict}[/]", f"{truth} {mark}",
+        )  # fmt: skip
+    out.print(table)
+    twin = next((r for r in result.rows if r.hard_case), None)
+    if result.claim_holds:
+        out.print("The copies were caught and the independent MLP was cleared.")
+    else:
+        out.print("[bold red]A copy was missed or the independent MLP was flagged on this seed.[/]")
+    if twin is not None:
+        out.print(
+            f"The twin (same architecture and data as the owner, other seed) matched "
+            f"{twin.result.matching_rate:.0%}: IPGuard's boundary points partly transfer "
+            f"between models trained on the same data"
+            + ("." if twin.correct else ", and on this seed that crossed the threshold.")
+            + " See docs/defaults.md."
+        )

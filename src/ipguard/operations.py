@@ -1,0 +1,600 @@
+"""The commands as library calls: what ``ipguard fingerprint``, ``verify``, ``inspect``,
+``evaluate`` and ``serve`` do, with the same defaults, validation and errors.
+
+The CLI (:mod:`ipguard.cli`) only parses its options into the arguments below, calls one of
+these functions and prints the result; a notebook gets the same behaviour by calling them
+directly::
+
+    from ipguard import make_fingerprint, verify_suspects
+
+    fp = make_fingerprint("ipguard.nets:digits_cnn", weights="owner.safetensors",
+                          data="digits", n=100, output="owner.fp.safetensors")
+    report = verify_suspects("owner.fp.safetensors", ["suspect.onnx"])
+    report.verdicts[0].verdict          # "pirated" or "not pirated"
+    report.to_dicts()                   # the rows of `ipguard verify --json`
+
+Results are frozen dataclasses whose ``to_dict``/``to_dicts`` give the commands' JSON.
+Nothing here prints; progress is reported through optional callbacks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from ipguard.adapters import Preprocess, needs_weights, open_suspect, suspect_kind
+from ipguard.calibration import CalibratedVerdict, Calibration, decide, load_calibration
+from ipguard.data import Dataset, load_data
+from ipguard.errors import InputError, IPGuardError
+from ipguard.fingerprint import Fingerprint, load_fingerprint
+from ipguard.http_client import HTTPOptions
+from ipguard.io import check_output
+from ipguard.methods import METHODS, make_method
+from ipguard.methods.base import ProgressFn
+from ipguard.models import LabelOracle, OwnerModel, load_module
+from ipguard.signing import (
+    CommitmentCheck,
+    SignatureCheck,
+    check_commitment,
+    check_signature,
+    load_public_key,
+    signature_path,
+)
+from ipguard.verify import DEFAULT_THRESHOLD, VerificationResult, check_threshold, verify
+
+if TYPE_CHECKING:
+    from ipguard.evaluate import EvaluationResult
+    from ipguard.serve import FaultSpec, LabelServer
+    from ipguard.suite import Suite
+    from ipguard.sweep import SweepConfig, SweepResult
+
+__all__ = [
+    "DEFAULT_SWEEP_KS",
+    "DEFAULT_SWEEP_NS",
+    "EvaluationRun",
+    "Inspection",
+    "StageProgress",
+    "SuspectVerdict",
+    "VerificationReport",
+    "evaluate_suite",
+    "inspect_fingerprint",
+    "make_fingerprint",
+    "open_server",
+    "signature_status",
+    "verify_suspects",
+]
+
+Shape = tuple[int, int, int]
+StageProgress = Callable[[str, int, int], None]
+"""``progress(what, done, total)``: the stage being worked on, and models done of total."""
+
+DEFAULT_SWEEP_KS = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
+DEFAULT_SWEEP_NS = (10, 20, 50, 100, 200)
+
+
+# -- fingerprint -------------------------------------------------------------------------------
+def _shape_text(shape: Sequence[int]) -> str:
+    return ",".join(map(str, shape))
+
+
+def make_fingerprint(
+    model: str | nn.Module,
+    *,
+    weights: str | Path | None = None,
+    data: str | Dataset | None = None,
+    input_shape: Shape | None = None,
+    method: str = "ipguard",
+    n: int = 100,
+    params: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    device: str = "cpu",
+    trust_pickle: bool = False,
+    output: str | Path | None = None,
+    progress: ProgressFn | None = None,
+) -> Fingerprint:
+    """Fingerprint an owner model, as ``ipguard fingerprint`` does.
+
+    Args:
+        model: a model spec (a TorchScript archive, ``package.module:factory`` or
+            ``arch:NAME``, the last two with ``weights``), or a module already built.
+        weights: the owner's weights for a factory or ``arch:`` spec.
+        data: a data spec (``digits``, ``npz:PATH``, ``cifar10:PATH``, ...) or a loaded
+            :class:`~ipguard.data.Dataset`; gives the input shape, and the start points or
+            training data of methods that need them.
+        input_shape: ``(C, H, W)`` of one input, when no ``data`` is given (else it must agree).
+        method: a name of :data:`~ipguard.methods.METHODS`.
+        n: number of fingerprinting points.
+        params: the method's hyper-parameters (unknown names are refused, naming the known).
+        seed: seed of all randomness of the method.
+        bounds, mean, std, device: see :class:`~ipguard.models.OwnerModel`.
+        trust_pickle: allow a pickled whole-module file (it can run code).
+        output: write the fingerprint here too (checked before any work).
+        progress: called with each :class:`~ipguard.methods.base.GenerationProgress`.
+
+    Raises:
+        InputError, ModelError, GenerationError: with a one-line message and a hint.
+    """
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}", f"choose one of: {', '.join(METHODS)}")
+    if output is not None:
+        check_output(Path(output))
+    if data is None and input_shape is None:
+        raise InputError("give --data SPEC or --input-shape C,H,W")
+    dataset = load_data(data) if isinstance(data, str) else data
+    shape = tuple(input_shape) if input_shape is not None else None
+    if dataset is not None:
+        if shape is not None and shape != dataset.input_shape:
+            raise InputError(
+                f"--input-shape {_shape_text(shape)} disagrees with the data's shape "
+                f"{_shape_text(dataset.input_shape)}"
+            )
+        shape = dataset.input_shape
+    assert shape is not None and len(shape) == 3
+    params = dict(params or {})
+    known = [f.name for f in dataclasses.fields(METHODS[method])]  # type: ignore[arg-type]
+    if unknown := sorted(set(params) - set(known)):
+        raise InputError(
+            f"method {method!r} has no parameter {', '.join(unknown)}",
+            f"its parameters: {', '.join(known)}" if known else "it takes no parameters",
+        )
+    fp_method = make_method(method, **params)
+    if fp_method.needs_data and dataset is None:
+        raise InputError(
+            "--start data needs --data SPEC"
+            if params.get("start") == "data"
+            else f"method {method!r} needs --data SPEC"
+        )
+    if fp_method.needs_labels and (dataset is None or dataset.y is None):
+        raise InputError(
+            f"method {method!r} needs the true labels of the data", "give a data spec with labels"
+        )
+    owner_shape: Shape = (shape[0], shape[1], shape[2])
+    module = (
+        model
+        if isinstance(model, nn.Module)
+        else load_module(model, weights, input_shape=owner_shape, trust_pickle=trust_pickle)
+    )
+    owner = OwnerModel(
+        module, input_shape=owner_shape, bounds=bounds, mean=mean, std=std, device=device
+    )
+    fp = fp_method.generate(
+        owner, n, data=dataset.x if dataset is not None else None,
+        labels=dataset.y if dataset is not None else None, seed=seed, progress=progress,
+    )  # fmt: skip
+    if output is not None:
+        fp.save(output)
+    return fp
+
+
+# -- signature, commitment, inspection ---------------------------------------------------------
+def signature_status(
+    fingerprint_file: str | Path, pubkey: str | Path | None = None
+) -> SignatureCheck | None:
+    """The signature check when ``FILE.sig`` exists or ``pubkey`` is given, else None."""
+    if pubkey is None and not signature_path(fingerprint_file).exists():
+        return None
+    key = load_public_key(pubkey) if pubkey is not None else None
+    return check_signature(fingerprint_file, public_key=key)
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """What ``ipguard inspect`` reports: the fingerprint and, if checked, its signature."""
+
+    fingerprint: Fingerprint
+    signature: SignatureCheck | None
+
+    @property
+    def valid(self) -> bool:
+        """The file loaded and its signature (when there is one) is valid."""
+        return self.signature is None or self.signature.valid
+
+    def to_dict(self) -> dict[str, Any]:
+        summary = self.fingerprint.summary()
+        if self.signature is not None:
+            summary["signature"] = self.signature.to_dict()
+        return summary
+
+
+def inspect_fingerprint(path: str | Path, *, pubkey: str | Path | None = None) -> Inspection:
+    """Load and check a fingerprint file, and its signature when ``FILE.sig`` exists or
+    ``pubkey`` is given. An invalid signature is reported (``Inspection.valid``), not raised,
+    unless the file itself does not load: then the error names both problems."""
+    sig = signature_status(path, pubkey)
+    try:
+        fp = load_fingerprint(path)
+    except IPGuardError as e:
+        if sig is None or sig.valid:
+            raise
+        raise InputError(f"{e}; signature check: {'; '.join(sig.problems)}") from None
+    return Inspection(fp, sig)
+
+
+# -- verify ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SuspectVerdict:
+    """One suspect's verdict, with the calibrated decision when a calibration was used."""
+
+    result: VerificationResult
+    decision: CalibratedVerdict | None = None
+
+    @property
+    def verdict(self) -> str:
+        return self.result.verdict
+
+    def to_dict(self) -> dict[str, Any]:
+        """The suspect's row of ``ipguard verify --json`` (without the evidence fields)."""
+        row = self.result.to_dict()
+        if self.decision is not None:
+            d = self.decision
+            row |= {
+                "p_value": d.p_value,
+                "matching_rate_ci": list(d.matching_rate_ci),
+                "threshold_basis": d.threshold_basis,
+                "target_fpr": d.target_fpr,
+                "assumption_ok": d.assumption_ok,
+            }
+        return row
+
+
+@dataclass(frozen=True)
+class VerificationReport:
+    """What ``ipguard verify`` found: every suspect's verdict, and the evidence checked.
+
+    Attributes:
+        fingerprint: the fingerprint that was used.
+        verdicts: one per suspect, in the order given (specs first, then adapters).
+        evidence: ``fingerprint_digest``, and ``signature`` / ``commitment`` when checked.
+        calibration: the calibration the threshold came from, or None.
+        threshold: the matching rate at or above which a suspect is judged pirated.
+    """
+
+    fingerprint: Fingerprint
+    verdicts: tuple[SuspectVerdict, ...]
+    evidence: dict[str, Any]
+    calibration: Calibration | None
+    threshold: float
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        """One JSON object per suspect, as ``ipguard verify --json`` prints them."""
+        return [{**v.to_dict(), **self.evidence} for v in self.verdicts]
+
+
+def _calibration_for(
+    calibration: str | Path | Calibration, fp: Fingerprint, threshold: float | None
+) -> Calibration:
+    if threshold is not None:
+        raise InputError("give --threshold or --calibration, not both")
+    cal = calibration if isinstance(calibration, Calibration) else load_calibration(calibration)
+    if cal.n != fp.n or (
+        cal.fingerprint_digest is not None and cal.fingerprint_digest != fp.digest
+    ):
+        where = "" if isinstance(calibration, Calibration) else f" {calibration}"
+        raise InputError(
+            f"calibration{where} was made for another fingerprint",
+            "use the fingerprint that ipguard evaluate wrote beside it",
+        )
+    return cal
+
+
+def _http_options(
+    http: Mapping[str, Any] | HTTPOptions | None, kinds: Sequence[str]
+) -> HTTPOptions | None:
+    given = {} if http is None else http
+    if isinstance(given, HTTPOptions):
+        if "http" not in kinds:
+            raise InputError("HTTP options only apply to http(s):// suspects, and none was given")
+        return given
+    given = {k: v for k, v in given.items() if v is not None}
+    if "http" not in kinds:
+        if given:
+            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+            raise InputError(f"{flags} only apply to http(s):// suspects, and none was given")
+        return None
+    try:
+        return HTTPOptions(**given)
+    except TypeError as e:
+        raise InputError(f"bad HTTP options: {e}") from None
+
+
+def _evidence(
+    fingerprint: str | Path | Fingerprint,
+    pubkey: str | Path | None,
+    commitment: str | Path | None,
+) -> tuple[Fingerprint, dict[str, Any]]:
+    """Load the fingerprint after its signature check; check the commitment."""
+    sig: SignatureCheck | None = None
+    if pubkey is not None:
+        if isinstance(fingerprint, Fingerprint):
+            raise InputError(
+                "a signature is checked on the fingerprint file", "pass its path, not the object"
+            )
+        sig = signature_status(fingerprint, pubkey)
+        assert sig is not None
+        if not sig.valid:
+            raise InputError(
+                f"signature check failed: {'; '.join(sig.problems)}",
+                "verify only a fingerprint signed by the key you trust",
+            )
+    fp = fingerprint if isinstance(fingerprint, Fingerprint) else load_fingerprint(fingerprint)
+    evidence: dict[str, Any] = {"fingerprint_digest": fp.digest}
+    if sig is not None:
+        evidence["signature"] = sig.to_dict()
+    if commitment is not None:
+        committed: CommitmentCheck = check_commitment(fp, commitment)
+        if not committed.matches:
+            raise InputError(
+                f"fingerprint does not match commitment {commitment}: "
+                + "; ".join(committed.problems)
+            )
+        evidence["commitment"] = committed.to_dict()
+    return fp, evidence
+
+
+def verify_suspects(
+    fingerprint: str | Path | Fingerprint,
+    suspects: Sequence[str] = (),
+    *,
+    weights: Sequence[str | Path] = (),
+    adapters: Sequence[str] = (),
+    threshold: float | None = None,
+    calibration: str | Path | Calibration | None = None,
+    preprocess: Preprocess | None = None,
+    http: Mapping[str, Any] | HTTPOptions | None = None,
+    pubkey: str | Path | None = None,
+    commitment: str | Path | None = None,
+    device: str = "cpu",
+    batch_size: int = 256,
+    trust_pickle: bool = False,
+) -> VerificationReport:
+    """Query suspects with a fingerprint and judge each one, as ``ipguard verify`` does.
+
+    Args:
+        fingerprint: the fingerprint file (or a loaded :class:`Fingerprint`, without
+            ``pubkey``).
+        suspects: suspect specs, each opened by its form (:func:`ipguard.adapters.open_suspect`):
+            an ``http(s)://`` label API, ``model.onnx``, a TorchScript archive,
+            ``package.module:factory`` or ``arch:NAME`` (each takes the next of ``weights``),
+            or ``package.module:function`` returning labels.
+        weights: one weights file per factory or ``arch:`` suspect, in order.
+        adapters: ``package.module:function`` suspects called as ``function(x) -> labels``.
+        threshold: the matching rate at or above which a suspect is judged pirated (default
+            :data:`~ipguard.verify.DEFAULT_THRESHOLD`); not together with ``calibration``.
+        calibration: a calibration file from ``ipguard evaluate`` (or a loaded one): its
+            threshold decides, and each verdict gets a p-value.
+        preprocess: what the suspects expect (size, scale, mean/std, layout, dtype); local
+            models get the owner's recorded mean/std unless it says otherwise.
+        http: :class:`~ipguard.http_client.HTTPOptions`, or a mapping of its fields (None
+            values ignored), for URL suspects; refused when no suspect is a URL.
+        pubkey: require a valid signature ``FILE.sig`` by this public key (checked before
+            any suspect is queried).
+        commitment: the fingerprint must match this commitment file.
+        device, batch_size, trust_pickle: where local models run, points per query, and
+            whether a pickled module file may be loaded.
+
+    Raises:
+        InputError: bad arguments, a failed signature or commitment check (no suspect is
+            queried then); ModelError, SuspectError: a suspect that cannot be opened or
+            gives answers that cannot be compared.
+    """
+    fp, evidence = _evidence(fingerprint, pubkey, commitment)
+    cal = _calibration_for(calibration, fp, threshold) if calibration is not None else None
+    tau = check_threshold(
+        cal.threshold if cal is not None else DEFAULT_THRESHOLD if threshold is None else threshold
+    )
+    specs, weight_list = list(suspects), list(weights)
+    if not specs and not adapters:
+        raise InputError(
+            "no suspect given", "name a model file, package.module:factory or --adapter"
+        )
+    kinds = [suspect_kind(s) for s in specs]
+    n_factories = sum(needs_weights(k) for k in kinds)
+    if len(weight_list) != n_factories:
+        raise InputError(
+            f"{n_factories} package.module:factory suspect(s) but {len(weight_list)} --weights",
+            "give one --weights per factory suspect, in order",
+        )
+    http_options = _http_options(http, kinds)
+    pre = None if preprocess is None or preprocess.is_identity else preprocess
+    oracles: list[tuple[str, LabelOracle]] = []
+    w_iter = iter(weight_list)
+    # Local models get the owner's normalisation unless the preprocessing says otherwise.
+    for spec, kind in zip(specs, kinds, strict=True):
+        oracles.append(
+            open_suspect(
+                spec, weights=next(w_iter) if needs_weights(kind) else None, preprocess=pre,
+                input_shape=fp.input_shape, bounds=fp.bounds, device=device,
+                http_options=http_options if kind == "http" else None,
+                default_mean=fp.preprocessing["mean"], default_std=fp.preprocessing["std"],
+                kind=kind, trust_pickle=trust_pickle,
+            )
+        )  # fmt: skip
+    for spec in adapters:
+        oracles.append(
+            open_suspect(
+                spec, preprocess=pre, input_shape=fp.input_shape, bounds=fp.bounds,
+                kind="function",
+            )
+        )  # fmt: skip
+    verdicts = []
+    for name, oracle in oracles:
+        r = verify(fp, oracle, threshold=tau, name=name, batch_size=batch_size)
+        decision = None
+        if cal is not None:
+            decision = decide(cal, r.matches, r.n, fingerprint_digest=fp.digest)
+            assert decision.verdict == r.verdict  # same threshold, same rule
+        verdicts.append(SuspectVerdict(r, decision))
+    return VerificationReport(fp, tuple(verdicts), evidence, cal, tau)
+
+
+# -- evaluate ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EvaluationRun:
+    """What ``ipguard evaluate`` produced: the suite's result, the k/n study if asked for,
+    and the files written (``out`` given)."""
+
+    result: EvaluationResult
+    sweep: SweepResult | None
+    out_dir: Path | None
+    plots: tuple[Path, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report of ``ipguard evaluate --json``."""
+        report = self.result.to_dict()
+        if self.sweep is not None:
+            report["sweep"] = self.sweep.to_dict()
+        return report
+
+
+def _suite_for(
+    config: str | Path | Suite | None,
+    data: str | None,
+    method: str | None,
+    params: Mapping[str, Any] | None,
+) -> tuple[Suite, SweepConfig | None]:
+    from ipguard.suite import Suite, default_suite, suite_from_dict
+    from ipguard.sweep import load_suite_and_sweep
+
+    if isinstance(config, Suite):
+        suite, sweep_config = config, None
+    elif config is not None:
+        suite, sweep_config = load_suite_and_sweep(config)
+    else:
+        suite, sweep_config = default_suite(), None
+    if data is not None:
+        suite = dataclasses.replace(suite, data=dataclasses.replace(suite.data, spec=data))
+    if method is not None or params:
+        f = suite.fingerprint
+        kept = {} if method is not None and method != f.method else dict(f.params)
+        f = dataclasses.replace(f, method=method or f.method, params={**kept, **dict(params or {})})
+        # re-validated: the method's parameters, and surrogates apart from the suspects
+        suite = suite_from_dict({**suite.to_dict(), "fingerprint": f.to_dict()}, where="suite")
+    return suite, sweep_config
+
+
+def evaluate_suite(
+    config: str | Path | Suite | None = None,
+    *,
+    zoo: str | Path = "runs/zoo",
+    out: str | Path | None = "runs/eval",
+    data: str | None = None,
+    method: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    sweep: bool | SweepConfig = False,
+    threads: int | None = None,
+    progress: StageProgress | None = None,
+    sweep_progress: StageProgress | None = None,
+) -> EvaluationRun:
+    """Measure a fingerprint on a suite of copies and independents, as ``ipguard evaluate``.
+
+    Args:
+        config: a suite TOML file (its ``[sweep]`` table too), a :class:`~ipguard.suite.Suite`,
+            or None for the built-in digits suite.
+        zoo: the model cache; finished models are never retrained, so a rerun resumes.
+        out: where to write ``results.json``, ``suspects.csv``, the plots, the fingerprint
+            and ``calibration.json`` (and the sweep's files); None writes nothing.
+        data: replaces the suite's data spec.
+        method, params: replace the fingerprint method (a different method drops the
+            suite's parameters) and add or override its parameters.
+        sweep: also run the k and n studies: True takes the config's ``[sweep]`` values or
+            :data:`DEFAULT_SWEEP_KS` / :data:`DEFAULT_SWEEP_NS`; or give a ``SweepConfig``.
+        threads: torch CPU threads to set (None or 0 leaves torch's setting alone; the CLI
+            sets 1).
+        progress, sweep_progress: ``(what, done, total)`` callbacks.
+    """
+    import torch
+
+    from ipguard.evaluate import run_suite
+    from ipguard.sweep import SweepConfig, check_k_sweep, run_sweep
+
+    suite, sweep_config = _suite_for(config, data, method, params)
+    if isinstance(sweep, SweepConfig):
+        sweep_config = sweep
+    elif sweep and sweep_config is None:
+        sweep_config = SweepConfig(ks=DEFAULT_SWEEP_KS, ns=DEFAULT_SWEEP_NS)
+    elif not sweep:
+        sweep_config = None
+    if sweep_config is not None and sweep_config.ks:
+        check_k_sweep(suite)  # before any training
+    if threads is not None and threads < 0:
+        raise InputError(f"--threads must be >= 0, got {threads}")
+    if threads:
+        torch.set_num_threads(threads)
+    out_dir = None if out is None else Path(out)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    result = run_suite(suite, zoo, progress=progress)
+    plots: list[Path] = []
+    if out_dir is not None:
+        result.write_json(out_dir / "results.json")
+        result.write_csv(out_dir / "suspects.csv")
+        plots = result.plot(out_dir / "eval")
+        result.fingerprint.save(out_dir / "fingerprint.safetensors")
+        if result.calibration is not None:
+            result.calibration.save(out_dir / "calibration.json")
+    swept = None
+    if sweep_config is not None:
+        swept = run_sweep(
+            suite, zoo, ks=sweep_config.ks, ns=sweep_config.ns, progress=sweep_progress
+        )
+        if out_dir is not None:
+            swept.write_csv(out_dir / "sweep.csv")
+            swept.write_json(out_dir / "sweep.json")
+            swept.plot(out_dir / "sweep")
+    return EvaluationRun(result, swept, out_dir, tuple(plots))
+
+
+# -- serve -------------------------------------------------------------------------------------
+def open_server(
+    model: str | nn.Module,
+    *,
+    input_shape: Shape,
+    weights: str | Path | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    class_names: Sequence[str] | None = None,
+    threads: int | None = None,
+    faults: FaultSpec | None = None,
+    trust_pickle: bool = False,
+) -> LabelServer:
+    """A bound label-only HTTP server for a model (``ipguard serve``), not yet serving.
+
+    Call ``serve_forever()`` (e.g. in a thread), then ``shutdown()`` and ``server_close()``;
+    ``server.url`` is its address (``port=0`` picks a free port). ``class_names`` makes it
+    answer names instead of indices; ``faults`` makes it misbehave on purpose (tests).
+    """
+    import torch
+
+    from ipguard.serve import FaultSpec, make_server
+
+    if threads is not None:
+        if threads < 1:
+            raise InputError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    faults = faults if faults is not None else FaultSpec()
+    module = (
+        model
+        if isinstance(model, nn.Module)
+        else load_module(model, weights, input_shape=input_shape, trust_pickle=trust_pickle)
+    )
+    owner = OwnerModel(module, input_shape=input_shape, mean=mean, std=std)
+    names = None
+    if class_names is not None:
+        names = [c.strip() for c in class_names]
+        if len(names) != owner.num_classes or not all(names):
+            raise InputError(
+                f"--class-names has {len(names)} names, the model has {owner.num_classes} classes"
+            )
+    return make_server(
+        owner, host=host, port=port, input_shape=input_shape, faults=faults, class_names=names
+    )
