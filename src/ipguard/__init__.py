@@ -1,13 +1,21 @@
 """ipguard: prove that a suspect classifier is a copy of yours, by fingerprinting its boundary.
 
-Implements IPGuard (Cao, Jia, Gong, AsiaCCS 2021). Typical use::
+Implements IPGuard (Cao, Jia, Gong, AsiaCCS 2021). The commands are library calls
+(:mod:`ipguard.operations`, docs/python-api.md)::
+
+    from ipguard import make_fingerprint, verify_suspects
+
+    fp = make_fingerprint("ipguard.nets:digits_cnn", weights="owner.safetensors",
+                          data="digits", output="owner.fp.safetensors")
+    report = verify_suspects("owner.fp.safetensors", ["suspect.onnx"])
+
+and the building blocks are exported too::
 
     from ipguard import OwnerModel, IPGuard, verify, load_fingerprint
 
     owner = OwnerModel(module, input_shape=(1, 8, 8))
     fp = IPGuard(k=5.0).generate(owner, n=100, seed=0)
-    fp.save("owner.fingerprint.safetensors")
-    result = verify(load_fingerprint("owner.fingerprint.safetensors"), suspect)
+    result = verify(fp, suspect)
 """
 
 from __future__ import annotations
@@ -27,12 +35,24 @@ from ipguard.methods import METHODS, FingerprintMethod, make_method
 from ipguard.methods.ipguard import IPGuard
 from ipguard.methods.select import IPGuardSelect
 from ipguard.models import CallableSuspect, LabelOracle, OwnerModel, load_module
+from ipguard.operations import (
+    EvaluationRun,
+    Inspection,
+    SuspectVerdict,
+    VerificationReport,
+    evaluate_suite,
+    inspect_fingerprint,
+    make_fingerprint,
+    open_server,
+    verify_suspects,
+)
 from ipguard.verify import DEFAULT_THRESHOLD, VerificationResult, verify
 
 __all__ = [
     "__version__",
     "CallableSuspect",
     "DEFAULT_THRESHOLD",
+    "EvaluationRun",
     "Fingerprint",
     "FingerprintFileError",
     "FingerprintMethod",
@@ -40,15 +60,23 @@ __all__ = [
     "IPGuard",
     "IPGuardError",
     "InputError",
+    "Inspection",
     "LabelOracle",
     "IPGuardSelect",
     "METHODS",
     "ModelError",
     "OwnerModel",
     "SuspectError",
+    "SuspectVerdict",
+    "VerificationReport",
     "VerificationResult",
+    "evaluate_suite",
+    "inspect_fingerprint",
     "load_fingerprint",
     "load_module",
+    "make_fingerprint",
     "make_method",
+    "open_server",
     "verify",
+    "verify_suspects",
 ]
