@@ -25,6 +25,7 @@ from ipguard.adapters import (
     suspect_kind,
 )
 from ipguard.cli import app
+from ipguard.http_client import HTTPOptions, HTTPSuspect
 from ipguard.models import CallableSuspect
 
 runner = CliRunner()
@@ -288,17 +289,17 @@ def test_open_suspect_picks_the_adapter(
 
 
 def test_url_suspect_uses_the_http_client(setup: dict[str, Any]) -> None:
-    http = pytest.importorskip("ipguard.http_client")
     fp: Fingerprint = setup["fp"]
     url = "http://127.0.0.1:9/predict"
     _, oracle = open_suspect(url, input_shape=fp.input_shape, bounds=fp.bounds)
-    assert isinstance(oracle, http.HTTPSuspect)
+    assert isinstance(oracle, HTTPSuspect)
     _, wrapped = open_suspect(
         url, input_shape=fp.input_shape, bounds=fp.bounds, preprocess=Preprocess(scale=255.0),
-        http_options=http.HTTPOptions(timeout=1.0),
+        http_options=HTTPOptions(timeout=1.0),
     )  # fmt: skip
     assert isinstance(wrapped, PreprocessedSuspect)
-    assert isinstance(wrapped.inner, http.HTTPSuspect)
+    assert isinstance(wrapped.inner, HTTPSuspect) and wrapped.inner.options.timeout == 1.0
+    assert wrapped.inner.base_url == oracle.base_url == url
 
 
 # -- the transform itself --------------------------------------------------------------------------

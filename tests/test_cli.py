@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +15,10 @@ from safetensors.torch import save_file
 from torch import nn
 from typer.testing import CliRunner
 
+import ipguard.nets
 from ipguard import load_fingerprint
 from ipguard.cli import app
+from ipguard.errors import FingerprintFileError
 
 runner = CliRunner()
 
@@ -78,7 +83,16 @@ def test_verify_table_and_json(files: dict[str, Path]) -> None:
         assert {"matching_rate", "matches", "n", "threshold", "verdict"} <= set(row)
         assert row["threshold"] == 0.7
     assert rows[0]["verdict"] == "pirated" and rows[0]["matching_rate"] == 1.0
-    assert rows[1]["verdict"] == "not pirated"
+    assert rows[0]["matches"] == rows[0]["n"] == 40
+    # the other model's rate, recomputed here: its own labels on the fingerprint's points
+    fp = load_fingerprint(files["fp"])
+    other = ipguard.nets.digits_cnn()
+    other.load_state_dict(torch.load(files["other_pt"], weights_only=True))
+    with torch.no_grad():
+        matches = int((other.eval()(fp.points).argmax(1) == fp.labels).sum())
+    assert 0 < matches < 28  # neither trivial nor over the 0.7 threshold
+    assert (rows[1]["matches"], rows[1]["n"]) == (matches, 40)
+    assert rows[1]["matching_rate"] == matches / 40 and rows[1]["verdict"] == "not pirated"
 
 
 def test_verify_with_a_label_only_adapter(files: dict[str, Path], tmp_path: Path,
@@ -92,7 +106,13 @@ def test_verify_with_a_label_only_adapter(files: dict[str, Path], tmp_path: Path
     code, out, err = run("verify", str(files["fp"]), "--adapter", "suspect_api:predict", "--json")
     assert code == 0, err
     row = json.loads(out)
-    assert row["suspect"] == "suspect_api:predict" and 0 <= row["matching_rate"] <= 1
+    # the adapter's answers on the fingerprint's points, computed here, against the labels
+    fp = load_fingerprint(files["fp"])
+    answers = (fp.points.flatten(1).sum(1) * 7).long() % 10
+    matches = int((answers == fp.labels).sum())
+    assert 0 < matches < 40
+    assert row["suspect"] == "suspect_api:predict" and row["matches"] == matches
+    assert row["matching_rate"] == matches / 40
 
 
 def test_inspect(files: dict[str, Path]) -> None:
@@ -211,5 +231,26 @@ def test_verify_and_inspect_errors(files: dict[str, Path], tmp_path: Path) -> No
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["--debug", "inspect", str(tmp_path / "missing")])
-    assert result.exit_code != 0 and result.exception is not None
+    missing = str(tmp_path / "missing")
+    message = f"fingerprint file {missing} does not exist"
+    # without --debug: the library error becomes one line and exit 1
+    plain = runner.invoke(app, ["inspect", missing])
+    assert plain.exit_code == 1 and isinstance(plain.exception, SystemExit)
+    assert plain.stderr.strip() == f"error: {message}" and "Traceback" not in plain.stderr
+    # with --debug the library error itself escapes, raised where the library raised it
+    debug = runner.invoke(app, ["--debug", "inspect", missing])
+    assert type(debug.exception) is FingerprintFileError and str(debug.exception) == message
+    assert debug.exc_info is not None
+    frames = traceback.extract_tb(debug.exc_info[2])
+    assert frames[-1].name == "load_fingerprint" and frames[-1].filename.endswith("fingerprint.py")
+    # and a real process prints that traceback (Python's own report of an uncaught error)
+    proc = subprocess.run(
+        [sys.executable, "-c", "from ipguard.cli import main; main()", "--debug", "inspect",
+         missing],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and lines[0] == "Traceback (most recent call last):", proc.stderr
+    assert any(line.strip().startswith("File ") and "fingerprint.py" in line for line in lines)
+    assert lines[-1] == f"ipguard.errors.FingerprintFileError: {message}"
+    assert not [line for line in lines if line.startswith("error:")]  # not the one-line form

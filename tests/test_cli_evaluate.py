@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -10,10 +11,12 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
+from ipguard import load_fingerprint, metrics
 from ipguard.calibration import load_calibration
 from ipguard.cli import app
 
 from .test_evaluate import TINY as _TINY
+from .test_evaluate import grid_aruc
 
 # CNNs (independent MLPs match an MLP owner's noise points almost fully, which leaves nothing
 # to calibrate), more points and a looser target so a calibration can be made.
@@ -45,7 +48,15 @@ def test_evaluate_writes_every_artefact(evaluated: Path) -> None:
     for name in names:
         assert (out / name).stat().st_size > 0, name
     report = json.loads((out / "results.json").read_text())
-    assert 0.0 <= report["summary"]["overall"]["aruc"] <= 1.0
+    # the reported ARUC is that of the reported suspects' matching rates
+    rows = report["suspects"]
+    assert len(rows) == 1 + 3 + 3
+    assert all(r["matching_rate"] == r["matches"] / r["n"] == r["matches"] / 60 for r in rows)
+    pos = [r["matching_rate"] for r in rows if r["pirated"]]
+    neg = [r["matching_rate"] for r in rows if not r["pirated"]]
+    aruc = report["summary"]["overall"]["aruc"]
+    assert aruc == pytest.approx(metrics.aruc(pos, neg), abs=1e-12)
+    assert aruc == pytest.approx(grid_aruc(pos, neg), abs=1e-3)
     assert report["models_built"] > 0
 
 
@@ -77,9 +88,22 @@ def test_verify_with_the_calibration(evaluated: Path, owner_module: nn.Module) -
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
     row = json.loads(result.stdout)
-    assert row["threshold"] == pytest.approx(cal.threshold)
-    assert 0.0 <= row["p_value"] <= 1.0 and row["target_fpr"] == cal.target_fpr
-    assert row["verdict"] == ("pirated" if row["matching_rate"] >= cal.threshold else "not pirated")
+    # the stranger's matches, counted here: its labels on the fingerprint's points
+    fp = load_fingerprint(out / "fingerprint.safetensors")
+    with torch.no_grad():
+        matches = int((owner_module.eval()(fp.points).argmax(1) == fp.labels).sum())
+    assert cal.n == 60 and (row["matches"], row["n"]) == (matches, 60)
+    assert row["matching_rate"] == matches / 60
+    # the calibration is that of the suite's independents, and its p-value is
+    # P[X >= matches], X ~ Binomial(60, p_upper), summed here term by term
+    report = json.loads((out / "results.json").read_text())
+    negatives = [r["matches"] for r in report["suspects"] if not r["pirated"]]
+    assert sorted(cal.negative_matches) == sorted(negatives)
+    p = cal.p_upper
+    tail = sum(math.comb(60, k) * p**k * (1 - p) ** (60 - k) for k in range(matches, 61))
+    assert row["p_value"] == pytest.approx(tail, rel=1e-9, abs=1e-15)
+    assert row["threshold"] == pytest.approx(cal.threshold) and row["target_fpr"] == cal.target_fpr
+    assert row["verdict"] == ("pirated" if matches / 60 >= cal.threshold else "not pirated")
 
 
 def test_calibration_errors(evaluated: Path, tmp_path: Path) -> None:

@@ -379,11 +379,26 @@ def test_unwritable_cache_is_not_fatal(tmp_path: Path, monkeypatch: pytest.Monke
     assert len(load_data(f"imagefolder:{root}")) == 4
 
 
-def test_cifar_cache(tmp_path: Path, _cache: Path) -> None:
-    root, rows, _ = _cifar(tmp_path, "cifar10")
+def test_cifar_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _cache: Path) -> None:
+    root, _, _ = _cifar(tmp_path, "cifar10")
+    decoded: list[str] = []  # every batch file unpickled, by name
+    real = _imageio.safe_unpickle
+
+    def counting(data: bytes, where: str) -> Any:
+        decoded.append(where)
+        return real(data, where)
+
+    monkeypatch.setattr(_imageio, "safe_unpickle", counting)
     first = load_data(f"cifar10:{root}")
+    assert len(decoded) == 5 + 1 + 1  # train batches, test batch, meta
     assert len(list(_cache.glob("cifar10-*.npz"))) == 1
-    assert torch.equal(load_data(f"cifar10:{root}").x, first.x)
+    second = load_data(f"cifar10:{root}")
+    assert len(decoded) == 7  # served from the cache: nothing decoded again
+    assert torch.equal(second.x, first.x) and torch.equal(second.y, first.y)
+    assert second.class_names == first.class_names == ("cat", "dog", "frog")
+    uncached = load_data(f"cifar10:{root}?cache=0")
+    assert sorted(decoded[7:]) == sorted(decoded[:7])  # every file decoded again
+    assert torch.equal(uncached.x, first.x)
 
 
 def test_archive_in_memory_reader() -> None:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+from dataclasses import replace
 from pathlib import Path
+from typing import IO, Any
 
 import pytest
 import torch
 from safetensors.torch import save, save_file
 
 from ipguard import Fingerprint, FingerprintFileError, IPGuard, OwnerModel, load_fingerprint, verify
+from ipguard.errors import IPGuardError
 from ipguard.fingerprint import FORMAT_NAME, fingerprint_from_bytes
 
 
@@ -115,13 +120,49 @@ def test_inconsistent_content_is_refused(fp: Fingerprint, change, message: str) 
         fingerprint_from_bytes(save(tensors, metadata=meta), "fp")
 
 
-def test_save_is_atomic_and_leaves_nothing_on_failure(fp: Fingerprint, tmp_path: Path) -> None:
+def test_save_is_atomic_and_leaves_nothing_on_failure(
+    fp: Fingerprint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     target = tmp_path / "fp.safetensors"
     fp.save(target)
-    first = target.read_bytes()
-    fp.save(target)  # overwrite in place
-    assert load_fingerprint(target).digest == fp.digest
-    assert len(first) == len(target.read_bytes())
+    old, old_inode = target.read_bytes(), target.stat().st_ino
+    smaller = replace(
+        fp, points=fp.points[:10], labels=fp.labels[:10], params={**fp.params, "n": 10}
+    )
+    assert smaller.digest != fp.digest
+    # a save that fails half-way through writing: the disk fills up
+    real_fdopen = os.fdopen
+    during: list[bytes] = []
+
+    class HalfWritten:
+        def __init__(self, fh: IO[bytes]) -> None:
+            self.fh = fh
+
+        def __enter__(self) -> HalfWritten:
+            return self
+
+        def __exit__(self, *_exc: object) -> None:
+            self.fh.close()
+
+        def write(self, data: bytes) -> int:
+            self.fh.write(data[: len(data) // 2])
+            self.fh.flush()
+            during.append(target.read_bytes())  # what a reader sees mid-write
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def fdopen(fd: int, *args: Any, **kwargs: Any) -> HalfWritten:
+        return HalfWritten(real_fdopen(fd, *args, **kwargs))
+
+    with monkeypatch.context() as mp:
+        mp.setattr(os, "fdopen", fdopen)
+        with pytest.raises(IPGuardError, match=os.strerror(errno.ENOSPC)):
+            smaller.save(target)
+    assert during == [old]  # the half-written bytes went elsewhere, never into the target
+    assert target.read_bytes() == old and target.stat().st_ino == old_inode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fp.safetensors"]  # no temp file
+    # a save that succeeds replaces the file as a whole (a new file renamed over it)
+    smaller.save(target)
+    assert load_fingerprint(target).digest == smaller.digest and target.stat().st_ino != old_inode
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fp.safetensors"]
     with pytest.raises(Exception, match="does not exist"):
         fp.save(tmp_path / "no" / "such" / "dir" / "fp.safetensors")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import copy
 import pickle
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
+import ipguard.models as models_module
 from ipguard import InputError, ModelError, OwnerModel
 from ipguard.models import load_module, load_weights, weights_sha256
 from ipguard.nets import digits_cnn
@@ -148,7 +150,61 @@ def test_weights_that_do_not_fit_are_named(tmp_path: Path) -> None:
         load_weights(bad)
 
 
-def test_owner_on_another_device_never_moves_the_callers_module(owner_module: nn.Module) -> None:
-    module = copy.deepcopy(owner_module)
-    OwnerModel(module, input_shape=(1, 8, 8), device="cpu")
-    assert next(module.parameters()).device.type == "cpu"
+def _recording_moves(monkeypatch: pytest.MonkeyPatch) -> list[nn.Module]:
+    """Every module that ``.to(...)`` is called on from now on, in order."""
+    moved: list[nn.Module] = []
+    to = nn.Module.to
+
+    def recording_to(self: nn.Module, *args: Any, **kwargs: Any) -> nn.Module:
+        moved.append(self)
+        return to(self, *args, **kwargs)
+
+    monkeypatch.setattr(nn.Module, "to", recording_to)
+    return moved
+
+
+def test_owner_on_another_device_never_moves_the_callers_module(
+    owner_module: nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = copy.deepcopy(owner_module).eval()
+    params = list(module.parameters())
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    # on the module's own device the caller's module is used as it is: nothing to copy
+    assert OwnerModel(module, input_shape=(1, 8, 8)).module is module
+    # the module is said to be on a GPU (this machine may have none): the owner on the CPU
+    # must work on a copy and move only that
+    real = models_module._module_device
+    monkeypatch.setattr(
+        models_module, "_module_device",
+        lambda m: torch.device("cuda", 0) if m is module else real(m),
+    )  # fmt: skip
+    moved = _recording_moves(monkeypatch)
+    owner = OwnerModel(module, input_shape=(1, 8, 8), device="cpu")
+    assert owner.module is not module and any(m is owner.module for m in moved)
+    callers = {id(m) for m in module.modules()}
+    assert not [m for m in moved if id(m) in callers]  # the caller's module was never moved
+    # the caller keeps its own parameters, untouched, not shared with the owner's copy
+    assert all(a is b for a, b in zip(module.parameters(), params, strict=True))
+    assert all(torch.equal(v, before[k]) for k, v in module.state_dict().items())
+    ours = {p.data_ptr() for p in owner.module.parameters()}
+    assert ours.isdisjoint(p.data_ptr() for p in module.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(owner.logits(x), module(x))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_owner_on_a_real_gpu_never_moves_the_callers_module(owner_module: nn.Module) -> None:
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    on_cpu = copy.deepcopy(owner_module).eval()
+    owner = OwnerModel(on_cpu, input_shape=(1, 8, 8), device="cuda")
+    assert {p.device.type for p in on_cpu.parameters()} == {"cpu"}
+    assert {p.device.type for p in owner.module.parameters()} == {"cuda"}
+    on_gpu = copy.deepcopy(owner_module).eval().to("cuda")
+    back = OwnerModel(on_gpu, input_shape=(1, 8, 8), device="cpu")
+    assert {p.device.type for p in on_gpu.parameters()} == {"cuda"}
+    assert {p.device.type for p in back.module.parameters()} == {"cpu"}
+    with torch.no_grad():
+        expected = on_cpu(x)
+        torch.testing.assert_close(owner.logits(x.cuda()).cpu(), expected, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(back.logits(x), expected)

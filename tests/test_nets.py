@@ -164,7 +164,8 @@ def test_torchvision_key_names() -> None:
 
 def test_other_sizes_and_width() -> None:
     with torch.no_grad():
-        assert ARCHITECTURES["cifar_cnn"](image_size=64).eval()(torch.randn(1, 3, 64, 64)).shape
+        big = ARCHITECTURES["cifar_cnn"](image_size=64).eval()
+        assert big(torch.randn(2, 3, 64, 64)).shape == (2, 10)
         m = build_arch("resnet20", num_classes=5, input_shape=(3, 16, 16)).eval()
         assert m(torch.randn(2, 3, 16, 16)).shape == (2, 5)
         m = build_arch("digits_mlp", num_classes=3, input_shape=(2, 12, 12)).eval()

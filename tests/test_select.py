@@ -7,21 +7,32 @@ suspects an evaluation measures it with.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
+from torch.nn.modules.module import register_module_forward_pre_hook
 
 from ipguard import IPGuardSelect, OwnerModel, make_method, verify
 from ipguard.attacks import make_attack
 from ipguard.attacks._student import reinitialised
 from ipguard.errors import InputError
-from ipguard.evaluate import build_suite_models, check_disjoint, run_suite, suite_fingerprint
+from ipguard.evaluate import (
+    BuiltSuspect,
+    SuiteModels,
+    build_suite_models,
+    check_disjoint,
+    run_suite,
+    suite_fingerprint,
+)
 from ipguard.methods.select import ensemble_search, selection_scores
 from ipguard.models import weights_sha256
-from ipguard.suite import parse_suite
+from ipguard.suite import Suite, parse_suite
 from ipguard.surrogates import InputMap, build_surrogates
 from ipguard.zoo import ModelZoo
 from tests.test_evaluate import TINY
@@ -122,36 +133,137 @@ def test_surrogates_respect_bounds_and_normalisation(
         assert torch.allclose(mapped(x01), owner.raw_logits(raw), atol=1e-5)
 
 
-def test_evaluation_never_shows_suspects_to_selection(tmp_path: Path) -> None:
-    toml = TINY.replace(
-        'method = "ipguard"\nn = 20\nseed = 0\nparams = {max_iter = 100}',
-        'method = "ipguard-select"\nn = 20\nseed = 0\n'
-        'params = {attacks = ["ftal", "extract"], seeds = [101, 102], pool = 2, '
-        "max_iter = 200}",
-    )  # fmt: skip
-    suite = parse_suite(toml, where="tiny-select.toml")
-    models = build_suite_models(suite, ModelZoo(tmp_path / "zoo"))
-    # every forward call of an evaluation suspect while the fingerprint is made is recorded
-    calls: list[str] = []
-    handles = [
-        b.module.register_forward_pre_hook(lambda *_a, name=b.name: calls.append(name))
-        for b in models.suspects[1:]
-    ]
-    fp = suite_fingerprint(suite, models.owner, models.input_shape, tmp_path / "zoo",
-                           test=models.test, owner_data=models.owner_data)  # fmt: skip
-    for h in handles:
-        h.remove()
-    assert calls == []
+SELECT_TOML = TINY.replace(
+    'method = "ipguard"\nn = 20\nseed = 0\nparams = {max_iter = 100}',
+    'method = "ipguard-select"\nn = 20\nseed = 0\n'
+    'params = {attacks = ["ftal", "extract"], seeds = [101, 102], pool = 2, '
+    "max_iter = 200}",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def select_suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Suite, SuiteModels, Path]:
+    """The tiny suite with ipguard-select, its models built into a zoo (the surrogates
+    are cached there too once a test has made the fingerprint)."""
+    zoo = tmp_path_factory.mktemp("select-suite") / "zoo"
+    suite = parse_suite(SELECT_TOML, where="tiny-select.toml")
+    return suite, build_suite_models(suite, ModelZoo(zoo)), zoo
+
+
+def _same_weights(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(
+        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a
+    )
+
+
+class Watch:
+    """Inside the block: every module whose forward runs (its weights when it first runs and
+    when the block ends, so weights loaded into a new object count as much as the object)
+    and every zoo weights file looked up (built, checked or loaded)."""
+
+    def __init__(self) -> None:
+        self.ran: dict[int, tuple[nn.Module, dict[str, torch.Tensor]]] = {}
+        self.paths: set[Path] = set()
+
+    def __enter__(self) -> Watch:
+        def first_run(module: nn.Module, _inputs: object) -> None:
+            if id(module) not in self.ran:
+                state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+                self.ran[id(module)] = (module, state)
+
+        original = ModelZoo.weights_path
+
+        def looked_up(zoo: ModelZoo, key: str) -> Path:
+            path = original(zoo, key)
+            self.paths.add(path.resolve())
+            return path
+
+        self._patch = pytest.MonkeyPatch()
+        self._patch.setattr(ModelZoo, "weights_path", looked_up)
+        self._handle = register_module_forward_pre_hook(first_run)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._handle.remove()
+        self._patch.undo()
+
+    def weights(self) -> list[dict[str, torch.Tensor]]:
+        """The weights of every module that ran: when it first ran and now."""
+        return [w for m, first in self.ran.values() for w in (first, m.state_dict())]
+
+    def suspects_run(self, suspects: Sequence[BuiltSuspect]) -> set[str]:
+        """Suspects whose weights were in a module that ran."""
+        seen = self.weights()
+        return {
+            b.name for b in suspects if any(_same_weights(b.module.state_dict(), w) for w in seen)
+        }
+
+    def suspects_read(self, suspects: Sequence[BuiltSuspect], zoo: Path) -> set[str]:
+        """Suspects whose file in ``zoo`` was looked up."""
+        files = {b.name: (zoo / f"{b.key}.safetensors").resolve() for b in suspects}
+        return {name for name, f in files.items() if f in self.paths}
+
+
+def test_evaluation_never_shows_suspects_to_selection(
+    select_suite: tuple[Suite, SuiteModels, Path],
+) -> None:
+    suite, models, zoo = select_suite
+    suspects = models.suspects[1:]  # all but the owner, which the method is meant to see
+    assert {b.name for b in suspects} >= {"digits_mlp-owner-data-s1", "digits_mlp-owner-data-s2"}
+    with Watch() as watch:
+        fp = suite_fingerprint(suite, models.owner, models.input_shape, zoo,
+                               test=models.test, owner_data=models.owner_data)  # fmt: skip
+    # the watch saw the surrogates' forward passes and their files in the surrogate cache
+    assert len(fp.stats["surrogates"]) == 2 + 4
+    ran = {weights_sha256(m) for m, _ in watch.ran.values()}
+    assert {s["sha256"] for s in fp.stats["surrogates"]} <= ran
+    assert len(watch.paths) >= 6 and all(p.parent.name == "surrogates" for p in watch.paths)
+    # no suspect: not its object, not its weights in a new object, not its zoo file
+    assert watch.suspects_run(suspects) == set()
+    assert watch.suspects_read(suspects, zoo) == set()
     # the same fingerprint comes out of a suite with other suspects entirely: it is a
     # function of the owner, the owner's split and the parameters only
     fewer = replace(suite, attacks=suite.attacks[:1], independents=suite.independents[1:])
-    result = run_suite(fewer, tmp_path / "zoo")
+    result = run_suite(fewer, zoo)
     assert torch.equal(result.fingerprint.points, fp.points)
     sel = result.to_dict()["selection"]
     assert sel["disjoint_by_weights"] and len(sel["surrogates"]) == 2 + 4
     # the surrogates are none of the evaluation suspects
     used = {s["sha256"] for s in fp.stats["surrogates"]}
     assert used.isdisjoint(weights_sha256(b.module) for b in models.suspects)
+
+
+def test_the_watch_sees_a_suspect_leaked_into_selection(
+    select_suite: tuple[Suite, SuiteModels, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check above can fail: a suspect's zoo file loaded into a surrogate is caught by
+    both the file look-up and the weights that ran."""
+    suite, models, zoo = select_suite
+    suspects = models.suspects[1:]
+    victim = next(b for b in suspects if b.name == "digits_mlp-owner-data-s1")
+    original = ModelZoo.get_or_build
+    leaked: list[str] = []
+
+    def leaking(
+        self: ModelZoo, key_spec: Mapping[str, object], build_fn: Callable[[], nn.Module],
+        *, template: Callable[[], nn.Module],
+    ) -> tuple[str, nn.Module]:  # fmt: skip
+        key, module = original(self, key_spec, build_fn, template=template)
+        if key_spec.get("role") == "independent" and not leaked:  # the first independent
+            module = copy.deepcopy(module)
+            module.module.load_state_dict(load_file(ModelZoo(zoo).weights_path(victim.key)))
+            leaked.append(key)
+        return key, module
+
+    monkeypatch.setattr(ModelZoo, "get_or_build", leaking)
+    with Watch() as watch:
+        fp = suite_fingerprint(suite, models.owner, models.input_shape, zoo,
+                               test=models.test, owner_data=models.owner_data)  # fmt: skip
+    assert leaked
+    assert watch.suspects_run(suspects) == {victim.name}
+    assert watch.suspects_read(suspects, zoo) == {victim.name}
+    with pytest.raises(InputError, match="same weights as surrogate"):
+        check_disjoint(fp, [b.module for b in suspects])
 
 
 def test_a_surrogate_equal_to_a_suspect_is_refused(selected: tuple, owner: OwnerModel) -> None:

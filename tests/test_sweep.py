@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ipguard import metrics
 from ipguard.errors import InputError
 from ipguard.evaluate import run_suite
 from ipguard.suite import Suite, parse_suite
@@ -95,8 +96,14 @@ def test_rows_for_every_k_and_n(first: tuple[Path, SweepResult]) -> None:
     assert [r.value for r in res.by_param("n")] == list(NS)
     assert res.n_fixed == 10 and res.k_fixed == 3.0  # the suite's n, IPGuard's default k
     for r in res.rows:
-        for v in (r.aruc, r.roc_auc, r.tpr_at_1pct_fpr, *r.per_family_aruc.values()):
-            assert 0.0 <= v <= 1.0
+        # every figure of the row, recomputed here from the row's own matching rates
+        pos = [v for name, v in r.matching_rates.items() if "-data-s" not in name]
+        neg = [v for name, v in r.matching_rates.items() if "-data-s" in name]
+        assert len(pos) == 3 and len(neg) == 3
+        assert r.aruc == pytest.approx(metrics.aruc(pos, neg))
+        assert r.roc_auc == pytest.approx(metrics.roc_auc(pos, neg))
+        assert r.tpr_at_1pct_fpr == pytest.approx(metrics.tpr_at_fpr(pos, neg, 0.01))
+        assert r.per_family_aruc["owner"] == pytest.approx(metrics.aruc([1.0], neg))
         assert set(r.per_family_aruc) == {"owner", "fine-tune", "noise"}
         assert r.matching_rates["owner"] == 1.0
         assert len(r.matching_rates) == N_MODELS
