@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from ipguard import limits
 from ipguard.errors import InputError, ModelError, SuspectError, first_line
+from ipguard.hf import is_hf_spec, read_hf_folder
 from ipguard.models import (
     CallableSuspect,
     LabelOracle,
@@ -70,12 +71,13 @@ __all__ = [
 ChannelOrder = Literal["rgb", "bgr"]
 Layout = Literal["nchw", "nhwc"]
 InputDType = Literal["float32", "uint8"]
-SuspectKind = Literal["http", "onnx", "torchscript", "factory", "arch", "function"]
+SuspectKind = Literal["http", "onnx", "torchscript", "factory", "arch", "hf", "function"]
 
 TORCHSCRIPT_SUFFIXES = (".pt", ".pts", ".torchscript")
 ACCEPTED_FORMS = (
     "http(s)://URL, FILE.onnx, a TorchScript FILE.pt/.pts/.torchscript, "
-    "package.module:factory or arch:NAME (with --weights), or package.module:function"
+    "package.module:factory or arch:NAME (with --weights), hf:FOLDER (a transformers image "
+    "classifier), or package.module:function"
 )
 _SPEC_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _MAX_SIZE = 4096
@@ -505,6 +507,8 @@ def suspect_kind(spec: str) -> SuspectKind:
         return "torchscript"
     if spec.startswith("arch:"):
         return "arch"
+    if is_hf_spec(spec):
+        return "hf"
     path = Path(spec)
     if path.is_file() and zipfile.is_zipfile(path):
         return "torchscript"  # a TorchScript archive under another name
@@ -536,7 +540,8 @@ def open_suspect(
 
     Args:
         spec: a URL, an ``.onnx`` or TorchScript file, ``package.module:factory``,
-            ``arch:NAME`` or ``package.module:function``.
+            ``arch:NAME``, ``hf:FOLDER`` (a ``transformers`` image classifier, resized and
+            normalised by its own processor config) or ``package.module:function``.
         weights: weights for a factory or ``arch:NAME`` spec (required there, refused
             elsewhere except to override a TorchScript archive's own).
         preprocess: what the suspect expects; ``None`` leaves the points as they are.
@@ -562,7 +567,14 @@ def open_suspect(
         raise InputError(f"HTTP options do not apply to suspect {spec} ({kind})")
     if preprocess is not None:
         preprocess.check_channels(shape[0])
-    if kind in ("onnx", "torchscript", "factory", "arch"):
+    if kind == "hf":
+        folder = read_hf_folder(spec)
+        if folder.processor:  # resized and normalised as its own processor does
+            hf_module = folder.module(preprocess=True)
+            return spec, TorchSuspect(
+                hf_module, preprocess, device, input_shape=shape, bounds=bounds, name=spec
+            )
+    if kind in ("onnx", "torchscript", "factory", "arch", "hf"):
         pre = preprocess or Preprocess()
         # The owner's normalisation, unless the suspect has its own or takes another value
         # range (--scale): a model fed 0..255 does not want a mean and std made for 0..1.

@@ -34,6 +34,7 @@ from ipguard.calibration import Calibration, calibrate
 from ipguard.data import load_data
 from ipguard.errors import InputError
 from ipguard.fingerprint import Fingerprint
+from ipguard.hf import is_hf_spec, read_hf_folder
 from ipguard.io import atomic_write_bytes, write_json
 from ipguard.methods import METHODS, FingerprintMethod, make_method
 from ipguard.metrics import SuiteSummary, SuspectRecord, robustness, summarise, uniqueness
@@ -202,6 +203,13 @@ def _split(suite: Suite) -> dict[str, tuple[Tensor, Tensor]]:
 def _factory(
     arch: str, input_shape: tuple[int, int, int], num_classes: int
 ) -> Callable[[], nn.Module]:
+    """A fresh model of ``arch``: a built-in architecture, or ``hf:FOLDER``'s architecture
+    (its config, new weights; inputs resized and normalised as its processor says)."""
+    if is_hf_spec(arch):
+        return partial(
+            read_hf_folder(arch).module, preprocess=True, pretrained=False,
+            input_shape=input_shape, num_classes=num_classes,
+        )  # fmt: skip
     return partial(build_arch, arch, num_classes=num_classes, input_shape=input_shape)
 
 

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from ipguard import limits
 from ipguard.errors import InputError, ModelError, SuspectError, first_line
+from ipguard.hf import is_hf_spec, read_hf_folder
 from ipguard.nets import load_pretrained
 from ipguard.statedict import load_weights, pickled_module
 
@@ -367,8 +368,10 @@ def load_module(
     input_shape: tuple[int, int, int] | None = None,
     trust_pickle: bool = False,
 ) -> nn.Module:
-    """Load a classifier module from a TorchScript archive, ``package.module:factory``, or
-    ``arch:NAME`` (an architecture of :data:`ipguard.nets.ARCHITECTURES`).
+    """Load a classifier module from a TorchScript archive, ``package.module:factory``,
+    ``arch:NAME`` (an architecture of :data:`ipguard.nets.ARCHITECTURES`) or ``hf:FOLDER``
+    (a ``transformers`` image classifier taking normalised pixel values; its normalisation
+    and input size are in :func:`ipguard.hf.read_hf_folder`).
 
     ``factory`` is called without arguments and must return an ``nn.Module``; ``weights``
     (``.safetensors`` or a ``.pt`` state dict) are then loaded strictly. A TorchScript
@@ -380,6 +383,10 @@ def load_module(
     refused unless ``trust_pickle``: unpickling can run arbitrary code (see
     :func:`load_weights`, which gets the same flag).
     """
+    if is_hf_spec(spec):
+        if weights is not None:
+            raise ModelError(f"{spec} holds its own weights", "drop --weights")
+        return read_hf_folder(spec).module(preprocess=False)
     if spec.startswith("arch:"):
         if weights is None:
             raise ModelError(

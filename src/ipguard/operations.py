@@ -32,6 +32,7 @@ from ipguard.calibration import CalibratedVerdict, Calibration, decide, load_cal
 from ipguard.data import Dataset, load_data
 from ipguard.errors import InputError, IPGuardError
 from ipguard.fingerprint import Fingerprint, load_fingerprint
+from ipguard.hf import HFFolder, is_hf_spec, read_hf_folder
 from ipguard.http_client import HTTPOptions
 from ipguard.io import check_output
 from ipguard.methods import METHODS, make_method
@@ -126,6 +127,9 @@ def make_fingerprint(
         raise InputError(f"unknown method {method!r}", f"choose one of: {', '.join(METHODS)}")
     if output is not None:
         check_output(Path(output))
+    hf = read_hf_folder(model) if isinstance(model, str) and is_hf_spec(model) else None
+    if hf is not None:  # the folder's processor gives the shape and normalisation
+        input_shape, mean, std = _hf_defaults(hf, input_shape, mean, std)
     if data is None and input_shape is None:
         raise InputError("give --data SPEC or --input-shape C,H,W")
     dataset = load_data(data) if isinstance(data, str) else data
@@ -134,7 +138,11 @@ def make_fingerprint(
         if shape is not None and shape != dataset.input_shape:
             raise InputError(
                 f"--input-shape {_shape_text(shape)} disagrees with the data's shape "
-                f"{_shape_text(dataset.input_shape)}"
+                f"{_shape_text(dataset.input_shape)}",
+                None
+                if hf is None
+                else f"{model} takes {_shape_text(shape)}: resize the data "
+                f"with ?size={shape[1]} in its spec",
             )
         shape = dataset.input_shape
     assert shape is not None and len(shape) == 3
@@ -172,6 +180,24 @@ def make_fingerprint(
     if output is not None:
         fp.save(output)
     return fp
+
+
+def _hf_defaults(
+    hf: HFFolder,
+    input_shape: Shape | None,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+) -> tuple[Shape | None, Sequence[float] | None, Sequence[float] | None]:
+    """The input shape and normalisation of a ``hf:`` owner: what the caller gave, else what
+    the folder's processor config says; without one, the caller must say (never guessed)."""
+    if not hf.processor and (mean is None or std is None):
+        raise InputError(
+            f"{hf.spec} has no preprocessor_config.json, so its input normalisation is unknown",
+            "give --mean and --std (0 and 1 for none), and --input-shape C,H,W unless "
+            "config.json has image_size",
+        )
+    shape = input_shape if input_shape is not None else hf.input_shape
+    return shape, hf.mean if mean is None else mean, hf.std if std is None else std
 
 
 # -- signature, commitment, inspection ---------------------------------------------------------
@@ -556,7 +582,7 @@ def evaluate_suite(
 def open_server(
     model: str | nn.Module,
     *,
-    input_shape: Shape,
+    input_shape: Shape | None = None,
     weights: str | Path | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
@@ -568,6 +594,8 @@ def open_server(
     trust_pickle: bool = False,
 ) -> LabelServer:
     """A bound label-only HTTP server for a model (``ipguard serve``), not yet serving.
+
+    ``input_shape`` is required except for ``hf:`` models (their processor config gives it).
 
     Call ``serve_forever()`` (e.g. in a thread), then ``shutdown()`` and ``server_close()``;
     ``server.url`` is its address (``port=0`` picks a free port). ``class_names`` makes it
@@ -582,11 +610,20 @@ def open_server(
             raise InputError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     faults = faults if faults is not None else FaultSpec()
-    module = (
-        model
-        if isinstance(model, nn.Module)
-        else load_module(model, weights, input_shape=input_shape, trust_pickle=trust_pickle)
-    )
+    module: nn.Module
+    if isinstance(model, str) and is_hf_spec(model):
+        hf = read_hf_folder(model)  # serves as its processor would: any size, normalised
+        input_shape = input_shape or hf.input_shape
+        if hf.processor and mean is None and std is None:
+            module = hf.module(preprocess=True, input_shape=input_shape)
+        else:
+            module = hf.module(preprocess=False)
+    if input_shape is None:
+        raise InputError("give --input-shape C,H,W", "e.g. --input-shape 3,32,32")
+    if isinstance(model, nn.Module):
+        module = model
+    elif not is_hf_spec(model):
+        module = load_module(model, weights, input_shape=input_shape, trust_pickle=trust_pickle)
     owner = OwnerModel(module, input_shape=input_shape, mean=mean, std=std)
     names = None
     if class_names is not None:

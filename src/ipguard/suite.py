@@ -60,7 +60,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ipguard.attacks import ATTACKS, make_attack
-from ipguard.errors import InputError
+from ipguard.errors import InputError, ModelError
+from ipguard.hf import is_hf_spec, read_hf_folder
 from ipguard.methods import METHODS, make_method
 from ipguard.nets import ARCHITECTURES
 from ipguard.surrogates import DETERMINISTIC, copy_variants
@@ -481,6 +482,12 @@ def _float(obj: Mapping[str, Any], key: str, where: str, default: float) -> floa
 
 def _arch(obj: Mapping[str, Any], where: str, default: str) -> str:
     arch = _str(obj, "arch", where, default)
+    if is_hf_spec(arch):
+        try:
+            read_hf_folder(arch)  # checked now: a bad folder fails before any training
+        except ModelError as err:
+            raise InputError(f"{where}: {err}") from None
+        return arch
     if arch not in ARCHITECTURES:
         raise InputError(
             f"{where}: unknown arch {arch!r}", f"choose one of: {', '.join(sorted(ARCHITECTURES))}"

@@ -98,7 +98,7 @@ def handle_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort):
+        except (typer.Exit, typer.Abort, typer.BadParameter):
             raise
         except IPGuardError as e:
             if _state["debug"]:
@@ -237,7 +237,8 @@ def verify(
             metavar="SUSPECT...",
             help="Suspects, each picked by its form: an http(s):// label API, a model.onnx "
             "file (run with ONNX Runtime), a TorchScript archive (.pt, .pts, .torchscript), "
-            "package.module:factory or arch:NAME (each takes the next --weights), or "
+            "package.module:factory or arch:NAME (each takes the next --weights), hf:FOLDER "
+            "(a Hugging Face image classifier, fed as its own processor config says), or "
             "package.module:function called as function(x) -> labels.",
             show_default=False,
         ),
@@ -513,8 +514,12 @@ def demo(
 def serve(
     model: ModelArg,
     input_shape: Annotated[
-        str, typer.Option("--input-shape", help="C,H,W of one input, e.g. 1,8,8.")
-    ],
+        str | None,
+        typer.Option(
+            "--input-shape",
+            help="C,H,W of one input, e.g. 1,8,8 (hf: models: from their processor config).",
+        ),
+    ] = None,
     weights: WeightsOpt = None,
     mean: MeanOpt = None,
     std: StdOpt = None,
@@ -550,11 +555,14 @@ def serve(
     from ipguard.operations import open_server
     from ipguard.serve import FaultSpec
 
+    if input_shape is None and not model.startswith("hf:"):
+        raise typer.BadParameter("required unless MODEL is hf:FOLDER", param_hint="--input-shape")
     faults = FaultSpec(
         delay=fault_delay, drop=fault_drop, http429=fault_429, http500=fault_500, seed=fault_seed
     )
     server = open_server(
-        model, input_shape=parse_shape(input_shape), weights=weights,
+        model, input_shape=None if input_shape is None else parse_shape(input_shape),
+        weights=weights,
         mean=parse_channels(mean, "--mean"), std=parse_channels(std, "--std"), host=host,
         port=port, class_names=None if class_names is None else class_names.split(","),
         threads=threads, faults=faults, trust_pickle=trust_pickle,

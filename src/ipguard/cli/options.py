@@ -86,8 +86,10 @@ ModelArg = Annotated[
     str,
     typer.Argument(
         help="The owner model: a TorchScript archive (.pt), package.module:factory with "
-        "--weights, or arch:NAME with --weights (a built-in architecture such as "
-        "arch:resnet20 or arch:resnet18; see `ipguard archs`).",
+        "--weights, arch:NAME with --weights (a built-in architecture such as "
+        "arch:resnet20 or arch:resnet18; see `ipguard archs`), or hf:FOLDER (a Hugging Face "
+        "image classifier saved with save_pretrained; input size and normalisation from its "
+        "preprocessor_config.json; needs the [hf] extra).",
         show_default=False,
     ),
 ]
