@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from transformers import (
+
+pytest.importorskip("transformers", reason="the [hf] extra is not installed")
+from transformers import (  # noqa: E402
     ResNetConfig,
     ResNetForImageClassification,
     ViTConfig,
@@ -23,6 +25,7 @@ from transformers import (
 from typer.testing import CliRunner
 
 from ipguard import InputError, ModelError, load_fingerprint, make_fingerprint, verify_suspects
+from ipguard.adapters import Preprocess
 from ipguard.cli import app
 from ipguard.evaluate import run_suite
 from ipguard.hf import HFImageClassifier, read_hf_folder
@@ -150,22 +153,36 @@ def test_a_suspect_is_fed_as_its_own_processor_says(folders: dict[str, Path],
     assert v.result.matches == int((labels == fp.labels).sum())
 
 
-def test_a_suite_with_an_hf_owner_runs_its_attacks(folders: dict[str, Path],
-                                                    tmp_path: Path) -> None:  # fmt: skip
-    toml = TINY.replace(
+def test_a_suite_with_an_hf_owner_runs_its_attacks(
+    folders: dict[str, Path], tmp_path: Path, digits: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    """The owner's architecture from an 8x8 ViT folder, on 16x16 data: inputs are resized to
+    the processor's 8x8; an edited processor config builds new models."""
+    x, y = digits
+    big = torch.nn.functional.interpolate(x, size=(16, 16), mode="bilinear")
+    data = tmp_path / "digits16.npz"
+    np.savez(data, x=(big[:, 0] * 255).round().to(torch.uint8).numpy(), y=y.numpy())
+    owner_dir = tmp_path / "owner"
+    shutil.copytree(folders["owner"], owner_dir)
+    toml = TINY.replace('spec = "digits"', f'spec = "npz:{data}"')
+    toml = toml.replace("params = {max_iter = 100}", "params = {max_iter = 300, k = 1.0}").replace(
         'arch = "digits_mlp"\nepochs = 15\nlr = 3e-3\nseed = 0',
-        f'arch = "hf:{folders["owner"]}"\nepochs = 10\nlr = 3e-3\nseed = 0',
-        1,
-    )
-    assert f"hf:{folders['owner']}" in toml
+        f'arch = "hf:{owner_dir}"\nepochs = 10\nlr = 3e-3\nseed = 0', 1,
+    )  # fmt: skip
+    assert f"hf:{owner_dir}" in toml and "npz:" in toml
     result = run_suite(parse_suite(toml, where="hf.toml"), tmp_path / "zoo")
     rates = {s.name: s for s in result.suspects}
     assert rates["owner"].matching_rate == 1.0 and rates["owner"].accuracy > 0.5
+    assert result.fingerprint.input_shape == (1, 16, 16)
     families = {s.family for s in result.suspects if s.pirated}
     assert families == {"owner", "fine-tune", "noise", "quantize"}
-    assert result.suite.owner.arch.startswith("hf:")
     again = run_suite(parse_suite(toml, where="hf.toml"), tmp_path / "zoo")
     assert again.models_built == 0  # the hf owner and its copies came back from the zoo
+    (owner_dir / "preprocessor_config.json").write_text(
+        json.dumps(dict(PROCESSOR, image_mean=[0.4]))
+    )
+    edited = run_suite(parse_suite(toml, where="hf.toml"), tmp_path / "zoo")
+    assert edited.models_built >= 4  # owner and independents: another normalisation
 
 
 @pytest.mark.parametrize(
@@ -176,6 +193,15 @@ def test_a_suite_with_an_hf_owner_runs_its_attacks(folders: dict[str, Path],
         (lambda d: _config(d, architectures=["ViTModel"]), "is not an image classifier"),
         (lambda d: _config(d, auto_map={"AutoModel": "x.Y"}), "needs code from the folder"),
         (lambda d: _pickled(d), r"only pickled weights \(pytorch_model.bin\)"),
+        (lambda d: (d / "model.safetensors").write_bytes(b"\x08\x00"), "cannot load hf:"),
+        (lambda d: _config(d, num_labels="x", id2label=None), "num_labels must be"),
+        (lambda d: _processor(d, rescale_factor=0), "rescale_factor must be a number > 0"),
+        (
+            lambda d: _processor(d, image_processor_type="MobileViTImageProcessor"),
+            "cannot replay this processor",
+        ),
+        (lambda d: _processor(d, image_mean=[float("nan")]), "image_mean must be finite"),
+        (lambda d: _headless(d), "does not fit its config.json .missing weights"),
     ],
 )
 def test_clear_errors(folders: dict[str, Path], tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -191,6 +217,21 @@ def test_clear_errors(folders: dict[str, Path], tmp_path: Path, edit, message: s
 def _config(d: Path, **changes: object) -> None:
     config = json.loads((d / "config.json").read_text())
     (d / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+def _processor(d: Path, **changes: object) -> None:
+    (d / "preprocessor_config.json").write_text(json.dumps({**PROCESSOR, **changes}))
+
+
+def _headless(d: Path) -> None:
+    """A base ViTModel's weights under a classifier's config: the head would be random."""
+    from transformers import ViTModel
+
+    base = ViTModel(ViTForImageClassification.from_pretrained(str(d)).config,
+                    add_pooling_layer=False)  # fmt: skip
+    (d / "model.safetensors").unlink()
+    base.save_pretrained(str(d))
+    _config(d, architectures=["ViTForImageClassification"])
 
 
 def _pickled(d: Path) -> None:
@@ -252,3 +293,41 @@ def test_serve_an_hf_folder_without_an_input_shape(folders: dict[str, Path]) -> 
         server.shutdown()
         server.server_close()
     assert served.matches == local.matches
+
+
+def test_half_precision_and_kernel_configs_load_as_float32_eager(
+    folders: dict[str, Path], tmp_path: Path
+) -> None:
+    d = tmp_path / "bf16"
+    model = ViTForImageClassification.from_pretrained(str(folders["owner"]))
+    save(model.to(torch.bfloat16), d)
+    _config(d, attn_implementation="kernels-community/flash-attn")  # would download code
+    loaded = read_hf_folder(d).load()
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    assert loaded.config._attn_implementation == "eager"
+    fp = make_fingerprint(f"hf:{d}", n=10, params={"max_iter": 300})
+    assert fp.points.dtype == torch.float32 and fp.n == 10
+
+
+def test_an_hf_suspect_keeps_its_own_normalisation(folders: dict[str, Path]) -> None:
+    fp = make_fingerprint(f"hf:{folders['owner']}", n=20, params={"max_iter": 300})
+    pre = Preprocess(mean=(0.3,), std=(0.9,))  # meant for other suspects: not stacked on it
+    assert (
+        verify_suspects(fp, [f"hf:{folders['owner']}"], preprocess=pre)
+        .verdicts[0]
+        .result.matching_rate
+        == 1.0
+    )
+    with pytest.raises(InputError, match="--scale, --input-dtype and --layout do not apply"):
+        verify_suspects(fp, [f"hf:{folders['owner']}"], preprocess=Preprocess(scale=255.0))
+
+
+def test_a_processor_without_a_size_takes_the_given_shape(folders: dict[str, Path],
+                                                          tmp_path: Path) -> None:  # fmt: skip
+    d = tmp_path / "nosize"
+    shutil.copytree(folders["other"], d)  # a ResNet: its config has no image_size
+    _processor(d, do_resize=False, size=None)
+    with pytest.raises(InputError, match="gives no input size"):
+        make_fingerprint(f"hf:{d}", n=5)
+    fp = make_fingerprint(f"hf:{d}", input_shape=(1, 8, 8), n=10, params={"max_iter": 300})
+    assert fp.input_shape == (1, 8, 8) and fp.preprocessing["mean"] == pytest.approx([0.5])

@@ -500,6 +500,8 @@ def suspect_kind(spec: str) -> SuspectKind:
         return "http"
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", spec):
         raise InputError(f"suspect {spec!r}: only http:// and https:// URLs are supported")
+    if is_hf_spec(spec):
+        return "hf"
     suffix = Path(spec).suffix.lower()
     if suffix == ".onnx":
         return "onnx"
@@ -507,8 +509,6 @@ def suspect_kind(spec: str) -> SuspectKind:
         return "torchscript"
     if spec.startswith("arch:"):
         return "arch"
-    if is_hf_spec(spec):
-        return "hf"
     path = Path(spec)
     if path.is_file() and zipfile.is_zipfile(path):
         return "torchscript"  # a TorchScript archive under another name
@@ -570,10 +570,19 @@ def open_suspect(
     if kind == "hf":
         folder = read_hf_folder(spec)
         if folder.processor:  # resized and normalised as its own processor does
+            pre = preprocess or Preprocess()
+            if pre.scale != 1.0 or pre.dtype != "float32" or pre.layout != "nchw":
+                raise InputError(
+                    f"--scale, --input-dtype and --layout do not apply to {spec}: it is fed "
+                    "as its preprocessor_config.json says",
+                    "verify it in a separate command",
+                )
             hf_module = folder.module(preprocess=True)
+            # its processor's mean/std, never the owner's nor --mean/--std on top of them
             return spec, TorchSuspect(
-                hf_module, preprocess, device, input_shape=shape, bounds=bounds, name=spec
-            )
+                hf_module, pre.without_normalisation(), device, input_shape=shape,
+                bounds=bounds, name=spec,
+            )  # fmt: skip
     if kind in ("onnx", "torchscript", "factory", "arch", "hf"):
         pre = preprocess or Preprocess()
         # The owner's normalisation, unless the suspect has its own or takes another value

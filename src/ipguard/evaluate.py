@@ -34,7 +34,7 @@ from ipguard.calibration import Calibration, calibrate
 from ipguard.data import load_data
 from ipguard.errors import InputError
 from ipguard.fingerprint import Fingerprint
-from ipguard.hf import is_hf_spec, read_hf_folder
+from ipguard.hf import folder_digest, is_hf_spec, read_hf_folder
 from ipguard.io import atomic_write_bytes, write_json
 from ipguard.methods import METHODS, FingerprintMethod, make_method
 from ipguard.metrics import SuiteSummary, SuspectRecord, robustness, summarise, uniqueness
@@ -213,6 +213,12 @@ def _factory(
     return partial(build_arch, arch, num_classes=num_classes, input_shape=input_shape)
 
 
+def _arch_files(arch: str) -> dict[str, str]:
+    """For a ``hf:`` architecture, its config files' digest: a cached model built from an
+    edited folder is not reused (nothing for built-in architectures: keys stay as they were)."""
+    return {"arch_files": folder_digest(arch)} if is_hf_spec(arch) else {}
+
+
 def _fmt(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
@@ -322,7 +328,7 @@ def build_suite_models(
     o = suite.owner
     owner_factory = _factory(o.arch, (c, h, w), num_classes)
     owner_spec = {"kind": "owner", "data": data_spec, "split": "owner", **o.to_dict(),
-                  "num_classes": num_classes}  # fmt: skip
+                  "num_classes": num_classes, **_arch_files(o.arch)}  # fmt: skip
     owner_key, owner = _trained(
         zoo, owner_spec, owner_factory, xo, yo, recipe=o.recipe, seed=o.seed, name="owner",
         note=note, init=0,
@@ -368,7 +374,7 @@ def build_suite_models(
             name = f"{ind.arch}-{ind.data}-data-s{seed}"
             spec = {"kind": "independent", "data": data_spec, "split": ind.data,
                     "arch": ind.arch, **ind.recipe.to_dict(), "seed": seed,
-                    "num_classes": num_classes}  # fmt: skip
+                    "num_classes": num_classes, **_arch_files(ind.arch)}  # fmt: skip
             key, module = _trained(
                 zoo, spec, factory, x, y, recipe=ind.recipe, seed=seed, name=name, note=note
             )

@@ -129,7 +129,7 @@ def make_fingerprint(
         check_output(Path(output))
     hf = read_hf_folder(model) if isinstance(model, str) and is_hf_spec(model) else None
     if hf is not None:  # the folder's processor gives the shape and normalisation
-        input_shape, mean, std = _hf_defaults(hf, input_shape, mean, std)
+        input_shape, mean, std = _hf_defaults(hf, input_shape, mean, std, need_shape=data is None)
     if data is None and input_shape is None:
         raise InputError("give --data SPEC or --input-shape C,H,W")
     dataset = load_data(data) if isinstance(data, str) else data
@@ -140,9 +140,9 @@ def make_fingerprint(
                 f"--input-shape {_shape_text(shape)} disagrees with the data's shape "
                 f"{_shape_text(dataset.input_shape)}",
                 None
-                if hf is None
-                else f"{model} takes {_shape_text(shape)}: resize the data "
-                f"with ?size={shape[1]} in its spec",
+                if hf is None or shape[0] != dataset.input_shape[0]
+                else f"{model} takes {_shape_text(shape)}: resize the data with "
+                f"?size={shape[1]} in its spec",
             )
         shape = dataset.input_shape
     assert shape is not None and len(shape) == 3
@@ -187,6 +187,8 @@ def _hf_defaults(
     input_shape: Shape | None,
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
+    *,
+    need_shape: bool = True,
 ) -> tuple[Shape | None, Sequence[float] | None, Sequence[float] | None]:
     """The input shape and normalisation of a ``hf:`` owner: what the caller gave, else what
     the folder's processor config says; without one, the caller must say (never guessed)."""
@@ -197,6 +199,12 @@ def _hf_defaults(
             "config.json has image_size",
         )
     shape = input_shape if input_shape is not None else hf.input_shape
+    if shape is None and need_shape:
+        raise InputError(
+            f"{hf.spec} gives no input size (no size in its processor config, no image_size "
+            "in config.json)",
+            "give --input-shape C,H,W",
+        )
     return shape, hf.mean if mean is None else mean, hf.std if std is None else std
 
 
@@ -611,19 +619,17 @@ def open_server(
         torch.set_num_threads(threads)
     faults = faults if faults is not None else FaultSpec()
     module: nn.Module
-    if isinstance(model, str) and is_hf_spec(model):
-        hf = read_hf_folder(model)  # serves as its processor would: any size, normalised
-        input_shape = input_shape or hf.input_shape
-        if hf.processor and mean is None and std is None:
-            module = hf.module(preprocess=True, input_shape=input_shape)
-        else:
-            module = hf.module(preprocess=False)
-    if input_shape is None:
+    if isinstance(model, str) and is_hf_spec(model):  # its shape and normalisation, as owners
+        hf = read_hf_folder(model)
+        input_shape, mean, std = _hf_defaults(hf, input_shape, mean, std)
+        module = hf.module(preprocess=False)
+    elif input_shape is None:
         raise InputError("give --input-shape C,H,W", "e.g. --input-shape 3,32,32")
-    if isinstance(model, nn.Module):
+    elif isinstance(model, nn.Module):
         module = model
-    elif not is_hf_spec(model):
+    else:
         module = load_module(model, weights, input_shape=input_shape, trust_pickle=trust_pickle)
+    assert input_shape is not None
     owner = OwnerModel(module, input_shape=input_shape, mean=mean, std=std)
     names = None
     if class_names is not None:
