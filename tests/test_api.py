@@ -50,6 +50,8 @@ def _stable(d: dict[str, Any]) -> dict[str, Any]:
     d.get("stats", {}).pop("seconds", None)
     for key in ("created", "digest", "file"):
         d.pop(key, None)
+    if d.get("calibration"):
+        d["calibration"].pop("created")
     return d
 
 
@@ -62,7 +64,7 @@ def files(tmp_path_factory: pytest.TempPathFactory, owner_module: nn.Module,
     torch.jit.save(torch.jit.script(owner_module.eval()), str(d / "owner_ts.pt"))
     fp = make_fingerprint(
         "ipguard.nets:digits_cnn", weights=d / "owner.safetensors", data="digits", n=30,
-        params=FAST, output=d / "fp.safetensors",
+        params=FAST, output=d / "fp.safetensors", calibration_models=0,
     )  # fmt: skip
     assert fp.n == 30
     return {
@@ -97,6 +99,7 @@ def test_make_fingerprint_is_the_fingerprint_command(files: dict[str, Path]) -> 
     code, out, err = cli(
         "fingerprint", "ipguard.nets:digits_cnn", "--weights", str(files["owner_w"]),
         "--data", "digits", "-n", "30", "--max-iter", "300", "-o", str(out_file), "--json",
+        "--calibration-models", "0",
     )  # fmt: skip
     assert code == 0, err
     lib, by_cli = load_fingerprint(files["fp"]), load_fingerprint(out_file)
@@ -175,7 +178,8 @@ def test_verify_suspects_with_a_calibration(files: dict[str, Path], tmp_path: Pa
     assert report.threshold == cal.threshold and report.calibration == load_calibration(cal_file)
     assert v.decision is not None and v.decision.p_value < 1e-6 and v.verdict == "pirated"
     row = v.to_dict()
-    assert row["threshold_basis"] == cal.threshold_basis and row["p_value"] == v.decision.p_value
+    assert row["threshold_basis"] == "calibration-file" and row["p_value"] == v.decision.p_value
+    assert row["calibration_rule"] == cal.threshold_basis and row["target_fpr"] == cal.target_fpr
     with pytest.raises(InputError, match="--threshold or --calibration, not both"):
         verify_suspects(fp, [str(files["owner_ts"])], calibration=cal, threshold=0.5)
     other = calibrate([3, 5, 4, 6], fp.n, fingerprint_digest="0" * 64)

@@ -149,8 +149,8 @@ def test_cli_param(tmp_path: Path, owner_module: nn.Module) -> None:
     weights = tmp_path / "owner.safetensors"
     save_file(owner_module.state_dict(), str(weights))
     out = tmp_path / "fp.safetensors"
-    base = ["fingerprint", "ipguard.nets:digits_cnn", "--weights", str(weights),
-            "--data", "digits", "-n", "20", "-o", str(out)]  # fmt: skip
+    base = ["fingerprint", "ipguard.nets:digits_cnn", "--weights", str(weights), "--data",
+            "digits", "-n", "20", "--calibration-models", "0", "-o", str(out)]  # fmt: skip
     result = runner.invoke(
         app, [*base, "--method", "pgd", "--param", "eps=0.05", "--param", "targeted=true",
               "--param", "steps=3", "--json"],

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from ipguard import load_fingerprint, metrics
 from ipguard.calibration import load_calibration
 from ipguard.cli import app
+from ipguard.errors import InputError
 
 from .test_evaluate import TINY as _TINY
 from .test_evaluate import grid_aruc
@@ -128,3 +129,28 @@ def test_evaluate_config_errors(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "colour" in result.stderr
     result = runner.invoke(app, ["evaluate", str(tmp_path / "missing.toml")])
     assert result.exit_code == 1 and "missing.toml" in result.stderr
+
+
+def test_independents_are_judged_out_of_sample(evaluated: Path) -> None:
+    """ "cleared" at the threshold fitted on the same independents is in-sample; each
+    independent is also judged at the threshold fitted on the others (leave one out)."""
+    from ipguard.calibration import calibrate
+
+    report = json.loads((evaluated / "out" / "results.json").read_text())
+    negatives = [r for r in report["suspects"] if not r["pirated"]]
+    held = report["held_out_cleared"]
+    assert set(held) == {r["name"] for r in negatives}
+    for r in negatives:
+        others = [o["matches"] for o in negatives if o is not r]
+        try:
+            target = report["suite"]["calibration"]["target_fpr"]
+            expected: bool | None = (
+                r["matching_rate"] < calibrate(others, 60, target_fpr=target).threshold
+            )
+        except InputError:
+            expected = None
+        assert held[r["name"]] == expected
+    args = ["evaluate", str(evaluated / "tiny.toml"), "--zoo", str(evaluated / "zoo")]
+    result = runner.invoke(app, [*args, "--out", str(evaluated / "out2")])
+    assert result.exit_code == 0 and "cleared (in-sample)" in result.stdout
+    assert "held out" in result.stdout

@@ -18,7 +18,7 @@ def blocks() -> list[str]:
 def test_the_page_has_the_whole_workflow() -> None:
     code = "\n".join(blocks())
     for call in ("make_fingerprint(", "sign_fingerprint(", "verify_suspects(", "open_server(",
-                 "calibrate(", "evaluate_suite("):  # fmt: skip
+                 "calibrate_fingerprint(", "evaluate_suite("):  # fmt: skip
         assert call in code, f"docs/python-api.md lost its {call} example"
 
 
@@ -31,4 +31,4 @@ def test_docs_python_api_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     printed = capsys.readouterr().out
     assert "pirate.pt: " in printed and "-> pirated" in printed and "-> not pirated" in printed
     assert (tmp_path / "owner.fp.safetensors.sig").exists()
-    assert (tmp_path / "owner.calibration.json").exists()
+    assert (tmp_path / "owner.calibrated.fp.safetensors").exists()

@@ -18,7 +18,8 @@ import csv
 import io
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -101,6 +102,11 @@ class EvaluationResult:
         stage_seconds: wall time of each stage (data, owner, attacks, independents,
             fingerprint, verification, test accuracy); training stages are near 0 when
             their models came from the zoo.
+        held_out: independent model name -> cleared (True) or flagged (False) at the
+            threshold calibrated on all *other* independents (leave-one-out), or None when
+            the others could not be calibrated. The threshold above is fitted on every
+            independent, so "cleared" at it is in-sample (by construction for the empirical
+            rule); these are the out-of-sample verdicts. Copies are never used to fit it.
     """
 
     suite: Suite
@@ -116,6 +122,7 @@ class EvaluationResult:
     seconds: float
     fingerprint: Fingerprint = field(compare=False, repr=False)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    held_out: dict[str, bool | None] = field(default_factory=dict)
 
     @property
     def positives(self) -> list[float]:
@@ -140,7 +147,16 @@ class EvaluationResult:
             "seconds": round(self.seconds, 3),
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
             "selection": self.selection(),
+            "held_out_cleared": dict(self.held_out),
         }
+
+    def held_out_cleared(self, family: str) -> tuple[int, int]:
+        """Independents of ``family`` cleared out of sample, and how many were judged."""
+        judged = [
+            self.held_out[s.name] for s in self.suspects
+            if s.family == family and self.held_out.get(s.name) is not None
+        ]  # fmt: skip
+        return sum(bool(c) for c in judged), len(judged)
 
     def selection(self) -> dict[str, Any] | None:
         """The surrogates the fingerprint was selected against (None for methods that use
@@ -505,6 +521,7 @@ def run_suite(
         cal_error = str(err)
         log.warning("no calibration: %s", err)
     threshold = cal.threshold if cal is not None else DEFAULT_THRESHOLD
+    held_out = _leave_one_out(results, fp, suite.calibration.target_fpr)
     summary = summarise([r.record() for r in results], threshold=threshold)
     return EvaluationResult(
         suite=suite,
@@ -513,6 +530,7 @@ def run_suite(
         summary=summary,
         calibration=cal,
         calibration_error=cal_error,
+        held_out=held_out,
         threshold=threshold,
         fingerprint_digest=fp.digest,
         models_built=len(zoo.built),
@@ -524,6 +542,36 @@ def run_suite(
 
 
 # --------------------------------------------------------------------------- plots
+def _leave_one_out(
+    results: list[SuspectResult], fp: Fingerprint, target_fpr: float
+) -> dict[str, bool | None]:
+    """Each independent judged at the threshold calibrated on the other independents."""
+    negatives = [r for r in results if not r.pirated]
+    out: dict[str, bool | None] = {}
+    for i, r in enumerate(negatives):
+        others = [o.matches for j, o in enumerate(negatives) if j != i]
+        try:
+            with _quiet_calibration():
+                cal = calibrate(others, fp.n, target_fpr=target_fpr)
+        except InputError:
+            out[r.name] = None
+            continue
+        out[r.name] = r.matching_rate < cal.threshold
+    return out
+
+
+@contextmanager
+def _quiet_calibration() -> Iterator[None]:
+    """calibrate() warns about overdispersion; once for the suite is enough."""
+    logger = logging.getLogger("ipguard.calibration")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _plot(result: EvaluationResult, prefix: Path) -> list[Path]:
     import matplotlib
 

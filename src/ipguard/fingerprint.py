@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ipguard import limits
-from ipguard.errors import FingerprintFileError
+from ipguard.errors import FingerprintFileError, InputError
 from ipguard.io import atomic_write_bytes
 
 __all__ = ["Fingerprint", "load_fingerprint", "FORMAT_NAME", "FORMAT_VERSION", "MAX_FILE_BYTES"]
@@ -89,6 +89,10 @@ class Fingerprint:
         stats: generation statistics (convergence, iterations, time; JSON-serialisable).
         versions: package versions that produced it.
         created: ISO-8601 UTC creation time.
+        calibration: the null model's data, or None: match counts of independent models on
+            these points and where they came from (:func:`ipguard.null.calibration_record`);
+            ``verify`` derives its threshold for a target false-positive rate from it.
+            Covered by the digest and a signature like everything else.
     """
 
     points: Tensor
@@ -103,6 +107,7 @@ class Fingerprint:
     stats: Mapping[str, Any] = field(default_factory=dict)
     versions: Mapping[str, str] = field(default_factory=current_versions)
     created: str = field(default_factory=utc_now)
+    calibration: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         # Programmer errors only: files from users are validated in load_fingerprint.
@@ -131,7 +136,7 @@ class Fingerprint:
             "stats": _dumps(dict(self.stats)),
             "versions": _dumps(dict(self.versions)),
             "created": self.created,
-        }
+        } | ({} if self.calibration is None else {"calibration": _dumps(dict(self.calibration))})
 
     @property
     def digest(self) -> str:
@@ -154,7 +159,7 @@ class Fingerprint:
             "created": self.created,
             "digest": self.digest,
             "label_counts": torch.bincount(self.labels, minlength=self.num_classes).tolist(),
-        }
+        } | ({} if self.calibration is None else {"calibration": dict(self.calibration)})
 
     def to_bytes(self) -> bytes:
         """Serialise to safetensors bytes (with the content digest in the metadata)."""
@@ -280,6 +285,15 @@ def fingerprint_from_bytes(data: bytes, where: str = "<bytes>") -> Fingerprint:
         raise _bad(where, f"labels outside 0..{num_classes - 1}")
     if not all(isinstance(v, str) for v in versions.values()):
         raise _bad(where, "versions must map names to strings")
+    calibration = None
+    if "calibration" in meta:
+        from ipguard.null import null_from_record
+
+        calibration = _json_field(meta, "calibration", dict, where)
+        try:
+            null_from_record(calibration, int(points.shape[0]), 0.01)
+        except InputError as err:
+            raise _bad(where, f"bad calibration: {err}") from None
     if _content_digest(points, labels, meta) != meta["digest"]:
         raise _bad(
             where,
@@ -298,6 +312,7 @@ def fingerprint_from_bytes(data: bytes, where: str = "<bytes>") -> Fingerprint:
         stats=stats,
         versions=versions,
         created=meta["created"],
+        calibration=calibration,
     )
 
 

@@ -23,21 +23,23 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+import torch
 from torch import nn
 
 from ipguard.adapters import Preprocess, needs_weights, open_suspect, suspect_kind
 from ipguard.calibration import CalibratedVerdict, Calibration, decide, load_calibration
 from ipguard.data import Dataset, load_data
 from ipguard.errors import InputError, IPGuardError
-from ipguard.fingerprint import Fingerprint, load_fingerprint
+from ipguard.fingerprint import Fingerprint, load_fingerprint, utc_now
 from ipguard.hf import HFFolder, is_hf_spec, read_hf_folder
 from ipguard.http_client import HTTPOptions
 from ipguard.io import check_output
 from ipguard.methods import METHODS, make_method
 from ipguard.methods.base import ProgressFn
 from ipguard.models import LabelOracle, OwnerModel, load_module
+from ipguard.null import MIN_NEGATIVES, NullModel, calibration_record, null_from_record
 from ipguard.signing import (
     CommitmentCheck,
     SignatureCheck,
@@ -46,6 +48,7 @@ from ipguard.signing import (
     load_public_key,
     signature_path,
 )
+from ipguard.surrogates import CALIBRATION_MODELS, surrogate_calibration
 from ipguard.verify import DEFAULT_THRESHOLD, VerificationResult, check_threshold, verify
 
 if TYPE_CHECKING:
@@ -55,11 +58,13 @@ if TYPE_CHECKING:
     from ipguard.sweep import SweepConfig, SweepResult
 
 __all__ = [
+    "DEFAULT_FPR",
     "DEFAULT_SWEEP_KS",
     "DEFAULT_SWEEP_NS",
     "EvaluationRun",
     "Inspection",
     "StageProgress",
+    "calibrate_fingerprint",
     "SuspectVerdict",
     "VerificationReport",
     "evaluate_suite",
@@ -74,6 +79,7 @@ Shape = tuple[int, int, int]
 StageProgress = Callable[[str, int, int], None]
 """``progress(what, done, total)``: the stage being worked on, and models done of total."""
 
+DEFAULT_FPR = 0.01
 DEFAULT_SWEEP_KS = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
 DEFAULT_SWEEP_NS = (10, 20, 50, 100, 200)
 
@@ -100,6 +106,8 @@ def make_fingerprint(
     trust_pickle: bool = False,
     output: str | Path | None = None,
     progress: ProgressFn | None = None,
+    calibration_models: int | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> Fingerprint:
     """Fingerprint an owner model, as ``ipguard fingerprint`` does.
 
@@ -119,6 +127,11 @@ def make_fingerprint(
         trust_pickle: allow a pickled whole-module file (it can run code).
         output: write the fingerprint here too (checked before any work).
         progress: called with each :class:`~ipguard.methods.base.GenerationProgress`.
+        calibration_models: how many held-out surrogate independents (the owner's
+            architecture trained on ``data`` with other seeds) calibrate the verdict; the
+            match counts are stored in the fingerprint (:mod:`ipguard.null`). None: 8 when
+            ``data`` has labels and the owner is a PyTorch module, else none. 0: none.
+        note: called with a line as each surrogate is trained or loaded.
 
     Raises:
         InputError, ModelError, GenerationError: with a one-line message and a hint.
@@ -173,13 +186,40 @@ def make_fingerprint(
     owner = OwnerModel(
         module, input_shape=owner_shape, bounds=bounds, mean=mean, std=std, device=device
     )
+    models = _calibration_models(calibration_models, dataset, module)
     fp = fp_method.generate(
         owner, n, data=dataset.x if dataset is not None else None,
         labels=dataset.y if dataset is not None else None, seed=seed, progress=progress,
     )  # fmt: skip
+    if models:
+        assert dataset is not None and dataset.y is not None
+        record = surrogate_calibration(
+            owner, fp, dataset.x, dataset.y, models=models, note=note or (lambda _t: None)
+        )
+        fp = dataclasses.replace(fp, calibration=record)
     if output is not None:
         fp.save(output)
     return fp
+
+
+def _calibration_models(asked: int | None, dataset: Dataset | None, module: nn.Module) -> int:
+    """How many surrogate independents calibrate a new fingerprint (checked before work)."""
+    possible = (
+        dataset is not None
+        and dataset.y is not None
+        and not isinstance(module, torch.jit.ScriptModule)
+    )
+    if asked is None:
+        return CALIBRATION_MODELS if possible else 0
+    if asked < 0 or 0 < asked < MIN_NEGATIVES:
+        raise InputError(f"--calibration-models must be 0 or >= {MIN_NEGATIVES}, got {asked}")
+    if asked and not possible:
+        raise InputError(
+            "calibration trains surrogate independents: it needs --data with labels and the "
+            "owner as package.module:factory or arch:NAME with --weights",
+            "or calibrate later: ipguard calibrate FP --independents ...",
+        )
+    return asked
 
 
 def _hf_defaults(
@@ -253,11 +293,30 @@ def inspect_fingerprint(path: str | Path, *, pubkey: str | Path | None = None) -
 
 
 # -- verify ------------------------------------------------------------------------------------
+ThresholdBasis = Literal[
+    "calibrated-in-fingerprint", "calibration-file", "user", "uncalibrated-default"
+]
+
+
 @dataclass(frozen=True)
 class SuspectVerdict:
-    """One suspect's verdict, with the calibrated decision when a calibration was used."""
+    """One suspect's verdict and what its threshold rests on.
+
+    Attributes:
+        result: matches, matching rate, threshold and verdict.
+        threshold_basis: ``calibrated-in-fingerprint`` (the fingerprint's null model, for
+            ``target_fpr``), ``calibration-file`` (a file from ``ipguard evaluate``),
+            ``user`` (``--threshold``) or ``uncalibrated-default`` (0.8, no error rate).
+        target_fpr: the false-positive rate the threshold is for, where there is one.
+        p_value: the chance that an independent model matches this often, where there is
+            a null model.
+        decision: with a calibration file, its full decision (interval, rule, check).
+    """
 
     result: VerificationResult
+    threshold_basis: ThresholdBasis = "uncalibrated-default"
+    target_fpr: float | None = None
+    p_value: float | None = None
     decision: CalibratedVerdict | None = None
 
     @property
@@ -266,14 +325,16 @@ class SuspectVerdict:
 
     def to_dict(self) -> dict[str, Any]:
         """The suspect's row of ``ipguard verify --json`` (without the evidence fields)."""
-        row = self.result.to_dict()
+        row = self.result.to_dict() | {"threshold_basis": self.threshold_basis}
+        if self.target_fpr is not None:
+            row["target_fpr"] = self.target_fpr
+        if self.p_value is not None:
+            row["p_value"] = self.p_value
         if self.decision is not None:
             d = self.decision
             row |= {
-                "p_value": d.p_value,
                 "matching_rate_ci": list(d.matching_rate_ci),
-                "threshold_basis": d.threshold_basis,
-                "target_fpr": d.target_fpr,
+                "calibration_rule": d.threshold_basis,
                 "assumption_ok": d.assumption_ok,
             }
         return row
@@ -287,19 +348,71 @@ class VerificationReport:
         fingerprint: the fingerprint that was used.
         verdicts: one per suspect, in the order given (specs first, then adapters).
         evidence: ``fingerprint_digest``, and ``signature`` / ``commitment`` when checked.
-        calibration: the calibration the threshold came from, or None.
         threshold: the matching rate at or above which a suspect is judged pirated.
+        threshold_basis, target_fpr: what the threshold rests on (see :class:`SuspectVerdict`).
+        calibration: the calibration file's calibration, or None.
+        null: the fingerprint's null model (``calibrated-in-fingerprint``), or None.
     """
 
     fingerprint: Fingerprint
     verdicts: tuple[SuspectVerdict, ...]
     evidence: dict[str, Any]
-    calibration: Calibration | None
     threshold: float
+    threshold_basis: ThresholdBasis
+    target_fpr: float | None = None
+    calibration: Calibration | None = None
+    null: NullModel | None = None
 
     def to_dicts(self) -> list[dict[str, Any]]:
         """One JSON object per suspect, as ``ipguard verify --json`` prints them."""
         return [{**v.to_dict(), **self.evidence} for v in self.verdicts]
+
+
+@dataclass(frozen=True)
+class _Rule:
+    threshold: float
+    basis: ThresholdBasis
+    target_fpr: float | None = None
+    calibration: Calibration | None = None
+    null: NullModel | None = None
+
+
+def _rule(
+    fp: Fingerprint,
+    threshold: float | None,
+    calibration: str | Path | Calibration | None,
+    fpr: float | None,
+) -> _Rule:
+    """Where the threshold comes from: --threshold, a calibration file, the fingerprint's
+    own calibration (for ``fpr``, default 1%), or the uncalibrated default, in that order."""
+    if calibration is not None:
+        if fpr is not None:
+            raise InputError(
+                "--fpr does not apply with --calibration (the file has its own target)"
+            )
+        cal = _calibration_for(calibration, fp, threshold)
+        return _Rule(check_threshold(cal.threshold), "calibration-file", cal.target_fpr, cal)
+    if threshold is not None:
+        if fpr is not None:
+            raise InputError("give --threshold or --fpr, not both")
+        return _Rule(check_threshold(threshold), "user")
+    if fp.calibration is not None:
+        target = DEFAULT_FPR if fpr is None else fpr
+        null = null_from_record(fp.calibration, fp.n, target)
+        if not null.reachable:
+            raise InputError(
+                f"no matching rate reaches a false-positive rate of {target:g} with {fp.n} "
+                f"points under the fingerprint's calibration",
+                "give a larger --fpr (e.g. 0.05), use a fingerprint with more points, or "
+                "--threshold",
+            )
+        return _Rule(null.threshold, "calibrated-in-fingerprint", target, null=null)
+    if fpr is not None:
+        raise InputError(
+            "--fpr needs a calibrated fingerprint, and this one has none",
+            "ipguard calibrate FP --independents MODEL ... (or fingerprint with --data TRAIN)",
+        )
+    return _Rule(DEFAULT_THRESHOLD, "uncalibrated-default")
 
 
 def _calibration_for(
@@ -381,6 +494,7 @@ def verify_suspects(
     adapters: Sequence[str] = (),
     threshold: float | None = None,
     calibration: str | Path | Calibration | None = None,
+    fpr: float | None = None,
     preprocess: Preprocess | None = None,
     http: Mapping[str, Any] | HTTPOptions | None = None,
     pubkey: str | Path | None = None,
@@ -400,10 +514,14 @@ def verify_suspects(
             or ``package.module:function`` returning labels.
         weights: one weights file per factory or ``arch:`` suspect, in order.
         adapters: ``package.module:function`` suspects called as ``function(x) -> labels``.
-        threshold: the matching rate at or above which a suspect is judged pirated (default
-            :data:`~ipguard.verify.DEFAULT_THRESHOLD`); not together with ``calibration``.
+        threshold: the matching rate at or above which a suspect is judged pirated; not
+            together with ``calibration`` or ``fpr``.
         calibration: a calibration file from ``ipguard evaluate`` (or a loaded one): its
             threshold decides, and each verdict gets a p-value.
+        fpr: the target false-positive rate of the fingerprint's own calibration (default
+            1%). Without ``threshold``, ``calibration`` or a calibrated fingerprint the
+            threshold is :data:`~ipguard.verify.DEFAULT_THRESHOLD`, with no error rate
+            (``threshold_basis`` says which).
         preprocess: what the suspects expect (size, scale, mean/std, layout, dtype); local
             models get the owner's recorded mean/std unless it says otherwise.
         http: :class:`~ipguard.http_client.HTTPOptions`, or a mapping of its fields (None
@@ -420,10 +538,8 @@ def verify_suspects(
             gives answers that cannot be compared.
     """
     fp, evidence = _evidence(fingerprint, pubkey, commitment)
-    cal = _calibration_for(calibration, fp, threshold) if calibration is not None else None
-    tau = check_threshold(
-        cal.threshold if cal is not None else DEFAULT_THRESHOLD if threshold is None else threshold
-    )
+    rule = _rule(fp, threshold, calibration, fpr)
+    tau = rule.threshold
     specs, weight_list = list(suspects), list(weights)
     if not specs and not adapters:
         raise InputError(
@@ -461,12 +577,116 @@ def verify_suspects(
     verdicts = []
     for name, oracle in oracles:
         r = verify(fp, oracle, threshold=tau, name=name, batch_size=batch_size)
-        decision = None
-        if cal is not None:
-            decision = decide(cal, r.matches, r.n, fingerprint_digest=fp.digest)
+        decision, p_value = None, None
+        if rule.calibration is not None:
+            decision = decide(rule.calibration, r.matches, r.n, fingerprint_digest=fp.digest)
             assert decision.verdict == r.verdict  # same threshold, same rule
-        verdicts.append(SuspectVerdict(r, decision))
-    return VerificationReport(fp, tuple(verdicts), evidence, cal, tau)
+            p_value = decision.p_value
+        elif rule.null is not None:
+            p_value = rule.null.p_value(r.matches)
+        verdicts.append(SuspectVerdict(r, rule.basis, rule.target_fpr, p_value, decision))
+    return VerificationReport(
+        fp, tuple(verdicts), evidence, tau, rule.basis, rule.target_fpr, rule.calibration,
+        rule.null,
+    )  # fmt: skip
+
+
+# -- calibrate ---------------------------------------------------------------------------------
+def calibrate_fingerprint(
+    fingerprint: str | Path | Fingerprint,
+    *,
+    independents: Sequence[str] = (),
+    weights: Sequence[str | Path] = (),
+    model: str | nn.Module | None = None,
+    model_weights: str | Path | None = None,
+    data: str | Dataset | None = None,
+    models: int = CALIBRATION_MODELS,
+    confidence: float = 0.95,
+    preprocess: Preprocess | None = None,
+    http: Mapping[str, Any] | HTTPOptions | None = None,
+    device: str = "cpu",
+    trust_pickle: bool = False,
+    output: str | Path | None = None,
+    note: Callable[[str], None] | None = None,
+) -> Fingerprint:
+    """Put a calibration into a fingerprint (``ipguard calibrate``); its points stay as they are.
+
+    Either ``independents``, suspect specs of models the owner trusts to be independent
+    (opened and queried as :func:`verify_suspects` does; at least 3), or ``data``, the
+    owner's labelled training data, with ``model`` and ``model_weights`` (the owner, whose
+    weights must be the ones the fingerprint was made from): ``models`` held-out surrogate
+    independents are then trained on it (:func:`ipguard.surrogates.surrogate_calibration`).
+    Returns the new fingerprint (new digest: sign it again) and writes it to ``output``.
+    """
+    if output is not None:
+        check_output(Path(output))
+        if (
+            isinstance(fingerprint, str | Path)
+            and Path(output).resolve() == Path(fingerprint).resolve()
+        ):
+            raise InputError(
+                "the calibrated fingerprint must go to a new file", "give another -o path"
+            )
+    if bool(independents) == (data is not None):
+        raise InputError("give either independent models or --data TRAIN (with the owner)")
+    fp = fingerprint if isinstance(fingerprint, Fingerprint) else load_fingerprint(fingerprint)
+    if independents:
+        report = verify_suspects(
+            fp, independents, weights=weights, threshold=DEFAULT_THRESHOLD,
+            preprocess=preprocess, http=http, device=device, trust_pickle=trust_pickle,
+        )  # fmt: skip
+        record = calibration_record(
+            [v.result.matches for v in report.verdicts], fp.n, source="trusted-independents",
+            independents=list(independents), confidence=confidence, created=utc_now(),
+        )  # fmt: skip
+    else:
+        record = _surrogate_record(fp, model, model_weights, data, models, confidence, note,
+                                   device, trust_pickle)  # fmt: skip
+    calibrated = dataclasses.replace(fp, calibration=record)
+    if output is not None:
+        calibrated.save(output)
+    return calibrated
+
+
+def _surrogate_record(
+    fp: Fingerprint, model: str | nn.Module | None, model_weights: str | Path | None,
+    data: str | Dataset | None, models: int, confidence: float,
+    note: Callable[[str], None] | None, device: str, trust_pickle: bool,
+) -> dict[str, Any]:  # fmt: skip
+    if model is None:
+        raise InputError(
+            "--data trains surrogate independents of the owner: give the owner too",
+            "--model SPEC --model-weights FILE",
+        )
+    dataset = load_data(data) if isinstance(data, str) else data
+    assert dataset is not None
+    if dataset.y is None:
+        raise InputError("calibration data needs labels", "give a data spec with labels")
+    if dataset.input_shape != fp.input_shape:
+        raise InputError(
+            f"the data's shape {_shape_text(dataset.input_shape)} is not the fingerprint's "
+            f"{_shape_text(fp.input_shape)}"
+        )
+    module = (
+        model
+        if isinstance(model, nn.Module)
+        else load_module(
+            model, model_weights, input_shape=fp.input_shape, trust_pickle=trust_pickle
+        )  # fmt: skip
+    )
+    owner = OwnerModel(
+        module, input_shape=fp.input_shape, bounds=fp.bounds, mean=fp.preprocessing["mean"],
+        std=fp.preprocessing["std"], device=device,
+    )  # fmt: skip
+    if owner.sha256() != fp.owner_sha256:
+        raise InputError(
+            "these are not the owner weights the fingerprint was made from",
+            "give the owner's own --model-weights",
+        )
+    return surrogate_calibration(
+        owner, fp, dataset.x, dataset.y, models=models, confidence=confidence,
+        note=note or (lambda _t: None),
+    )  # fmt: skip
 
 
 # -- evaluate ----------------------------------------------------------------------------------

@@ -42,12 +42,15 @@ from ipguard.attacks import ATTACKS, PirateData, make_attack
 from ipguard.attacks._student import SAME_ARCH, reinitialised
 from ipguard.attacks.base import model_device
 from ipguard.errors import InputError
+from ipguard.fingerprint import Fingerprint
 from ipguard.models import OwnerModel, weights_sha256
 from ipguard.nets import build_arch
 from ipguard.train import Recipe, seeded, train
 from ipguard.zoo import ModelZoo, zoo_key
 
 __all__ = [
+    "CALIBRATION_MODELS",
+    "surrogate_calibration",
     "COPY_ATTACKS",
     "DETERMINISTIC",
     "InputMap",
@@ -313,3 +316,44 @@ def _train_independent(
     module = reinitialised(base, init) if arch == SAME_ARCH else seeded(factory, init)
     device = model_device(base)
     return train(module, x01, y, recipe, seed=seed, checkpoint=checkpoint, device=device)
+
+
+# -- calibration: held-out surrogate independents --------------------------------------------
+CALIBRATION_MODELS = 8
+CALIBRATION_SEED = 2001  # ipguard-select's independents use 1001.., so these stay held out
+
+
+def surrogate_calibration(
+    owner: OwnerModel,
+    fingerprint: Fingerprint,
+    x: Tensor,
+    y: Tensor,
+    *,
+    models: int = CALIBRATION_MODELS,
+    confidence: float = 0.95,
+    recipe: Recipe | None = None,
+    cache: str | Path | None = None,
+    note: Callable[[str], None] = lambda _text: None,
+) -> dict[str, Any]:
+    """The calibration record of ``fingerprint`` from ``models`` surrogate independents: the
+    owner's architecture re-initialised and trained on the owner's data ``(x, y)`` with seeds
+    from :data:`CALIBRATION_SEED`, which no method uses to choose points (held out). Cached
+    like every surrogate. See :func:`ipguard.null.calibration_record`."""
+    from ipguard.fingerprint import utc_now
+    from ipguard.null import MIN_NEGATIVES, calibration_record
+
+    if models < MIN_NEGATIVES:
+        raise InputError(f"calibration needs at least {MIN_NEGATIVES} models, got {models}")
+    seeds = tuple(range(CALIBRATION_SEED, CALIBRATION_SEED + models))
+    suite = build_surrogates(
+        owner, x, y, attacks=(), archs=(SAME_ARCH,), seeds=seeds, recipe=recipe, cache=cache,
+        note=note,
+    )  # fmt: skip
+    low, high = fingerprint.bounds
+    x01 = ((fingerprint.points - low) / (high - low)).clamp(0.0, 1.0)
+    counts = (suite.predict(x01) == fingerprint.labels).sum(dim=1)
+    return calibration_record(
+        counts.numpy(), fingerprint.n, source="surrogate-independents",
+        independents=[m.name for m in suite.independents], confidence=confidence,
+        created=utc_now(),
+    )  # fmt: skip

@@ -23,6 +23,7 @@ from rich.table import Table
 from ipguard.cli.options import (
     AuthEnvOpt,
     BudgetOpt,
+    CalibrationModelsOpt,
     ChannelOrderArg,
     ChannelOrderOpt,
     ClassNamesOpt,
@@ -193,6 +194,7 @@ def fingerprint(
         ),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of all randomness.")] = 0,
+    calibration_models: CalibrationModelsOpt = None,
     bounds: Annotated[str, typer.Option("--bounds", help="Valid input range low,high.")] = "0,1",
     mean: MeanOpt = None,
     std: StdOpt = None,
@@ -220,6 +222,7 @@ def fingerprint(
             mean=parse_channels(mean, "--mean"), std=parse_channels(std, "--std"),
             device=device, trust_pickle=trust_pickle, output=output,
             progress=lambda p: bar(p.converged, generation_note(p)),
+            calibration_models=calibration_models, note=lambda text: bar(n, text),
         )  # fmt: skip
         bar(n, "done")
     print_fingerprint(fp, output, as_json)
@@ -264,8 +267,10 @@ def verify(
         float | None,
         typer.Option(
             "--threshold",
-            help="Matching rate at or above which a suspect is judged pirated "
-            f"(default {DEFAULT_THRESHOLD:g}; see docs/defaults.md)",
+            help="Matching rate at or above which a suspect is judged pirated. Default: the "
+            "fingerprint's calibration for --fpr, or "
+            f"{DEFAULT_THRESHOLD:g} for an uncalibrated fingerprint (no error rate; "
+            "docs/defaults.md).",
         ),
     ] = None,
     mean: MeanOpt = None,
@@ -278,7 +283,17 @@ def verify(
             "--calibration",
             metavar="FILE",
             help="A calibration file from ipguard evaluate: decide with its threshold (for a "
-            "target false-positive rate) and give each suspect a p-value.",
+            "target false-positive rate) and give each suspect a p-value. Wins over the "
+            "fingerprint's own calibration.",
+        ),
+    ] = None,
+    fpr: Annotated[
+        float | None,
+        typer.Option(
+            "--fpr",
+            help="Target false-positive rate of the fingerprint's own calibration (default "
+            "0.01): the threshold is the lowest matching rate an independent model reaches "
+            "with at most this probability (docs/evaluation.md).",
         ),
     ] = None,
     as_json: Annotated[
@@ -336,11 +351,84 @@ def verify(
     )  # fmt: skip
     report = verify_suspects(
         fingerprint_file, suspects or [], weights=weights or [], adapters=adapter or [],
-        threshold=threshold, calibration=calibration, preprocess=preprocess, http=http,
+        threshold=threshold, calibration=calibration, fpr=fpr, preprocess=preprocess, http=http,
         pubkey=pubkey, commitment=commitment, device=device, batch_size=batch_size,
         trust_pickle=trust_pickle,
     )  # fmt: skip
     print_verification(report, fingerprint_file, as_json)
+
+
+@app.command()
+@handle_errors
+def calibrate(
+    fingerprint_file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="A fingerprint file.", show_default=False)
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "-o", "--output", help="Where to write the calibrated fingerprint.", show_default=False
+        ),
+    ],
+    models: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="INDEPENDENT...",
+            help="Models you trust to be independent of yours, in any suspect form (a file, "
+            "package.module:factory or arch:NAME with --weights, hf:FOLDER, a URL); at "
+            "least 3, 10 or more advised.",
+            show_default=False,
+        ),
+    ] = None,
+    independents: Annotated[
+        list[str] | None,
+        typer.Option("--independents", metavar="MODEL", help="The same as INDEPENDENT..."),
+    ] = None,
+    weights: Annotated[
+        list[Path] | None,
+        typer.Option("--weights", metavar="FILE", help="Weights of each factory independent."),
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            help="Instead of independents: your labelled training data; surrogate "
+            "independents of your model are trained on it (needs --model).",
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="With --data: your model (package.module:factory or "
+            "arch:NAME with --model-weights).",
+        ),
+    ] = None,
+    model_weights: Annotated[
+        Path | None, typer.Option("--model-weights", help="With --data: your model's weights.")
+    ] = None,
+    calibration_models: CalibrationModelsOpt = None,
+    device: DeviceOpt = "cpu",
+    as_json: JsonOpt = False,
+    trust_pickle: TrustPickleOpt = False,
+) -> None:
+    """Calibrate a fingerprint: store how often independent models match it, so that verify
+    states the false-positive rate of its verdicts. The points are unchanged; the new file
+    has a new digest (sign it again).
+
+    Example: ipguard calibrate owner.fp.safetensors other1.onnx other2.onnx other3.onnx
+    -o owner.calibrated.fp.safetensors
+    """
+    from ipguard.operations import calibrate_fingerprint
+
+    with progress("calibrating", 1) as bar:
+        fp = calibrate_fingerprint(
+            fingerprint_file, independents=[*(models or []), *(independents or [])],
+            weights=weights or [], data=data, model=model, model_weights=model_weights,
+            models=8 if calibration_models is None else calibration_models, device=device,
+            trust_pickle=trust_pickle, output=output, note=lambda text: bar(0, text),
+        )  # fmt: skip
+    print_fingerprint(fp, output, as_json)
 
 
 @app.command()

@@ -291,3 +291,14 @@ PassphraseEnvOpt = Annotated[
         "key's passphrase (never on the command line).",
     ),
 ]  # fmt: skip
+
+
+CalibrationModelsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--calibration-models", metavar="K", help="Train K surrogate independents (the "
+        "owner's architecture on --data, other seeds; cached) and store their matches as the "
+        "fingerprint's calibration, so verify states its false-positive rate. Default: 8 "
+        "when --data has labels and the owner is a factory or arch:NAME; 0: none.",
+    ),
+]  # fmt: skip

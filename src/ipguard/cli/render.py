@@ -138,6 +138,21 @@ def print_fingerprint(fp: Fingerprint, output: Path, as_json: bool) -> None:
             f"{stats['successes']} of {fp.n} points ({100 * stats['success_rate']:.1f}%)",
         )
     table.add_row("time", f"{stats.get('seconds', 0):.2f} s")
+    if fp.calibration is not None:
+        from ipguard.null import null_from_record
+
+        counts = fp.calibration["negative_matches"]
+        null = null_from_record(fp.calibration, fp.n, 0.01)
+        at = (
+            f"verify's threshold at 1% FPR: {null.threshold:.2f}"
+            if null.reachable
+            else f"1% FPR is out of reach with {fp.n} points (use more, or verify --fpr)"
+        )
+        table.add_row(
+            "calibration",
+            f"{len(counts)} {fp.calibration['source']}, matches {min(counts)}-{max(counts)} "
+            f"of {fp.n}; {at}",
+        )
     table.add_row("owner weights sha256", fp.owner_sha256)
     table.add_row("digest", fp.digest)
     out.print(table)
@@ -176,13 +191,14 @@ def print_verification(report: VerificationReport, path: Path, as_json: bool) ->
         for row in rows:
             print_json(row)
         return
-    fp, cal = report.fingerprint, report.calibration
+    fp = report.fingerprint
+    with_p = any(v.p_value is not None for v in report.verdicts)
     table = Table(
         title=escape(f"fingerprint {path} (digest {fp.digest[:16]}...)"),
         caption=escape(_evidence_caption(report.evidence)),
     )
     cols = ["suspect", "matches", "matching rate", "threshold", "verdict"]
-    if cal is not None:
+    if with_p:
         cols.insert(4, "p-value")
     for col in cols:
         table.add_column(col, justify="left" if col in ("suspect", "verdict") else "right")
@@ -192,18 +208,38 @@ def print_verification(report: VerificationReport, path: Path, as_json: bool) ->
             escape(row["suspect"]), f"{row['matches']}/{row['n']}",
             f"{row['matching_rate']:.3f}", f"{row['threshold']:.3f}",
         ]  # fmt: skip
-        if cal is not None:
+        if with_p:
             cells.append(f"{row['p_value']:.2g}")
         table.add_row(*cells, f"[{style}]{row['verdict']}[/]")
     out.print(table)
+    err.print(threshold_note(report), soft_wrap=True)
+
+
+def threshold_note(report: VerificationReport) -> str:
+    """One line on what the threshold rests on (stderr, beside the table)."""
+    cal, null, t = report.calibration, report.null, report.threshold
     if cal is not None:
         basis = "binomial null model" if cal.assumption_ok else "empirical quantile"
-        err.print(
+        return (
             f"threshold {cal.threshold:.3f} for a false-positive rate <= {cal.target_fpr:g} "
             f"({basis}, from {cal.n_negatives} independent models)"
             + ("" if cal.assumption_ok else "; p-values assume independent points and are "
                "too small here (overdispersion)")
         )  # fmt: skip
+    if null is not None:
+        source = (report.fingerprint.calibration or {}).get("source", "independents")
+        return (
+            f"threshold {t:.3f} for a false-positive rate <= {null.target_fpr:g} with "
+            f"{null.confidence:.0%} confidence (calibrated in the fingerprint: beta-binomial "
+            f"null from {len(null.negative_matches)} {source})"
+        )
+    if report.threshold_basis == "user":
+        return f"threshold {t:.3f} from --threshold: no stated false-positive rate"
+    return (
+        f"uncalibrated: threshold {t:.3f} is a fixed cut-off with no stated false-positive "
+        "rate; calibrate with: ipguard calibrate FP INDEPENDENT... -o FP2 (or fingerprint "
+        "with --data TRAIN)"
+    )
 
 
 # -- evaluate ----------------------------------------------------------------------------------
@@ -253,16 +289,21 @@ def print_evaluation(result: EvaluationResult) -> None:
     )  # fmt: skip
     out.print(table)
     neg = Table(title="independent models (should not match)")
-    for col in ("family", "models", "MR mean", "MR max", "cleared"):
+    neg.caption = (
+        "cleared (in-sample): at the threshold fitted on these same models; held out: each "
+        "at the threshold fitted on the others"
+    )
+    for col in ("family", "models", "MR mean", "MR max", "cleared (in-sample)", "held out"):
         neg.add_column(col, justify="left" if col == "family" else "right")
     for family, stats in summary.independent_families.items():
         cleared = sum(
             1 for s in result.suspects
             if s.family == family and s.matching_rate < result.threshold
         )  # fmt: skip
+        held, judged = result.held_out_cleared(family)
         neg.add_row(
             escape(family), str(stats.n), f"{stats.mean:.2f}", f"{stats.max:.2f}",
-            f"{cleared}/{stats.n}",
+            f"{cleared}/{stats.n}", f"{held}/{judged}" if judged else "-",
         )  # fmt: skip
     out.print(neg)
     interval = o.separating_interval

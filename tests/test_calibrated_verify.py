@@ -1,0 +1,176 @@
+"""A verdict that states its error rate: the calibration travels in the fingerprint (made at
+fingerprint time from held-out surrogate independents, or by `ipguard calibrate` from models
+the owner trusts), and every verdict says what its threshold rests on."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from typer.testing import CliRunner
+
+from ipguard import calibrate_fingerprint, load_fingerprint, verify_suspects
+from ipguard.cli import app
+from ipguard.errors import FingerprintFileError, InputError
+from ipguard.nets import digits_cnn
+from ipguard.null import null_from_record
+from ipguard.train import seeded, train_classifier
+
+runner = CliRunner()
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def rows(out: str) -> dict[str, dict]:  # type: ignore[type-arg]
+    return {Path(r["suspect"]).name: r for r in map(json.loads, out.strip().splitlines())}
+
+
+@pytest.fixture(scope="module")
+def env(
+    tmp_path_factory: pytest.TempPathFactory,
+    owner_module: nn.Module,
+    other_module: nn.Module,
+    digits: tuple[torch.Tensor, torch.Tensor],
+) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("calibrated")
+    x, y = digits
+    save_file(owner_module.state_dict(), str(d / "owner.safetensors"))
+    copy_ = train_classifier(copy.deepcopy(owner_module), x[900:1000], y[900:1000], epochs=1,
+                             lr=1e-5, seed=3)  # fmt: skip
+    torch.jit.save(torch.jit.script(copy_.eval()), str(d / "copy.pt"))
+    torch.jit.save(torch.jit.script(other_module.eval()), str(d / "other.pt"))
+    for seed in (21, 22, 23, 24):  # models the owner trusts: other data, other seeds
+        m = train_classifier(seeded(digits_cnn, seed), x[1350:], y[1350:], epochs=15, seed=seed)
+        torch.jit.save(torch.jit.script(m.eval()), str(d / f"indep{seed}.pt"))
+    code, out, err = cli(
+        "fingerprint", "ipguard.nets:digits_cnn", "--weights", str(d / "owner.safetensors"),
+        "--data", "digits", "-n", "100", "-o", str(d / "fp.safetensors"), "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    (d / "fp.json").write_text(out)
+    return {"dir": d, "fp": d / "fp.safetensors", "owner_w": d / "owner.safetensors"}
+
+
+def test_fingerprinting_with_data_calibrates_from_held_out_surrogates(
+    env: dict[str, Path],
+) -> None:
+    summary = json.loads((env["dir"] / "fp.json").read_text())
+    cal = summary["calibration"]
+    assert cal["source"] == "surrogate-independents" and cal["model"] == "beta-binomial"
+    assert len(cal["negative_matches"]) == 8 and all(0 <= m <= 100 for m in cal["negative_matches"])
+    # held out: seeds no selection method uses (ipguard-select's independents are 1001..)
+    assert cal["independents"] == [f"same-s{s}" for s in range(2001, 2009)]
+    assert load_fingerprint(env["fp"]).calibration == cal
+
+
+def test_verify_decides_at_the_calibrated_threshold_two_sided(env: dict[str, Path]) -> None:
+    d = env["dir"]
+    code, out, err = cli("verify", str(env["fp"]), str(d / "copy.pt"), str(d / "other.pt"),
+                         "--json")  # fmt: skip
+    assert code == 0, err
+    r = rows(out)
+    fp = load_fingerprint(env["fp"])
+    null = null_from_record(fp.calibration, fp.n, 0.01)
+    for row in r.values():
+        assert row["threshold_basis"] == "calibrated-in-fingerprint"
+        assert row["target_fpr"] == 0.01 and row["threshold"] == null.threshold
+        assert row["p_value"] == pytest.approx(null.p_value(row["matches"]))
+    assert r["copy.pt"]["verdict"] == "pirated" and r["copy.pt"]["p_value"] <= 0.01
+    assert r["other.pt"]["verdict"] == "not pirated" and r["other.pt"]["p_value"] > 0.01
+    code, out, err = cli("verify", str(env["fp"]), str(d / "copy.pt"))
+    assert code == 0 and "p-value" in out
+    assert "for a false-positive rate <= 0.01 with 95% confidence" in err
+    assert "8 surrogate-independents" in err
+
+
+def test_fpr_moves_the_threshold(env: dict[str, Path]) -> None:
+    fp = load_fingerprint(env["fp"])
+    loose = verify_suspects(fp, [str(env["dir"] / "other.pt")], fpr=0.2)
+    strict = verify_suspects(fp, [str(env["dir"] / "other.pt")], fpr=0.02)
+    assert loose.threshold < strict.threshold
+    with pytest.raises(InputError, match="no matching rate reaches a false-positive rate"):
+        verify_suspects(fp, [str(env["dir"] / "other.pt")], fpr=1e-9)
+    assert loose.threshold == null_from_record(fp.calibration, fp.n, 0.2).threshold
+    assert loose.verdicts[0].target_fpr == 0.2
+
+
+def test_threshold_and_uncalibrated_bases(env: dict[str, Path], tmp_path: Path) -> None:
+    d = env["dir"]
+    code, out, err = cli("verify", str(env["fp"]), str(d / "other.pt"), "--threshold", "0.5",
+                         "--json")  # fmt: skip
+    row = json.loads(out)
+    assert code == 0 and row["threshold_basis"] == "user" and row["threshold"] == 0.5
+    assert "p_value" not in row and "target_fpr" not in row
+    code, _, err = cli("verify", str(env["fp"]), str(d / "other.pt"), "--threshold", "0.5",
+                       "--fpr", "0.05")  # fmt: skip
+    assert code == 1 and "--threshold or --fpr, not both" in err
+    bare = tmp_path / "bare.safetensors"
+    code, _, err = cli(
+        "fingerprint", "ipguard.nets:digits_cnn", "--weights", str(env["owner_w"]), "--data",
+        "digits", "-n", "20", "--calibration-models", "0", "-o", str(bare),
+    )  # fmt: skip
+    assert code == 0, err
+    code, out, err = cli("verify", str(bare), str(d / "other.pt"), "--json")
+    row = json.loads(out)
+    assert row["threshold_basis"] == "uncalibrated-default" and row["threshold"] == 0.8
+    code, out, err = cli("verify", str(bare), str(d / "other.pt"))
+    assert err.startswith("uncalibrated:") and "ipguard calibrate" in err
+    code, _, err = cli("verify", str(bare), str(d / "other.pt"), "--fpr", "0.05")
+    assert code == 1 and "needs a calibrated fingerprint" in err
+
+
+def test_calibrate_with_trusted_independents(env: dict[str, Path], tmp_path: Path) -> None:
+    d = env["dir"]
+    indeps = [str(d / f"indep{s}.pt") for s in (21, 22, 23, 24)]
+    out_file = tmp_path / "trusted.safetensors"
+    code, out, err = cli("calibrate", str(env["fp"]), indeps[0], indeps[1],
+                         "--independents", indeps[2], "--independents", indeps[3],
+                         "-o", str(out_file), "--json")  # fmt: skip
+    assert code == 0, err
+    old, new = load_fingerprint(env["fp"]), load_fingerprint(out_file)
+    assert torch.equal(old.points, new.points) and torch.equal(old.labels, new.labels)
+    assert new.digest != old.digest and json.loads(out)["digest"] == new.digest
+    cal = new.calibration
+    assert cal is not None and cal["source"] == "trusted-independents"
+    assert cal["independents"] == indeps
+    measured = verify_suspects(old, indeps, threshold=0.5)
+    assert cal["negative_matches"] == [v.result.matches for v in measured.verdicts]
+    # the calibration is covered by the digest: an edited count is refused on load
+    with safe_open(str(out_file), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    edited = json.loads(meta["calibration"])
+    edited["negative_matches"] = [0] * len(edited["negative_matches"])  # "no one ever matches"
+    meta["calibration"] = json.dumps(edited, sort_keys=True, separators=(",", ":"))
+    save_file(tensors, str(out_file), metadata=meta)  # the old digest kept
+    with pytest.raises(FingerprintFileError, match="digest mismatch"):
+        load_fingerprint(out_file)
+
+
+def test_calibrate_with_data_needs_the_owners_own_weights(env: dict[str, Path],
+                                                          tmp_path: Path) -> None:  # fmt: skip
+    fp = load_fingerprint(env["fp"])
+    again = calibrate_fingerprint(
+        fp, data="digits", model="ipguard.nets:digits_cnn", model_weights=env["owner_w"]
+    )
+    assert again.calibration is not None
+    assert again.calibration["negative_matches"] == fp.calibration["negative_matches"]  # cached
+    other_w = tmp_path / "other.safetensors"
+    save_file(seeded(digits_cnn, 5).state_dict(), str(other_w))
+    with pytest.raises(InputError, match="not the owner weights"):
+        calibrate_fingerprint(fp, data="digits", model="ipguard.nets:digits_cnn",
+                              model_weights=other_w)  # fmt: skip
+    with pytest.raises(InputError, match="either independent models or --data"):
+        calibrate_fingerprint(fp)
+    with pytest.raises(InputError, match="at least 3 independent models"):
+        calibrate_fingerprint(fp, independents=[str(env["dir"] / "other.pt")])
+    with pytest.raises(InputError, match="must go to a new file"):
+        calibrate_fingerprint(env["fp"], independents=["a.pt"], output=env["fp"])
