@@ -174,3 +174,37 @@ def test_calibrate_with_data_needs_the_owners_own_weights(env: dict[str, Path],
         calibrate_fingerprint(fp, independents=[str(env["dir"] / "other.pt")])
     with pytest.raises(InputError, match="must go to a new file"):
         calibrate_fingerprint(env["fp"], independents=["a.pt"], output=env["fp"])
+
+
+def test_a_calibration_file_wins_over_the_fingerprints_own(env: dict[str, Path],
+                                                           tmp_path: Path) -> None:  # fmt: skip
+    from ipguard.calibration import calibrate
+
+    fp = load_fingerprint(env["fp"])
+    cal = calibrate([30, 35, 40, 45, 38], fp.n, target_fpr=0.05, fingerprint_digest=fp.digest)
+    cal_file = cal.save(tmp_path / "cal.json")
+    code, out, err = cli("verify", str(env["fp"]), str(env["dir"] / "other.pt"),
+                         "--calibration", str(cal_file), "--json")  # fmt: skip
+    row = json.loads(out)
+    assert code == 0 and row["threshold_basis"] == "calibration-file"
+    assert row["threshold"] == cal.threshold and row["target_fpr"] == 0.05
+    assert row["calibration_rule"] == cal.threshold_basis
+    code, _, err = cli("verify", str(env["fp"]), str(env["dir"] / "other.pt"),
+                       "--calibration", str(cal_file), "--fpr", "0.05")  # fmt: skip
+    assert code == 1 and "--fpr does not apply with --calibration" in err
+
+
+def test_a_signature_covers_the_calibration(env: dict[str, Path], tmp_path: Path) -> None:
+    from ipguard.signing import check_signature, load_private_key, sign_fingerprint, write_keypair
+
+    key, pub, _ = write_keypair(tmp_path / "k")
+    signed = tmp_path / "fp.safetensors"
+    signed.write_bytes(env["fp"].read_bytes())
+    sign_fingerprint(signed, load_private_key(key))
+    assert check_signature(signed).valid
+    # the same points with another calibration: the old signature no longer fits
+    recalibrated = calibrate_fingerprint(
+        signed, independents=[str(env["dir"] / f"indep{s}.pt") for s in (21, 22, 23)]
+    )
+    recalibrated.save(signed)
+    assert not check_signature(signed).valid
