@@ -28,6 +28,7 @@ from torch import Tensor
 from ipguard import limits
 from ipguard.errors import FingerprintFileError, InputError
 from ipguard.io import atomic_write_bytes
+from ipguard.null import null_from_record
 
 __all__ = ["Fingerprint", "load_fingerprint", "FORMAT_NAME", "FORMAT_VERSION", "MAX_FILE_BYTES"]
 
@@ -287,8 +288,6 @@ def fingerprint_from_bytes(data: bytes, where: str = "<bytes>") -> Fingerprint:
         raise _bad(where, "versions must map names to strings")
     calibration = None
     if "calibration" in meta:
-        from ipguard.null import null_from_record
-
         calibration = _json_field(meta, "calibration", dict, where)
         try:
             null_from_record(calibration, int(points.shape[0]), 0.01)

@@ -64,9 +64,9 @@ __all__ = [
     "EvaluationRun",
     "Inspection",
     "StageProgress",
-    "calibrate_fingerprint",
     "SuspectVerdict",
     "VerificationReport",
+    "calibrate_fingerprint",
     "evaluate_suite",
     "inspect_fingerprint",
     "make_fingerprint",
@@ -600,7 +600,7 @@ def calibrate_fingerprint(
     model: str | nn.Module | None = None,
     model_weights: str | Path | None = None,
     data: str | Dataset | None = None,
-    models: int = CALIBRATION_MODELS,
+    models: int | None = None,
     confidence: float = 0.95,
     preprocess: Preprocess | None = None,
     http: Mapping[str, Any] | HTTPOptions | None = None,
@@ -640,7 +640,8 @@ def calibrate_fingerprint(
             independents=list(independents), confidence=confidence, created=utc_now(),
         )  # fmt: skip
     else:
-        record = _surrogate_record(fp, model, model_weights, data, models, confidence, note,
+        count = CALIBRATION_MODELS if models is None else models
+        record = _surrogate_record(fp, model, model_weights, data, count, confidence, note,
                                    device, trust_pickle)  # fmt: skip
     calibrated = dataclasses.replace(fp, calibration=record)
     if output is not None:
@@ -764,8 +765,6 @@ def evaluate_suite(
             sets 1).
         progress, sweep_progress: ``(what, done, total)`` callbacks.
     """
-    import torch
-
     from ipguard.evaluate import run_suite
     from ipguard.sweep import SweepConfig, check_k_sweep, run_sweep
 
@@ -829,8 +828,6 @@ def open_server(
     ``server.url`` is its address (``port=0`` picks a free port). ``class_names`` makes it
     answer names instead of indices; ``faults`` makes it misbehave on purpose (tests).
     """
-    import torch
-
     from ipguard.serve import FaultSpec, make_server
 
     if threads is not None:

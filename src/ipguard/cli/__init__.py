@@ -425,7 +425,7 @@ def calibrate(
         fp = calibrate_fingerprint(
             fingerprint_file, independents=[*(models or []), *(independents or [])],
             weights=weights or [], data=data, model=model, model_weights=model_weights,
-            models=8 if calibration_models is None else calibration_models, device=device,
+            models=calibration_models, device=device,
             trust_pickle=trust_pickle, output=output, note=lambda text: bar(0, text),
         )  # fmt: skip
     print_fingerprint(fp, output, as_json)

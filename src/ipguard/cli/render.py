@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ipguard.methods.base import GenerationProgress
+from ipguard.null import null_from_record
 
 if TYPE_CHECKING:
     from ipguard.demo import DemoResult
@@ -139,8 +140,6 @@ def print_fingerprint(fp: Fingerprint, output: Path, as_json: bool) -> None:
         )
     table.add_row("time", f"{stats.get('seconds', 0):.2f} s")
     if fp.calibration is not None:
-        from ipguard.null import null_from_record
-
         counts = fp.calibration["negative_matches"]
         null = null_from_record(fp.calibration, fp.n, 0.01)
         at = (
