@@ -39,7 +39,15 @@ from ipguard.io import check_output
 from ipguard.methods import METHODS, make_method
 from ipguard.methods.base import ProgressFn
 from ipguard.models import LabelOracle, OwnerModel, load_module
-from ipguard.null import MIN_NEGATIVES, NullModel, calibration_record, null_from_record
+from ipguard.null import MIN_NEGATIVES, NullModel, calibration_record, fit_null, null_from_record
+from ipguard.sequential import (
+    DEFAULT_BATCH,
+    DEFAULT_FNR,
+    SequentialPlan,
+    SequentialResult,
+    make_plan,
+    verify_sequential,
+)
 from ipguard.signing import (
     CommitmentCheck,
     SignatureCheck,
@@ -311,6 +319,9 @@ class SuspectVerdict:
         p_value: the chance that an independent model matches this often, where there is
             a null model.
         decision: with a calibration file, its full decision (interval, rule, check).
+        sequential: with ``sequential=True``, the sequential test's outcome (queries, why it
+            stopped, its statistics); ``result`` then counts the points the verdict rests on.
+        plan: the sequential test's design (its targets and exact error rates).
     """
 
     result: VerificationResult
@@ -318,6 +329,8 @@ class SuspectVerdict:
     target_fpr: float | None = None
     p_value: float | None = None
     decision: CalibratedVerdict | None = None
+    sequential: SequentialResult | None = None
+    plan: SequentialPlan | None = None
 
     @property
     def verdict(self) -> str:
@@ -337,6 +350,14 @@ class SuspectVerdict:
                 "calibration_rule": d.threshold_basis,
                 "assumption_ok": d.assumption_ok,
             }
+        if self.sequential is not None and self.plan is not None:
+            plan = self.plan.to_dict()
+            row |= {k: v for k, v in self.sequential.to_dict().items() if k not in row}
+            row |= {
+                "guaranteed_fpr": plan["fpr_exact"], "fnr": plan["fnr"],
+                "guaranteed_fnr": plan["fnr_exact"], "copy_rate": plan["copy_rate"],
+                "order_seed": plan["seed"], "batch_size": plan["batch_size"],
+            }  # fmt: skip
         return row
 
 
@@ -352,6 +373,7 @@ class VerificationReport:
         threshold_basis, target_fpr: what the threshold rests on (see :class:`SuspectVerdict`).
         calibration: the calibration file's calibration, or None.
         null: the fingerprint's null model (``calibrated-in-fingerprint``), or None.
+        plan: the sequential test's design, with ``sequential=True``, or None.
     """
 
     fingerprint: Fingerprint
@@ -362,6 +384,7 @@ class VerificationReport:
     target_fpr: float | None = None
     calibration: Calibration | None = None
     null: NullModel | None = None
+    plan: SequentialPlan | None = None
 
     def to_dicts(self) -> list[dict[str, Any]]:
         """One JSON object per suspect, as ``ipguard verify --json`` prints them."""
@@ -500,8 +523,12 @@ def verify_suspects(
     pubkey: str | Path | None = None,
     commitment: str | Path | None = None,
     device: str = "cpu",
-    batch_size: int = 256,
+    batch_size: int | None = None,
     trust_pickle: bool = False,
+    sequential: bool = False,
+    fnr: float | None = None,
+    copy_rate: float | None = None,
+    seed: int | None = None,
 ) -> VerificationReport:
     """Query suspects with a fingerprint and judge each one, as ``ipguard verify`` does.
 
@@ -529,8 +556,19 @@ def verify_suspects(
         pubkey: require a valid signature ``FILE.sig`` by this public key (checked before
             any suspect is queried).
         commitment: the fingerprint must match this commitment file.
-        device, batch_size, trust_pickle: where local models run, points per query, and
-            whether a pickled module file may be loaded.
+        device, batch_size, trust_pickle: where local models run, points per query
+            (default 256, or 10 per step with ``sequential``), and whether a pickled module
+            file may be loaded.
+        sequential: ask the points in a random order, a batch at a time, and stop as soon as
+            the answers decide at the stated error rates (:mod:`ipguard.sequential`); needs
+            a null model (a calibrated fingerprint or ``calibration``).
+        fnr: with ``sequential``, the chance that a copy matching at least ``copy_rate`` is
+            cleared early (default 0.05).
+        copy_rate: with ``sequential``, the match rate copies are assumed to reach at least
+            (default: the fixed-n threshold).
+        seed: with ``sequential``, fixes the order of the points (default 0; a resumed HTTP
+            run with the same seed asks the same points and takes answered ones from the
+            journal).
 
     Raises:
         InputError: bad arguments, a failed signature or commitment check (no suspect is
@@ -539,7 +577,10 @@ def verify_suspects(
     """
     fp, evidence = _evidence(fingerprint, pubkey, commitment)
     rule = _rule(fp, threshold, calibration, fpr)
-    tau = rule.threshold
+    plan = _sequential_plan(rule, sequential, fnr, copy_rate, seed, batch_size)
+    tau = rule.threshold if plan is None else plan.threshold
+    if batch_size is None:
+        batch_size = 256
     specs, weight_list = list(suspects), list(weights)
     if not specs and not adapters:
         raise InputError(
@@ -576,6 +617,16 @@ def verify_suspects(
         )  # fmt: skip
     verdicts = []
     for name, oracle in oracles:
+        if plan is not None:
+            seq = verify_sequential(fp, oracle, plan, name=name)
+            r = VerificationResult(
+                name, seq.matches, seq.decided_at, seq.matching_rate, tau, seq.verdict,
+                fp.digest,
+            )  # fmt: skip
+            verdicts.append(
+                SuspectVerdict(r, rule.basis, rule.target_fpr, sequential=seq, plan=plan)
+            )
+            continue
         r = verify(fp, oracle, threshold=tau, name=name, batch_size=batch_size)
         decision, p_value = None, None
         if rule.calibration is not None:
@@ -587,7 +638,46 @@ def verify_suspects(
         verdicts.append(SuspectVerdict(r, rule.basis, rule.target_fpr, p_value, decision))
     return VerificationReport(
         fp, tuple(verdicts), evidence, tau, rule.basis, rule.target_fpr, rule.calibration,
-        rule.null,
+        rule.null, plan,
+    )  # fmt: skip
+
+
+def _sequential_plan(
+    rule: _Rule,
+    sequential: bool,
+    fnr: float | None,
+    copy_rate: float | None,
+    seed: int | None,
+    batch_size: int | None,
+) -> SequentialPlan | None:
+    """The sequential test for ``rule``'s null model, or None without ``sequential``."""
+    if not sequential:
+        given = [f for f, v in (("--fnr", fnr), ("--copy-rate", copy_rate), ("--seed", seed))
+                 if v is not None]  # fmt: skip
+        if given:
+            raise InputError(f"{', '.join(given)} only apply with --sequential")
+        return None
+    if rule.calibration is not None:
+        cal = rule.calibration
+        null = fit_null(cal.negative_matches, cal.n, target_fpr=cal.target_fpr,
+                        confidence=cal.confidence)  # fmt: skip
+    elif rule.null is not None:
+        null = rule.null
+    else:
+        if rule.basis == "user":
+            raise InputError(
+                "--sequential needs a null model of independent models, and --threshold gives none",
+                "drop --threshold: the sequential test takes its bounds from the calibration",
+            )
+        raise InputError(
+            "--sequential needs a null model of independent models, and this fingerprint has none",
+            "calibrate it: ipguard calibrate FP INDEPENDENT... -o FP2 (or fingerprint with "
+            "--data TRAIN), or give --calibration FILE",
+        )
+    return make_plan(
+        null, fnr=DEFAULT_FNR if fnr is None else fnr, copy_rate=copy_rate,
+        seed=0 if seed is None else seed,
+        batch_size=DEFAULT_BATCH if batch_size is None else batch_size,
     )  # fmt: skip
 
 

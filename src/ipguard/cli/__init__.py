@@ -276,7 +276,14 @@ def verify(
     mean: MeanOpt = None,
     std: StdOpt = None,
     device: DeviceOpt = "cpu",
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Points per query.")] = 256,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size",
+            help="Points per query (default 256), or per step with --sequential (default 10).",
+            show_default=False,
+        ),
+    ] = None,
     calibration: Annotated[
         Path | None,
         typer.Option(
@@ -294,6 +301,42 @@ def verify(
             help="Target false-positive rate of the fingerprint's own calibration (default "
             "0.01): the threshold is the lowest matching rate an independent model reaches "
             "with at most this probability (docs/evaluation.md).",
+        ),
+    ] = None,
+    sequential: Annotated[
+        bool,
+        typer.Option(
+            "--sequential",
+            help="Ask the points in a random order, --batch-size at a time, and stop as soon "
+            "as the answers decide at --fpr and --fnr (fewer queries to a paid API). Needs a "
+            "calibrated fingerprint or --calibration (docs/evaluation.md).",
+        ),
+    ] = False,
+    fnr: Annotated[
+        float | None,
+        typer.Option(
+            "--fnr",
+            help="With --sequential: the chance that a copy matching at least --copy-rate is "
+            "cleared early (default 0.05).",
+            show_default=False,
+        ),
+    ] = None,
+    copy_rate: Annotated[
+        float | None,
+        typer.Option(
+            "--copy-rate",
+            help="With --sequential: the matching rate copies are assumed to reach at least "
+            "(default: the threshold).",
+            show_default=False,
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            "--seed",
+            help="With --sequential: fixes the order of the points (default 0); rerun with "
+            "the same seed and --journal to resume without re-asking any point.",
+            show_default=False,
         ),
     ] = None,
     as_json: Annotated[
@@ -353,7 +396,8 @@ def verify(
         fingerprint_file, suspects or [], weights=weights or [], adapters=adapter or [],
         threshold=threshold, calibration=calibration, fpr=fpr, preprocess=preprocess, http=http,
         pubkey=pubkey, commitment=commitment, device=device, batch_size=batch_size,
-        trust_pickle=trust_pickle,
+        trust_pickle=trust_pickle, sequential=sequential, fnr=fnr, copy_rate=copy_rate,
+        seed=seed,
     )  # fmt: skip
     print_verification(report, fingerprint_file, as_json)
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ipguard.evaluate import EvaluationResult
     from ipguard.fingerprint import Fingerprint
     from ipguard.operations import EvaluationRun, Inspection, VerificationReport
+    from ipguard.sequential import SequentialPlan
 
 # Piped output (files, CI logs) gets 120 columns instead of Rich's 80, so tables do not wrap.
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
@@ -191,6 +192,7 @@ def print_verification(report: VerificationReport, path: Path, as_json: bool) ->
             print_json(row)
         return
     fp = report.fingerprint
+    seq = report.plan is not None
     with_p = any(v.p_value is not None for v in report.verdicts)
     table = Table(
         title=escape(f"fingerprint {path} (digest {fp.digest[:16]}...)"),
@@ -199,6 +201,8 @@ def print_verification(report: VerificationReport, path: Path, as_json: bool) ->
     cols = ["suspect", "matches", "matching rate", "threshold", "verdict"]
     if with_p:
         cols.insert(4, "p-value")
+    if seq:
+        cols[4:4] = ["queries", "stopped"]
     for col in cols:
         table.add_column(col, justify="left" if col in ("suspect", "verdict") else "right")
     for row in rows:
@@ -209,9 +213,29 @@ def print_verification(report: VerificationReport, path: Path, as_json: bool) ->
         ]  # fmt: skip
         if with_p:
             cells.append(f"{row['p_value']:.2g}")
+        if seq:
+            cells += [f"{row['queries']}/{row['points']}", _stopped(row)]
         table.add_row(*cells, f"[{style}]{row['verdict']}[/]")
     out.print(table)
     err.print(threshold_note(report), soft_wrap=True)
+    if report.plan is not None:
+        err.print(sequential_note(report.plan), soft_wrap=True)
+
+
+def _stopped(row: dict[str, Any]) -> str:
+    reason = row["stop_reason"]
+    return "all points" if reason == "points-exhausted" else f"early ({reason})"
+
+
+def sequential_note(plan: SequentialPlan) -> str:
+    """One line on what a sequential verdict guarantees (stderr, beside the table)."""
+    return (
+        f"sequential: an independent model is judged pirated with chance <= "
+        f"{plan.fpr_exact:.2g} (target {plan.fpr:g}); a copy matching >= {plan.copy_rate:.3f} "
+        f"is cleared early with chance <= {plan.fnr_exact:.2g} (target {plan.fnr:g}); exact "
+        f"under the calibration's null model; points in the order of seed {plan.seed}, "
+        f"{plan.batch_size} per step"
+    )
 
 
 def threshold_note(report: VerificationReport) -> str:
