@@ -230,8 +230,10 @@ def test_the_order_is_fixed_by_the_seed_and_batches_are_asked_in_it(env: dict[st
     assert plan is not None and plan.seed == 3
     agree = torch.rand(N, generator=torch.Generator().manual_seed(0)) < 0.5
     oracle = _Recorder(fp, agree)
-    result = verify_sequential(fp, oracle, plan, name="half")
+    steps: list[int] = []
+    result = verify_sequential(fp, oracle, plan, name="half", on_batch=steps.append)
     assert oracle.asked == plan.order()[: result.queries].tolist()
+    assert steps == list(range(10, result.queries + 1, 10))
     assert result.verdict == "not pirated" and result.queries < N
     expected = int(agree[plan.order()[: result.decided_at]].sum())
     assert result.matches == expected

@@ -47,6 +47,7 @@ from ipguard.operations import (
     open_server,
     verify_suspects,
 )
+from ipguard.sequential import SequentialPlan, SequentialResult, verify_sequential
 from ipguard.verify import DEFAULT_THRESHOLD, VerificationResult, verify
 
 __all__ = [
@@ -67,6 +68,8 @@ __all__ = [
     "METHODS",
     "ModelError",
     "OwnerModel",
+    "SequentialPlan",
+    "SequentialResult",
     "SuspectError",
     "SuspectVerdict",
     "VerificationReport",
@@ -80,5 +83,6 @@ __all__ = [
     "make_method",
     "open_server",
     "verify",
+    "verify_sequential",
     "verify_suspects",
 ]
