@@ -167,8 +167,8 @@ def print_table(title: str, tallies: dict[str, Tally], n: int, orders: int) -> N
 def plan_line(plan: SequentialPlan) -> str:
     return (f"n={plan.n}, threshold {plan.threshold:.2f} (null p_upper {plan.null.p_upper:.2f}, "
             f"rho_upper {plan.null.rho_upper:.3f}), copy rate {plan.copy_rate:.2f}; exact: "
-            f"FPR {plan.fpr_exact:.4f} <= {plan.fpr:g}, early clears of a copy at the copy "
-            f"rate {plan.fnr_exact:.3f} <= {plan.fnr:g}")  # fmt: skip
+            f"FPR {plan.fpr_exact:.4f} <= {plan.fpr:g}, clears by evidence of a copy at or above "
+            f"the copy rate {plan.fnr_exact:.3f} <= {plan.fnr:g}")  # fmt: skip
 
 
 # -- the zoos ------------------------------------------------------------------------------------

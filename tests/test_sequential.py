@@ -144,8 +144,13 @@ def test_plans_refuse_what_cannot_hold(plan: SequentialPlan) -> None:
     loose = fit_null([10, 95, 40, 70], N, target_fpr=0.001)
     with pytest.raises(InputError, match="no matching rate reaches"):
         make_plan(loose)
+    big = fit_null([2500, 2600, 2400], 5000)
+    with pytest.raises(InputError, match="at most 4096 points"):
+        make_plan(big)
+    assert make_plan(plan.null, copy_rate=1.0).copy_rate < 1.0  # clipped, accepted
     assert plan.order().tolist() == make_plan(plan.null).order().tolist()
     assert plan.order().tolist() != make_plan(plan.null, seed=1).order().tolist()
+    assert sorted(plan.order().tolist()) == list(range(N))
 
 
 # -- real (tiny) models ----------------------------------------------------------------------
@@ -219,8 +224,13 @@ def test_cli_decides_a_copy_and_an_unrelated_mlp_in_far_fewer_queries(
         assert row["threshold_basis"] == "calibrated-in-fingerprint"
     assert seq["copy.pt"]["queries"] <= 30 and seq["copy.pt"]["log_lr_pirated"] > 0
     code, out, err = cli("verify", fp_file, copy_, "--sequential", "--batch-size", "5")
-    assert code == 0 and "queries" in out and "early (evidence)" in out
+    assert code == 0 and "queries" in out and "decided by" in out and "evidence" in out
     assert "an independent model is judged pirated with chance <=" in err
+    # one step of all points: nothing was saved, whatever point the rule fired at
+    code, out, err = cli("verify", fp_file, copy_, "--sequential", "--batch-size", "500",
+                         "--json")  # fmt: skip
+    row = json.loads(out)
+    assert row["queries"] == N and not row["stopped_early"] and row["n"] < N
 
 
 def test_the_order_is_fixed_by_the_seed_and_batches_are_asked_in_it(env: dict[str, Any]) -> None:
@@ -251,6 +261,13 @@ def test_a_calibration_file_gives_the_null(env: dict[str, Any]) -> None:
     for row in report.to_dicts():
         assert row["threshold_basis"] == "calibration-file" and row["target_fpr"] == 0.05
         assert row["guaranteed_fpr"] <= 0.05 and row["queries"] < N
+    cal_file = env["dir"] / "calibration.json"
+    cal.save(cal_file)
+    code, out, err = cli("verify", str(env["fp"]), env["copy"], "--calibration", str(cal_file),
+                         "--sequential")  # fmt: skip
+    assert code == 0, err
+    assert f"sequential: threshold {null.threshold:.3f}" in err  # the plan's, not the file's
+    assert "fitted to the 8 independents of the calibration file" in err
 
 
 def test_library_and_cli_refuse_a_test_without_a_null(env: dict[str, Any]) -> None:
@@ -288,7 +305,8 @@ def test_http_budget_is_never_exceeded_and_a_resumed_run_reasks_nothing(
         local = verify_suspects(fp, [env["copy"]], sequential=True, batch_size=5).verdicts[0]
         assert local.sequential is not None and local.sequential.queries > 5
         http = {"journal": tmp_path / "journal.jsonl", "budget": 5, "retries": 0}
-        with pytest.raises(SuspectError, match="budget of 5 points is spent.*undecided after 5"):
+        spent = "budget of 5 points is spent.*no verdict yet after 5 of"
+        with pytest.raises(SuspectError, match=spent):
             verify_suspects(fp, [server.url], sequential=True, batch_size=5, http=http)
         assert Copy.asked == 5  # the budget held: the second step was never sent
         http["budget"] = N

@@ -563,7 +563,7 @@ def verify_suspects(
             the answers decide at the stated error rates (:mod:`ipguard.sequential`); needs
             a null model (a calibrated fingerprint or ``calibration``).
         fnr: with ``sequential``, the chance that a copy matching at least ``copy_rate`` is
-            cleared early (default 0.05).
+            cleared by evidence before the end (default 0.05).
         copy_rate: with ``sequential``, the match rate copies are assumed to reach at least
             (default: the fixed-n threshold).
         seed: with ``sequential``, fixes the order of the points (default 0; a resumed HTTP

@@ -37,9 +37,11 @@ meet the targets:
 * ``fpr``: the chance that an independent model drawn from the null is judged pirated, by
   any route (early or at the end), is at most the target: the same promise, on the same
   model, as the fixed-n threshold, whose tail leaves the slack that early stops spend.
-* ``fnr``: the chance that a copy with ``q >= copy_rate`` is cleared by evidence before
-  the end is at most the target. (Clearing it because the threshold can no longer be
-  reached is the fixed-n verdict, which misses such a copy as often without any early stop.)
+* ``fnr``: the chance that a copy with ``q >= copy_rate`` is cleared *by evidence* is at
+  most the target (computed exactly at ``copy_rate`` and at four rates above it, the
+  largest taken). A copy cleared any other way was cleared because the fixed-n threshold
+  could no longer be reached, so fixed-n misses it too: the sequential test adds at most
+  ``fnr`` to the fixed-n miss rate of such a copy.
 
 Both rest on the assumption of the fixed-n null: the points behave as independent draws of
 the method that made them, so a model's matches are exchangeable; the random order is what
@@ -50,6 +52,7 @@ makes every prefix a fair sample of the points. Checked by simulation in
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,6 +72,8 @@ from ipguard.verify import Verdict, query_labels
 __all__ = [
     "DEFAULT_BATCH",
     "DEFAULT_FNR",
+    "MAX_POINTS",
+    "PathDecisions",
     "SequentialPlan",
     "SequentialResult",
     "StopReason",
@@ -86,7 +91,8 @@ DEFAULT_FNR = 0.05
 StopReason = Literal["evidence", "certain", "points-exhausted"]
 _REASONS: tuple[StopReason, ...] = ("evidence", "certain", "points-exhausted")
 _BISECTIONS = 30
-_TABLE_MAX = 4096  # a table of n x (n + 1) float32 per statistic: 134 MB at most
+#: the most points a sequential test is designed for (its tables grow as n squared)
+MAX_POINTS = 4096
 
 
 # -- the statistics ------------------------------------------------------------------------------
@@ -144,35 +150,31 @@ class _Outcome:
     mean_points: float
 
 
+@dataclass(frozen=True, eq=False)
 class _Grid:
-    """``lr`` values on every ``(k, s)`` with ``0 <= s <= k <= n``: a table computed once per
-    plan (so a Monte Carlo of many paths is table lookups), or, for fingerprints of more than
-    :data:`_TABLE_MAX` points, each value computed when asked."""
+    """``log lr`` values on every ``(k, s)`` with ``0 <= s <= k <= n``, for one null model and
+    copy rate: computed once per plan, so the design and a Monte Carlo of many paths are
+    table lookups (float32: two tables of at most 134 MB, at :data:`MAX_POINTS`)."""
 
-    def __init__(self, null: NullModel, copy_rate: float) -> None:
-        self.null, self.copy_rate, n = null, copy_rate, null.n
-        self.lp: NDArray[np.float32] | None = None
-        self.ln: NDArray[np.float32] | None = None
-        if n <= _TABLE_MAX:
-            k = np.arange(1, n + 1, dtype=np.float64)[:, None]
-            s = np.arange(0, n + 1, dtype=np.float64)[None, :]
-            lp, ln = log_ratios(np.minimum(s, k), k, null, copy_rate)
-            self.lp = np.where(s <= k, lp, -np.inf).astype(np.float32)
-            self.ln = np.where(s <= k, ln, -np.inf).astype(np.float32)
+    null: NullModel
+    copy_rate: float
+    lp: NDArray[np.float32]
+    ln: NDArray[np.float32]
+
+    @classmethod
+    def build(cls, null: NullModel, copy_rate: float) -> _Grid:
+        n = null.n
+        k = np.arange(1, n + 1, dtype=np.float64)[:, None]
+        s = np.arange(0, n + 1, dtype=np.float64)[None, :]
+        lp, ln = log_ratios(np.minimum(s, k), k, null, copy_rate)
+        valid = s <= k
+        return cls(null, copy_rate, np.where(valid, lp, -np.inf).astype(np.float32),
+                   np.where(valid, ln, -np.inf).astype(np.float32))  # fmt: skip
 
     def at(self, s: Any, k: Any) -> tuple[Any, Any]:
         """``(log lr_pirated, log lr_not_pirated)`` at ``s`` matches in ``k >= 1`` points."""
-        if self.lp is None or self.ln is None:
-            return log_ratios(s, k, self.null, self.copy_rate)
         s, k = np.broadcast_arrays(np.asarray(s), np.asarray(k))
         return self.lp[k - 1, s], self.ln[k - 1, s]
-
-    def max_log_pirated(self) -> float:
-        """An upper bound of ``log lr_pirated`` over all ``(k, s)`` (it peaks at ``s = k``)."""
-        if self.lp is not None:
-            return float(np.max(self.lp))
-        k = np.arange(1, self.null.n + 1)
-        return float(np.max(self.at(k, k)[0]))
 
 
 def _exact(bounds: _Bounds, grid: _Grid, match_prob: Callable[[Any, int], Any]) -> _Outcome:
@@ -230,7 +232,8 @@ class SequentialPlan:
 
     Attributes:
         null: the independents' null model, fitted for the target ``fpr``.
-        fnr: the target chance that a copy matching at least ``copy_rate`` is cleared early.
+        fnr: the target chance that a copy matching at least ``copy_rate`` is cleared by
+            evidence.
         copy_rate: the match probability copies are assumed to have at least.
         threshold: the fixed-n threshold (the null's, for ``fpr``): the verdict when the
             points run out.
@@ -238,8 +241,9 @@ class SequentialPlan:
             test (inf: that side stops only when the fixed-n verdict is certain).
         fpr_exact: the exact chance that an independent model from the null is judged
             pirated (at most ``fpr``).
-        fnr_exact: the exact chance that a copy at ``copy_rate`` is cleared by evidence (at
-            most ``fnr``).
+        fnr_exact: the exact chance that a copy at ``copy_rate`` (or at four rates above it:
+            the largest) is cleared by evidence (at most ``fnr``): what the test adds to the
+            fixed-n miss rate of such a copy.
         mean_points_null, mean_points_copy: expected points to a verdict for an independent
             from the null and for a copy at ``copy_rate``.
         seed: fixes the order in which the points are asked.
@@ -275,10 +279,11 @@ class SequentialPlan:
         return _Bounds(self.n, need, self.log_bound_pirated, self.log_bound_not_pirated)
 
     def order(self) -> Tensor:
-        """The order in which the points are asked: a permutation of ``0..n-1`` that
-        depends only on ``seed`` and ``n`` (so a resumed run asks the same points)."""
-        g = torch.Generator().manual_seed(self.seed)
-        return torch.randperm(self.n, generator=g)
+        """The order in which the points are asked: the indices ``0..n-1`` sorted by the
+        SHA-256 of ``"seed:index"``. It depends only on ``seed`` and ``n``, on every machine
+        and version, so a resumed run asks the same points."""
+        keys = [hashlib.sha256(f"{self.seed}:{i}".encode()).digest() for i in range(self.n)]
+        return torch.tensor(sorted(range(self.n), key=keys.__getitem__), dtype=torch.int64)
 
     def to_dict(self) -> dict[str, Any]:
         """What a report states about the test: its targets, bounds and exact rates."""
@@ -298,10 +303,11 @@ class SequentialPlan:
         }  # fmt: skip
 
 
-def _rate(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
-        raise InputError(f"{name} must be in (0, 1), got {value!r}")
-    return float(value)
+def _rate(name: str, value: object, *, closed: bool = False) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if 0 < value < 1 or (closed and value == 1):
+            return float(value)
+    raise InputError(f"{name} must be in {'(0, 1]' if closed else '(0, 1)'}, got {value!r}")
 
 
 def make_plan(
@@ -324,40 +330,54 @@ def make_plan(
         raise InputError(f"seed must be an integer, got {seed!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch size must be an integer >= 1, got {batch_size!r}")
+    if null.n > MAX_POINTS:
+        raise InputError(
+            f"sequential verification is designed for fingerprints of at most {MAX_POINTS} "
+            f"points; this one has {null.n}",
+            "verify without --sequential (all points), or fingerprint with fewer points",
+        )
     if not null.reachable:
         raise InputError(
             f"no matching rate reaches a false-positive rate of {null.target_fpr:g} with "
             f"{null.n} points under this calibration",
             "give a larger --fpr (e.g. 0.05), or use a fingerprint with more points",
         )
-    rate = null.threshold if copy_rate is None else _rate("--copy-rate", copy_rate)
+    if copy_rate is None:
+        rate, what = null.threshold, f"the copy rate (the threshold, {null.threshold:g})"
+    else:
+        rate, what = _rate("--copy-rate", copy_rate, closed=True), f"--copy-rate {copy_rate:g}"
     if rate <= null.p_upper:
         raise InputError(
-            f"--copy-rate {rate:g} is not above the rate independent models are calibrated "
-            f"to match at (up to {null.p_upper:.3f})",
+            f"{what} is not above the rate independent models are calibrated to match at "
+            f"(up to {null.p_upper:.3f})",
             "copies must match more often than independents: give a larger --copy-rate",
         )
     rate = min(rate, 1.0 - 1e-6)  # a copy at exactly 1 leaves lr_not_pirated undefined
     n, need = null.n, math.ceil(null.threshold * null.n - 1e-9)
-    grid = _Grid(null, rate)
-    copy, independent = _copy_law(rate), _null_law(null)
+    grid = _Grid.build(null, rate)
+    independent = _null_law(null)
+
+    # a copy at exactly copy_rate is the hardest; copies above it are checked too
+    copies = [_copy_law(q) for q in rate + (1.0 - rate) * np.array([0.0, 0.1, 0.25, 0.5])]
+
+    def cleared(bounds: _Bounds) -> float:
+        return max(_exact(bounds, grid, law).cleared_by_evidence for law in copies)
 
     def fnr_ok(bound: float) -> bool:
-        return _exact(_Bounds(n, need, math.inf, bound), grid, copy).cleared_by_evidence <= fnr
+        return cleared(_Bounds(n, need, math.inf, bound)) <= fnr
 
-    # Ville's bound log(1/fnr) always holds for a copy at copy_rate: the search stays below it
+    # Ville's bound log(1/fnr) holds for every copy at or above copy_rate: search below it
     down = _lowest_bound(fnr_ok, math.log(1.0 / fnr))
 
     def fpr_ok(bound: float) -> bool:
         return _exact(_Bounds(n, need, bound, down), grid, independent).pirated <= null.target_fpr
 
-    up = _lowest_bound(fpr_ok, max(grid.max_log_pirated() + 1.0, 1.0))
+    up = _lowest_bound(fpr_ok, max(float(np.max(grid.lp)) + 1.0, 1.0))
     bounds = _Bounds(n, need, up, down)
-    at_null, at_copy = _exact(bounds, grid, independent), _exact(bounds, grid, copy)
+    at_null, at_copy = _exact(bounds, grid, independent), _exact(bounds, grid, copies[0])
     return SequentialPlan(
-        null, fnr, rate, null.threshold, up, down, at_null.pirated,
-        at_copy.cleared_by_evidence, at_null.mean_points, at_copy.mean_points, seed, batch_size,
-        grid,
+        null, fnr, rate, null.threshold, up, down, at_null.pirated, cleared(bounds),
+        at_null.mean_points, at_copy.mean_points, seed, batch_size, grid,
     )  # fmt: skip
 
 
@@ -389,7 +409,9 @@ def decide_paths(matches: Any, plan: SequentialPlan) -> PathDecisions:
         raise InputError(f"a path has {k} points; the fingerprint has {plan.n}")
     s = np.cumsum(x, axis=-1)
     steps = np.arange(1, k + 1)
-    grid = plan.grid if plan.grid is not None else _Grid(plan.null, plan.copy_rate)
+    grid = plan.grid
+    if grid is None or grid.null is not plan.null or grid.copy_rate != plan.copy_rate:
+        grid = _Grid.build(plan.null, plan.copy_rate)  # a plan changed by hand
     lp, ln = grid.at(s, np.broadcast_to(steps, s.shape))
     stop_p, stop_n, evidence = plan._bounds.stops(s, steps, lp, ln)
     stop = stop_p | stop_n
@@ -418,7 +440,7 @@ class SequentialResult:
         decided_at: points the verdict rests on (its rule fired at that point).
         matches: matches among those ``decided_at`` points.
         n: the fingerprint's points.
-        stopped_early: decided before all ``n`` points were asked.
+        stopped_early: decided with fewer than ``n`` points asked.
         stop_reason: ``evidence`` (a likelihood ratio reached its bound), ``certain`` (the
             fixed-n verdict could no longer change) or ``points-exhausted`` (the fixed-n
             verdict on all points).
@@ -490,8 +512,10 @@ def verify_sequential(
                 name=name, batch_size=plan.batch_size,
             )  # fmt: skip
         except SuspectError as err:
+            if not start:
+                raise
             raise SuspectError(
-                f"{err.message}; undecided after {start} of {fingerprint.n} points",
+                f"{err.message}; no verdict yet after {start} of {fingerprint.n} points",
                 err.hint,
             ) from err
         seen = np.concatenate([seen, (labels == fingerprint.labels[idx]).numpy().astype(np.int64)])
@@ -502,7 +526,7 @@ def verify_sequential(
             return SequentialResult(
                 suspect=name, verdict="pirated" if d.verdict == 1 else "not pirated",
                 queries=int(seen.size), decided_at=at, matches=int(seen[:at].sum()),
-                n=fingerprint.n, stopped_early=at < fingerprint.n,
+                n=fingerprint.n, stopped_early=seen.size < fingerprint.n,
                 stop_reason=_REASONS[int(d.reason)], log_lr_pirated=float(d.log_lr_pirated),
                 log_lr_not_pirated=float(d.log_lr_not_pirated),
                 fingerprint_digest=fingerprint.digest,

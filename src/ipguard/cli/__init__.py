@@ -317,7 +317,8 @@ def verify(
         typer.Option(
             "--fnr",
             help="With --sequential: the chance that a copy matching at least --copy-rate is "
-            "cleared early (default 0.05).",
+            "cleared by evidence before the end (default 0.05); the test adds at most this "
+            "to the fixed-n miss rate of such a copy.",
             show_default=False,
         ),
     ] = None,

@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from ipguard.evaluate import EvaluationResult
     from ipguard.fingerprint import Fingerprint
     from ipguard.operations import EvaluationRun, Inspection, VerificationReport
-    from ipguard.sequential import SequentialPlan
 
 # Piped output (files, CI logs) gets 120 columns instead of Rich's 80, so tables do not wrap.
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
@@ -202,7 +201,7 @@ def print_verification(report: VerificationReport, path: Path, as_json: bool) ->
     if with_p:
         cols.insert(4, "p-value")
     if seq:
-        cols[4:4] = ["queries", "stopped"]
+        cols[4:4] = ["queries", "decided by"]
     for col in cols:
         table.add_column(col, justify="left" if col in ("suspect", "verdict") else "right")
     for row in rows:
@@ -217,24 +216,31 @@ def print_verification(report: VerificationReport, path: Path, as_json: bool) ->
             cells += [f"{row['queries']}/{row['points']}", _stopped(row)]
         table.add_row(*cells, f"[{style}]{row['verdict']}[/]")
     out.print(table)
-    err.print(threshold_note(report), soft_wrap=True)
-    if report.plan is not None:
-        err.print(sequential_note(report.plan), soft_wrap=True)
+    note = threshold_note(report) if report.plan is None else sequential_note(report)
+    err.print(note, soft_wrap=True)
 
 
 def _stopped(row: dict[str, Any]) -> str:
-    reason = row["stop_reason"]
-    return "all points" if reason == "points-exhausted" else f"early ({reason})"
+    """Why a sequential verdict was reached: evidence, certain, or all points."""
+    return "all points" if row["stop_reason"] == "points-exhausted" else row["stop_reason"]
 
 
-def sequential_note(plan: SequentialPlan) -> str:
-    """One line on what a sequential verdict guarantees (stderr, beside the table)."""
+def sequential_note(report: VerificationReport) -> str:
+    """What a sequential verdict rests on and guarantees (stderr, beside the table)."""
+    plan = report.plan
+    assert plan is not None
+    source = (
+        f"fitted to the {len(plan.null.negative_matches)} independents of the calibration file"
+        if report.calibration is not None
+        else f"the fingerprint's, from {len(plan.null.negative_matches)} "
+        f"{(report.fingerprint.calibration or {}).get('source', 'independents')}"
+    )
     return (
-        f"sequential: an independent model is judged pirated with chance <= "
-        f"{plan.fpr_exact:.2g} (target {plan.fpr:g}); a copy matching >= {plan.copy_rate:.3f} "
-        f"is cleared early with chance <= {plan.fnr_exact:.2g} (target {plan.fnr:g}); exact "
-        f"under the calibration's null model; points in the order of seed {plan.seed}, "
-        f"{plan.batch_size} per step"
+        f"sequential: threshold {plan.threshold:.3f} when the points run out; an independent "
+        f"model is judged pirated with chance <= {plan.fpr_exact:.2g} (target {plan.fpr:g}); a "
+        f"copy matching >= {plan.copy_rate:.3f} is cleared by evidence with chance <= "
+        f"{plan.fnr_exact:.2g} (target {plan.fnr:g}); exact under the beta-binomial null "
+        f"({source}); points in the order of seed {plan.seed}, {plan.batch_size} per step"
     )
 
 
