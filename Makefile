@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt torch==2.13.0 -e ".[dev,hf]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt torch==2.13.0 -e ".[dev,hf,ray]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -252,7 +252,7 @@ def _independent_family(arch: str, data: str, owner_arch: str) -> str:
 
 def _train(
     factory: Callable[[], nn.Module], x: Tensor, y: Tensor, *, recipe: Recipe, seed: int,
-    checkpoint: Path, note: Callable[[str], None], init: int = 10_000,
+    checkpoint: Path | None, note: Callable[[str], None], init: int = 10_000,
 ) -> nn.Module:  # fmt: skip
     """A fresh model with weights drawn from ``init + seed``, trained with ``seed``; the run
     checkpoints after every epoch, so an interrupted one resumes where it stopped."""

@@ -60,6 +60,7 @@ from ipguard.surrogates import CALIBRATION_MODELS, surrogate_calibration
 from ipguard.verify import DEFAULT_THRESHOLD, VerificationResult, check_threshold, verify
 
 if TYPE_CHECKING:
+    from ipguard.distributed import RayRun, TaskProgress
     from ipguard.evaluate import EvaluationResult
     from ipguard.serve import FaultSpec, LabelServer
     from ipguard.suite import Suite
@@ -790,12 +791,15 @@ class EvaluationRun:
     sweep: SweepResult | None
     out_dir: Path | None
     plots: tuple[Path, ...] = ()
+    ray: RayRun | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The report of ``ipguard evaluate --json``."""
         report = self.result.to_dict()
         if self.sweep is not None:
             report["sweep"] = self.sweep.to_dict()
+        if self.ray is not None:
+            report["ray"] = self.ray.to_dict()
         return report
 
 
@@ -837,6 +841,8 @@ def evaluate_suite(
     threads: int | None = None,
     progress: StageProgress | None = None,
     sweep_progress: StageProgress | None = None,
+    ray: str | None = None,
+    task_progress: TaskProgress | None = None,
 ) -> EvaluationRun:
     """Measure a fingerprint on a suite of copies and independents, as ``ipguard evaluate``.
 
@@ -854,6 +860,11 @@ def evaluate_suite(
         threads: torch CPU threads to set (None or 0 leaves torch's setting alone; the CLI
             sets 1).
         progress, sweep_progress: ``(what, done, total)`` callbacks.
+        ray: a Ray cluster's address (``auto``, ``host:port``, ``ray://host:port``, or
+            ``local``): every model the zoo lacks is built there first, one task per model
+            with ``threads`` CPUs (1 if unset), then the evaluation runs here as always
+            (:mod:`ipguard.distributed`). Needs the ``ray`` extra.
+        task_progress: ``(queued, running, done, total)`` of the cluster's tasks.
     """
     from ipguard.evaluate import run_suite
     from ipguard.sweep import SweepConfig, check_k_sweep, run_sweep
@@ -874,6 +885,11 @@ def evaluate_suite(
     out_dir = None if out is None else Path(out)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
+    ray_run = None
+    if ray is not None:
+        from ipguard.distributed import prebuild_suite
+
+        ray_run = prebuild_suite(suite, zoo, ray, threads=threads or 1, progress=task_progress)
     result = run_suite(suite, zoo, progress=progress)
     plots: list[Path] = []
     if out_dir is not None:
@@ -892,7 +908,7 @@ def evaluate_suite(
             swept.write_csv(out_dir / "sweep.csv")
             swept.write_json(out_dir / "sweep.json")
             swept.plot(out_dir / "sweep")
-    return EvaluationRun(result, swept, out_dir, tuple(plots))
+    return EvaluationRun(result, swept, out_dir, tuple(plots), ray_run)
 
 
 # -- serve -------------------------------------------------------------------------------------

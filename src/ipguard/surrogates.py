@@ -310,7 +310,7 @@ def build_surrogates(
 
 def _train_independent(
     factory: Callable[[], nn.Module], arch: str, base: InputMap, x01: Tensor, y: Tensor,
-    recipe: Recipe, seed: int, checkpoint: Path,
+    recipe: Recipe, seed: int, checkpoint: Path | None,
 ) -> nn.Module:  # fmt: skip
     init = _INIT_SEED_BASE + seed
     module = reinitialised(base, init) if arch == SAME_ARCH else seeded(factory, init)

@@ -20,7 +20,10 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,7 @@ from ipguard import __version__
 from ipguard.errors import InputError
 from ipguard.io import atomic_write_bytes
 
-__all__ = ["ModelZoo", "zoo_key"]
+__all__ = ["BuildJob", "BuildRecorder", "ModelZoo", "recording", "zoo_key"]
 
 log = logging.getLogger(__name__)
 SIDECAR_FORMAT = "ipguard-zoo-model"
@@ -50,6 +53,55 @@ def _canonical(spec: Mapping[str, Any]) -> str:
 def zoo_key(spec: Mapping[str, Any]) -> str:
     """SHA-256 (hex) of the canonical JSON of ``spec`` plus ipguard's version."""
     return hashlib.sha256(_canonical(spec).encode()).hexdigest()
+
+
+@dataclass(frozen=True, eq=False)
+class BuildJob:
+    """A model a zoo lacks, recorded instead of built (see :func:`recording`).
+
+    ``build_fn`` is what :meth:`ModelZoo.get_or_build` would have called: a picklable
+    function of nothing that returns the trained module, so it can run on another machine.
+    """
+
+    root: Path
+    key: str
+    spec: dict[str, Any]
+    build_fn: Callable[[], nn.Module]
+
+    @property
+    def parent(self) -> str | None:
+        """The zoo key of the model this one is made from (an attacked copy's owner)."""
+        parent = self.spec.get("parent")
+        return parent if isinstance(parent, str) else None
+
+
+@dataclass
+class BuildRecorder:
+    """The models that zoos lacked while :func:`recording` was active, in order."""
+
+    jobs: list[BuildJob] = field(default_factory=list)
+
+    @property
+    def missing(self) -> set[str]:
+        return {j.key for j in self.jobs}
+
+
+_RECORDER: ContextVar[BuildRecorder | None] = ContextVar("ipguard_zoo_recorder", default=None)
+
+
+@contextmanager
+def recording() -> Iterator[BuildRecorder]:
+    """Within this context, :meth:`ModelZoo.get_or_build` builds nothing: a missing model is
+    recorded as a :class:`BuildJob` and an untrained placeholder is returned in its place.
+    A scheduler (:mod:`ipguard.distributed`) runs the jobs elsewhere, stores the results
+    with :meth:`ModelZoo.put`, and runs the same code again, which then loads them. Builds
+    recorded this way keep no training checkpoint (a retried job starts over)."""
+    recorder = BuildRecorder()
+    token = _RECORDER.set(recorder)
+    try:
+        yield recorder
+    finally:
+        _RECORDER.reset(token)
 
 
 class ModelZoo:
@@ -75,10 +127,11 @@ class ModelZoo:
     def sidecar_path(self, key: str) -> Path:
         return self.root / f"{key}.json"
 
-    def checkpoint_path(self, key: str) -> Path:
+    def checkpoint_path(self, key: str) -> Path | None:
         """Where a build in progress may keep its training checkpoint (removed once the
-        model is committed), so an interrupted build resumes mid-training."""
-        return self.root / f"{key}.ckpt"
+        model is committed), so an interrupted build resumes mid-training; None while
+        :func:`recording` (the build runs elsewhere)."""
+        return None if _RECORDER.get() is not None else self.root / f"{key}.ckpt"
 
     def is_finished(self, key: str) -> bool:
         """Whether ``key`` has a committed sidecar whose hash matches the weights on disk."""
@@ -127,9 +180,14 @@ class ModelZoo:
             else:
                 self.loaded.append(key)
                 return key, module.eval()
+        recorder = _RECORDER.get()
+        if recorder is not None:
+            if key not in recorder.missing:
+                recorder.jobs.append(BuildJob(self.root, key, dict(key_spec), build_fn))
+            return key, template().eval()
         started = time.perf_counter()
         module = build_fn().eval()
-        self._save(key, key_spec, module, time.perf_counter() - started)
+        self.put(key_spec, state_blob(module), time.perf_counter() - started)
         self.built.append(key)
         return key, module
 
@@ -138,13 +196,10 @@ class ModelZoo:
 
         return load(self.weights_path(key).read_bytes())
 
-    def _save(self, key: str, spec: Mapping[str, Any], module: nn.Module, seconds: float) -> None:
-        from safetensors.torch import save
-
-        state = {
-            k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()
-        }
-        blob = save(state)
+    def put(self, key_spec: Mapping[str, Any], blob: bytes, seconds: float) -> str:
+        """Commit a model built elsewhere: ``blob`` is its state dict as safetensors bytes
+        (:func:`state_blob`). Returns its key."""
+        key = zoo_key(key_spec)
         # Weights first; the sidecar is the commit marker and comes last.
         side = self.sidecar_path(key)
         side.unlink(missing_ok=True)
@@ -153,9 +208,19 @@ class ModelZoo:
             "format": SIDECAR_FORMAT,
             "format_version": SIDECAR_VERSION,
             "key": key,
-            "spec": json.loads(_canonical(spec)),
+            "spec": json.loads(_canonical(key_spec)),
             "weights_sha256": hashlib.sha256(blob).hexdigest(),
             "build_seconds": round(seconds, 3),
         }
         atomic_write_bytes(side, (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode())
-        self.checkpoint_path(key).unlink(missing_ok=True)
+        (self.root / f"{key}.ckpt").unlink(missing_ok=True)
+        return key
+
+
+def state_blob(module: nn.Module) -> bytes:
+    """``module``'s state dict as safetensors bytes (on the CPU, contiguous)."""
+    from safetensors.torch import save
+
+    return save(
+        {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
+    )

@@ -67,6 +67,7 @@ from ipguard.cli.render import (
     print_fingerprint,
     print_inspection,
     print_json,
+    print_scan,
     print_verification,
     progress,
 )
@@ -578,6 +579,17 @@ def evaluate(
             help="KEY=VALUE parameter of the fingerprint method (JSON value); repeatable.",
         ),
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Build the models on a Ray cluster (auto, HOST:PORT, ray://HOST:PORT, or "
+            "local for one started here), one task per model with --threads CPUs; the same "
+            "results as a local run. Needs the ray extra (docs/scaling.md).",
+            show_default=False,
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure the fingerprint on a suite of pirated copies and independent models.
@@ -594,9 +606,80 @@ def evaluate(
         run = evaluate_suite(
             config, zoo=zoo, out=out_dir, data=data, method=method,
             params=parse_params(param or []) or None, sweep=sweep, threads=threads,
-            progress=bar.stage, sweep_progress=bar.stage_of("sweeping k and n"),
+            progress=bar.stage_of("evaluating"), sweep_progress=bar.stage_of("sweeping k and n"),
+            ray=ray, task_progress=bar.tasks_of(f"building on Ray ({ray})"),
         )  # fmt: skip
     print_evaluation_run(run, zoo, as_json)
+
+
+@app.command()
+@handle_errors
+def scan(
+    fingerprints: Annotated[
+        Path,
+        typer.Option(
+            "--fingerprints",
+            metavar="DIR",
+            help="A folder of fingerprint files (*.safetensors).",
+            show_default=False,
+        ),
+    ],
+    suspects: Annotated[
+        Path,
+        typer.Option(
+            "--suspects",
+            metavar="LIST_FILE",
+            help="One suspect per line: SPEC, or SPEC WEIGHTS for package.module:factory and "
+            "arch:NAME; # starts a comment.",
+            show_default=False,
+        ),
+    ],
+    out_dir: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            metavar="RESULTS",
+            help="Results folder: matrix.csv, pairs.csv, scan.json, and the journal "
+            "pairs.jsonl that resumes a stopped scan.",
+            show_default=False,
+        ),
+    ],
+    fpr: Annotated[
+        float,
+        typer.Option("--fpr", help="Target false-positive rate of calibrated fingerprints."),
+    ] = 0.01,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Scan on a Ray cluster, one task per suspect (auto, HOST:PORT, or local); "
+            "needs the ray extra.",
+            show_default=False,
+        ),
+    ] = None,
+    threads: Annotated[
+        int, typer.Option("--threads", help="Torch threads per suspect (CPUs per Ray task).")
+    ] = 1,
+    device: DeviceOpt = "cpu",
+    trust_pickle: TrustPickleOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Judge many suspects against many fingerprints: a suspects x fingerprints matrix.
+
+    Each suspect is loaded once and answers the points of every fingerprint in batched
+    passes; each pair is judged as verify judges it (the fingerprint's calibration for
+    --fpr, else the uncalibrated default) and says so. Finished pairs are journaled, so a
+    stopped scan resumes without querying them again.
+    """
+    from ipguard.scan import scan as run_scan
+
+    with progress("scanning", 1) as bar:
+        result = run_scan(
+            fingerprints, suspects, out_dir, fpr=fpr, ray=ray, threads=threads, device=device,
+            trust_pickle=trust_pickle, progress=bar.stage,
+        )  # fmt: skip
+    print_scan(result, as_json)
 
 
 @app.command()

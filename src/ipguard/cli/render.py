@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ipguard.evaluate import EvaluationResult
     from ipguard.fingerprint import Fingerprint
     from ipguard.operations import EvaluationRun, Inspection, VerificationReport
+    from ipguard.scan import ScanResult
 
 # Piped output (files, CI logs) gets 120 columns instead of Rich's 80, so tables do not wrap.
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
@@ -75,6 +76,15 @@ class Bar:
         def update(what: str, done: int, total: int) -> None:
             self._progress.update(self._task, description=description)
             self.stage(what, done, total)
+
+        return update
+
+    def tasks_of(self, description: str) -> Callable[[int, int, int, int], None]:
+        """A ``(queued, running, done, total)`` callback for tasks on a cluster."""
+
+        def update(queued: int, running: int, done: int, total: int) -> None:
+            self._progress.update(self._task, description=description)
+            self.stage(f"{running} running, {queued} queued", done, total)
 
         return update
 
@@ -269,6 +279,41 @@ def threshold_note(report: VerificationReport) -> str:
         "rate; calibrate with: ipguard calibrate FP INDEPENDENT... -o FP2 (or fingerprint "
         "with --data TRAIN)"
     )
+
+
+# -- scan --------------------------------------------------------------------------------------
+def print_scan(result: ScanResult, as_json: bool) -> None:
+    if as_json:
+        print_json(result.to_dict())
+        return
+    table = Table(title=escape(f"scan: {len(result.suspects)} suspects x "
+                               f"{len(result.fingerprints)} fingerprints"))  # fmt: skip
+    table.add_column("suspect")
+    for f in result.fingerprints:
+        table.add_column(escape(f), justify="right")
+    for s in result.suspects:
+        cells = []
+        for f in result.fingerprints:
+            p = result.pair(s, f)
+            if p.matching_rate is None:
+                cells.append("[yellow]error[/]")
+            else:
+                style = "bold red" if p.verdict == "pirated" else "green"
+                cells.append(f"[{style}]{p.matching_rate:.2f} {p.verdict}[/]")
+        table.add_row(escape(s), *cells)
+    out.print(table)
+    d = result.to_dict()
+    bases = sorted({p.threshold_basis for p in result.pairs})
+    err.print(
+        f"{len(result.pairs)} pairs ({result.resumed} from the journal), {d['pirated']} "
+        f"pirated, {d['errors']} errors; thresholds: {', '.join(bases)}; results in "
+        f"{escape(str(result.out))} (matrix.csv, pairs.csv, scan.json)",
+        soft_wrap=True,
+    )
+    for p in result.pairs:
+        if p.error is not None:
+            err.print(f"{escape(p.suspect)}: {escape(p.error)}", soft_wrap=True)
+            break
 
 
 # -- evaluate ----------------------------------------------------------------------------------

@@ -1,0 +1,237 @@
+"""Past one machine: model builds on a Ray cluster (``ipguard evaluate --ray ADDRESS``).
+
+Training is nearly all of an evaluation's cost. With ``--ray``, every model the evaluation
+lacks (the owner, the attacked copies, the independents, and the surrogates of a method
+that trains them) is built by a Ray task, and the local evaluation then runs as always,
+loading every model from its zoo. How:
+
+1. **Record.** The evaluation's own build code runs with :func:`ipguard.zoo.recording`
+   active: each model a zoo lacks becomes a :class:`~ipguard.zoo.BuildJob` (its zoo key, its
+   spec, and the picklable function that builds it) instead of being trained.
+2. **Schedule.** Jobs whose parent (an attacked copy's owner) is still missing wait for the
+   next wave; the others go to the cluster, each a task with ``num_cpus`` equal to the
+   torch threads it trains with. Each job's function, with the data it holds, travels in
+   Ray's object store: workers need no shared file system.
+3. **Commit.** Each finished task returns the model's state dict (safetensors bytes); the
+   driver writes it into the content-keyed zoo as a local build would
+   (:meth:`ipguard.zoo.ModelZoo.put`). A rerun, or a run resumed after a crash, trains
+   nothing the zoo holds.
+
+A task whose worker dies is retried by Ray (``max_retries``); it starts its training over,
+and the model it returns is the same. On the CPU the weights are bitwise equal to a local
+run's: the same code, seeds and data, with the same number of torch threads per task.
+
+Ray is an optional extra (``pip install 'ipguard-fingerprint[ray]'``); nothing here is
+imported by the plain install's commands until ``--ray`` is given.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import nn
+
+from ipguard.errors import InputError, IPGuardError, ModelError, first_line
+from ipguard.zoo import BuildJob, ModelZoo, recording, state_blob
+
+__all__ = ["RayRun", "TaskProgress", "connect", "prebuild_suite"]
+
+#: how often a task is retried after its worker dies
+MAX_RETRIES = 3
+
+TaskProgress = Callable[[int, int, int, int], None]
+"""``progress(queued, running, done, total)`` of the cluster's tasks."""
+
+
+def connect(address: str) -> ModuleType:
+    """``ray``, initialised for ``address`` (as ``ray.init`` takes it: ``auto``,
+    ``host:port``, ``ray://host:port``), or ``local`` for a cluster started in-process.
+
+    Raises:
+        InputError: Ray is not installed, or the cluster cannot be reached.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise InputError(
+            "--ray needs Ray, which is not installed",
+            "pip install 'ipguard-fingerprint[ray]' (or: pip install -e '.[ray]')",
+        ) from None
+    if not isinstance(address, str) or not address.strip():
+        raise InputError("--ray needs an address: auto, HOST:PORT, ray://HOST:PORT or local")
+    if not ray.is_initialized():
+        try:
+            ray.init(address=None if address == "local" else address, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise InputError(
+                f"cannot reach the Ray cluster at {address!r}: {str(err).splitlines()[0]}",
+                "start one with: ray start --head (then --ray auto), or use --ray local",
+            ) from None
+    return ray
+
+
+@dataclass(frozen=True)
+class RayRun:
+    """What a distributed prebuild did.
+
+    Attributes:
+        address: the cluster's address as given.
+        waves: rounds of tasks (attacked copies wait for their owner).
+        tasks: models built by the cluster.
+        retries: tasks seen starting again after their worker died (a worker killed before
+            its task announced itself is not counted: at least this many).
+        seconds: wall time of the prebuild.
+        nodes: nodes alive in the cluster when it started.
+    """
+
+    address: str
+    waves: int
+    tasks: int
+    retries: int
+    seconds: float
+    nodes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"address": self.address, "waves": self.waves, "tasks": self.tasks,
+                "retries": self.retries, "seconds": round(self.seconds, 3),
+                "nodes": self.nodes}  # fmt: skip
+
+
+def _build(
+    job_fn: Callable[[], nn.Module], threads: int, tracker: Any, key: str
+) -> tuple[bytes, float]:
+    """The task: build one model with ``threads`` torch threads; its state dict's bytes."""
+    tracker.started.remote(key)
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    module = job_fn()
+    return state_blob(module.eval()), time.perf_counter() - started
+
+
+def _result(ray: ModuleType, ref: Any, what: str) -> Any:
+    """``ray.get(ref)``; a task's own failure becomes the error it raised (one line)."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as err:
+        cause = getattr(err, "cause", None)
+        if isinstance(cause, IPGuardError):
+            raise cause from None
+        raise ModelError(
+            f"{what} failed on the cluster: {first_line(cause or err)[:200]}"
+        ) from None
+
+
+class _Tracker:
+    """A Ray actor that hears when tasks start, so progress can tell running from queued
+    (and a retried task starts twice)."""
+
+    def __init__(self) -> None:
+        self.keys: set[str] = set()
+        self.attempts = 0
+
+    def started(self, key: str) -> None:
+        self.keys.add(key)
+        self.attempts += 1
+
+    def count(self, keys: list[str]) -> int:
+        return len(self.keys & set(keys))
+
+    def retries(self) -> int:
+        return self.attempts - len(self.keys)
+
+
+def run_jobs(
+    ray: ModuleType, jobs: list[BuildJob], *, threads: int, progress: TaskProgress | None,
+    done_before: int = 0, total: int | None = None,
+) -> tuple[int, int]:  # fmt: skip
+    """Build ``jobs`` on the cluster and commit each into its zoo as it finishes; the
+    models done (counting ``done_before``) and the tasks retried after a worker died."""
+    remote = ray.remote(num_cpus=threads, max_retries=MAX_RETRIES)(_build)
+    tracker = ray.remote(num_cpus=0)(_Tracker).remote()
+    try:
+        pending = {remote.remote(j.build_fn, threads, tracker, j.key): j for j in jobs}
+        total = len(jobs) + done_before if total is None else total
+        done = done_before
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            for ref in ready:
+                job = pending.pop(ref)
+                blob, seconds = _result(ray, ref, f"building model {job.key[:12]}")
+                ModelZoo(job.root).put(job.spec, blob, seconds)
+                done += 1
+            if progress is not None:
+                keys = [j.key for j in pending.values()]
+                running = ray.get(tracker.count.remote(keys)) if keys else 0
+                progress(len(keys) - running, running, done, total)
+        return done, int(ray.get(tracker.retries.remote()))
+    finally:
+        ray.kill(tracker)
+
+
+def prebuild_suite(
+    suite: Any, zoo_dir: str | Path, address: str, *, threads: int = 1,
+    progress: TaskProgress | None = None,
+) -> RayRun:  # fmt: skip
+    """Build on the Ray cluster at ``address`` every model that evaluating ``suite`` with
+    the zoo ``zoo_dir`` would train (see the module doc); the models land in the zoo."""
+    from ipguard.evaluate import build_suite_models, method_inputs, suite_method
+    from ipguard.models import OwnerModel
+
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise InputError(f"threads per task must be an integer >= 1, got {threads!r}")
+    ray = connect(address)
+    started = time.perf_counter()
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    waves = built = retries = 0
+    while True:
+        with recording() as rec:
+            models = build_suite_models(suite, ModelZoo(zoo_dir))
+            method = suite_method(suite, zoo_dir)
+            owner_ready = not rec.jobs or models.suspects[0].key not in rec.missing
+            if owner_ready and hasattr(method, "surrogates"):
+                data, labels = method_inputs(method, test=models.test,
+                                             owner_data=models.owner_data)  # fmt: skip
+                if data is not None and labels is not None:
+                    owner = OwnerModel(models.owner, input_shape=models.input_shape)
+                    method.surrogates(owner, data, labels)
+        if not rec.jobs:
+            break
+        missing = rec.missing
+        ready = [j for j in rec.jobs if j.parent not in missing]
+        if not ready:  # cannot happen: every parent is itself a job of an earlier wave
+            raise InputError("the suite's models depend on each other in a circle")
+        waves += 1
+        built, again = run_jobs(ray, ready, threads=threads, progress=progress,
+                                done_before=built, total=built + len(rec.jobs))  # fmt: skip
+        retries += again
+    return RayRun(address, waves, built, retries, time.perf_counter() - started, nodes)
+
+
+# -- scan ----------------------------------------------------------------------------------------
+def run_scan(
+    address: str, todo: list[tuple[Any, list[tuple[str, Any]]]],
+    task: Callable[..., list[dict[str, Any]]], fpr: float, options: dict[str, Any],
+    record: Callable[[list[dict[str, Any]]], None],
+) -> None:  # fmt: skip
+    """``ipguard scan --ray``: one task per suspect, ``task(entry, fingerprints, names, fpr,
+    options)`` (:func:`ipguard.scan.scan_pending`); ``record`` gets each suspect's rows on
+    the driver as it finishes. Every fingerprint is put in the object store once."""
+    ray = connect(address)
+    threads = int(options.get("threads") or 1)
+    remote = ray.remote(num_cpus=threads, max_retries=MAX_RETRIES)(task)
+    union: dict[str, Any] = {}
+    for _, pending in todo:
+        union.update(pending)
+    shared = ray.put(sorted(union.items()))
+    refs = [remote.remote(entry, shared, [n for n, _ in pending], fpr, options)
+            for entry, pending in todo]  # fmt: skip
+    while refs:
+        ready, refs = ray.wait(refs, num_returns=1)
+        for ref in ready:
+            record(_result(ray, ref, "a scan task"))

@@ -1,0 +1,166 @@
+"""ipguard scan: many fingerprints against many suspects. Each pair is judged as verify
+judges it (two-sided: copies caught, an independent cleared); one load and one batched pass
+per suspect and input convention; a stopped scan resumes from its journal without asking a
+finished pair again; bad lists are one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from typer.testing import CliRunner
+
+import ipguard.scan as scan_module
+from ipguard import IPGuard, OwnerModel, verify_suspects
+from ipguard.cli import app
+from ipguard.errors import InputError
+from ipguard.scan import read_suspect_list, scan
+
+N = 30
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    tmp_path_factory: pytest.TempPathFactory, owner_module: nn.Module, other_module: nn.Module
+) -> dict[str, Any]:
+    d = tmp_path_factory.mktemp("scan")
+    fps = d / "fps"
+    fps.mkdir()
+    owner = OwnerModel(owner_module, input_shape=(1, 8, 8))
+    for seed in (0, 1):
+        IPGuard().generate(owner, N, seed=seed).save(fps / f"owner-s{seed}.safetensors")
+    torch.jit.save(torch.jit.script(owner_module.eval()), str(d / "copy.pt"))
+    torch.jit.save(torch.jit.script(other_module.eval()), str(d / "other.pt"))
+    save_file(owner_module.state_dict(), str(d / "owner.safetensors"))
+    (d / "suspects.txt").write_text(
+        f"# the fleet\n{d / 'copy.pt'}\n\n{d / 'other.pt'}   # an independent\n"
+        f"ipguard.nets:digits_cnn {d / 'owner.safetensors'}\n"
+    )
+    return {"dir": d, "fps": fps}
+
+
+def test_pairs_are_judged_as_verify_judges_them(fleet: dict[str, Any], tmp_path: Path) -> None:
+    result = scan(fleet["fps"], fleet["dir"] / "suspects.txt", tmp_path / "out")
+    d = fleet["dir"]
+    assert result.fingerprints == ("owner-s0.safetensors", "owner-s1.safetensors")
+    assert len(result.pairs) == 6 and result.resumed == 0
+    for fp_name in result.fingerprints:
+        report = verify_suspects(fleet["fps"] / fp_name, [str(d / "copy.pt"), str(d / "other.pt")])
+        for v in report.verdicts:
+            p = result.pair(v.result.suspect, fp_name)
+            assert (p.matches, p.n, p.verdict) == (v.result.matches, N, v.verdict)
+            assert p.threshold_basis == "uncalibrated-default" == v.threshold_basis
+    assert result.pair(str(d / "copy.pt"), "owner-s0.safetensors").verdict == "pirated"
+    assert result.pair(str(d / "other.pt"), "owner-s1.safetensors").verdict == "not pirated"
+    factory = f"ipguard.nets:digits_cnn {d / 'owner.safetensors'}"
+    assert result.pair(factory, "owner-s1.safetensors").matching_rate == 1.0
+    matrix = (tmp_path / "out" / "matrix.csv").read_text().splitlines()
+    assert matrix[0] == "suspect,owner-s0.safetensors,owner-s1.safetensors"
+    assert matrix[1].endswith("1.000 pirated,1.000 pirated")
+    saved = json.loads((tmp_path / "out" / "scan.json").read_text())
+    assert saved["pirated"] == 4 and len(saved["pairs"]) == 6
+
+
+def test_each_suspect_is_loaded_once_and_asked_in_one_pass(
+    fleet: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened: list[str] = []
+    passes: list[int] = []
+    real_open, real_query = scan_module.open_suspect, scan_module.query_labels
+
+    def counting_open(spec: str, **kw: Any) -> Any:
+        opened.append(spec)
+        return real_open(spec, **kw)
+
+    def counting_query(oracle: Any, points: torch.Tensor, **kw: Any) -> Any:
+        passes.append(points.shape[0])
+        return real_query(oracle, points, **kw)
+
+    monkeypatch.setattr(scan_module, "open_suspect", counting_open)
+    monkeypatch.setattr(scan_module, "query_labels", counting_query)
+    scan(fleet["fps"], fleet["dir"] / "suspects.txt", tmp_path / "out")
+    assert len(opened) == 3 and passes == [2 * N] * 3  # the union of both fingerprints
+
+
+def test_a_stopped_scan_resumes_without_asking_finished_pairs(
+    fleet: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    other_module: nn.Module,
+) -> None:
+    out = tmp_path / "out"
+    first = scan(fleet["fps"], fleet["dir"] / "suspects.txt", out)
+    journal = out / "pairs.jsonl"
+    lines = journal.read_text().splitlines()
+    journal.write_text("\n".join(lines[:2]) + '\n{"suspect": "torn')  # a crash mid-write
+    asked: list[str] = []
+    real = scan_module.scan_suspect
+
+    def counting(entry: Any, fps: Any, *a: Any, **kw: Any) -> Any:
+        asked.extend(f"{entry.name}|{name}" for name, _ in fps)
+        return real(entry, fps, *a, **kw)
+
+    monkeypatch.setattr(scan_module, "scan_suspect", counting)
+    again = scan(fleet["fps"], fleet["dir"] / "suspects.txt", out)
+    assert again.resumed == 2 and len(asked) == 4  # only the pairs not journaled
+    assert journal.read_text().count("\n") == 6  # the torn line was cut, not glued to
+    assert [p.to_dict() for p in again.pairs] == [p.to_dict() for p in first.pairs]
+    # a new fingerprint adds only its own pairs
+    fp = IPGuard().generate(OwnerModel(other_module, input_shape=(1, 8, 8)), N, seed=5)
+    fp.save(fleet["fps"] / "z-new.safetensors")
+    try:
+        asked.clear()
+        third = scan(fleet["fps"], fleet["dir"] / "suspects.txt", out)
+        assert third.resumed == 6 and len(asked) == 3 and len(third.pairs) == 9
+        assert all(a.endswith("|z-new.safetensors") for a in asked)
+    finally:
+        (fleet["fps"] / "z-new.safetensors").unlink()
+
+
+def test_a_suspect_that_fails_is_an_error_row_and_tried_again(
+    fleet: dict[str, Any], tmp_path: Path
+) -> None:
+    listing = tmp_path / "s.txt"
+    listing.write_text(f"{fleet['dir'] / 'copy.pt'}\n{tmp_path / 'gone.pt'}\n")
+    result = scan(fleet["fps"], listing, tmp_path / "out")
+    bad = [p for p in result.pairs if p.error is not None]
+    assert len(bad) == 2 and all("does not exist" in p.error for p in bad)  # type: ignore[operator]
+    assert all(p.verdict is None and p.matching_rate is None for p in bad)
+    again = scan(fleet["fps"], listing, tmp_path / "out")
+    assert again.resumed == 2  # the good pairs; the failed ones were asked again
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "names no suspect"),
+        ("a.pt b.pt c.pt\n", "expected SPEC or SPEC WEIGHTS"),
+        ("ipguard.nets:digits_cnn\n", "needs a weights file after it"),
+        ("model.onnx weights.safetensors\n", "takes no weights file"),
+        ("a.pt\na.pt\n", "names a suspect twice"),
+    ],
+)
+def test_bad_suspect_lists(tmp_path: Path, text: str, message: str) -> None:
+    listing = tmp_path / "s.txt"
+    listing.write_text(text)
+    with pytest.raises(InputError, match=message):
+        read_suspect_list(listing)
+
+
+def test_cli_scan(fleet: dict[str, Any], tmp_path: Path) -> None:
+    args = ["scan", "--fingerprints", str(fleet["fps"]), "--suspects",
+            str(fleet["dir"] / "suspects.txt"), "--out", str(tmp_path / "out")]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    assert "owner-s0.safetensors" in result.stdout and "not pirated" in result.stdout
+    assert "6 pairs (0 from the journal), 4 pirated, 0 errors" in result.stderr
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert json.loads(result.stdout)["resumed"] == 6
+    bad = CliRunner().invoke(app, ["scan", "--fingerprints", str(tmp_path / "none"),
+                                   "--suspects", "x", "--out", str(tmp_path / "o")])  # fmt: skip
+    assert bad.exit_code == 1 and bad.stderr.startswith("error: fingerprints folder")
