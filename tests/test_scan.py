@@ -5,6 +5,7 @@ finished pair again; bad lists are one-line errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,10 @@ from torch import nn
 from typer.testing import CliRunner
 
 import ipguard.scan as scan_module
-from ipguard import IPGuard, OwnerModel, verify_suspects
+from ipguard import IPGuard, OwnerModel, load_fingerprint, verify_suspects
 from ipguard.cli import app
 from ipguard.errors import InputError
+from ipguard.null import calibration_record, null_from_record
 from ipguard.scan import read_suspect_list, scan
 
 N = 30
@@ -164,3 +166,40 @@ def test_cli_scan(fleet: dict[str, Any], tmp_path: Path) -> None:
     bad = CliRunner().invoke(app, ["scan", "--fingerprints", str(tmp_path / "none"),
                                    "--suspects", "x", "--out", str(tmp_path / "o")])  # fmt: skip
     assert bad.exit_code == 1 and bad.stderr.startswith("error: fingerprints folder")
+
+
+def test_calibrated_fingerprints_are_judged_at_the_fpr_and_rejudged_without_asking(
+    fleet: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fps = tmp_path / "fps"
+    fps.mkdir()
+    fp = load_fingerprint(fleet["fps"] / "owner-s0.safetensors")
+    record = calibration_record([9, 12, 11, 10, 13], N, source="trusted-independents",
+                                independents=[], created="2026-12-02T00:00:00Z")  # fmt: skip
+    dataclasses.replace(fp, calibration=record).save(fps / "calibrated.safetensors")
+    listing = fleet["dir"] / "suspects.txt"
+    result = scan(fps, listing, tmp_path / "out", fpr=0.01)
+    copy_ = result.pair(str(fleet["dir"] / "copy.pt"), "calibrated.safetensors")
+    null = null_from_record(record, N, 0.01)
+    assert copy_.threshold_basis == "calibrated-in-fingerprint" and copy_.target_fpr == 0.01
+    assert copy_.threshold == null.threshold and copy_.verdict == "pirated"
+    asked: list[str] = []
+    monkeypatch.setattr(scan_module, "scan_suspect", lambda *a, **k: asked.append("x") or [])
+    strict = scan(fps, listing, tmp_path / "out", fpr=1e-9)  # verify would refuse this fpr
+    assert asked == [] and strict.resumed == 3 and strict.fpr == 1e-9
+    p = strict.pair(str(fleet["dir"] / "copy.pt"), "calibrated.safetensors")
+    assert (
+        p.verdict is None
+        and p.matches == copy_.matches
+        and p.threshold_basis == ("unreachable-fpr")
+    )
+    assert p.error is not None and "give a larger --fpr" in p.error
+    assert "no verdict" in (tmp_path / "out" / "matrix.csv").read_text()
+    with pytest.raises(InputError, match="--threads must be an integer >= 1"):
+        scan(fps, listing, tmp_path / "out", threads=0)
+
+
+def test_a_hash_inside_a_field_is_not_a_comment(tmp_path: Path) -> None:
+    listing = tmp_path / "s.txt"
+    listing.write_text("http://127.0.0.1:9/predict#v2 # the v2 endpoint\n#all of this\n")
+    assert [e.spec for e in read_suspect_list(listing)] == ["http://127.0.0.1:9/predict#v2"]

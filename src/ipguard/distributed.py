@@ -115,7 +115,8 @@ def _build(
 
 
 def _result(ray: ModuleType, ref: Any, what: str) -> Any:
-    """``ray.get(ref)``; a task's own failure becomes the error it raised (one line)."""
+    """``ray.get(ref)``; a task's own failure becomes the error it raised, and a failure of
+    the cluster (a worker or node that died past its retries, memory) one line with a fix."""
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as err:
@@ -125,6 +126,33 @@ def _result(ray: ModuleType, ref: Any, what: str) -> Any:
         raise ModelError(
             f"{what} failed on the cluster: {first_line(cause or err)[:200]}"
         ) from None
+    except ray.exceptions.RayError as err:
+        raise ModelError(
+            f"{what} failed on the cluster: {type(err).__name__}: {first_line(err)[:160]}",
+            f"it was tried {MAX_RETRIES + 1} times; check the cluster's nodes and memory, "
+            "then rerun: finished work is kept",
+        ) from None
+
+
+def _check_fits(ray: ModuleType, cpus: int) -> None:
+    """Refuse tasks no node can run (Ray would queue them for ever)."""
+    largest = max((n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")),
+                  default=0)  # fmt: skip
+    if largest < cpus:
+        raise InputError(
+            f"each task asks for {cpus} CPUs (--threads) but the largest node of the cluster "
+            f"has {largest:g}",
+            "give a smaller --threads",
+        )
+
+
+def _tracker(ray: ModuleType) -> Any:
+    """The progress actor, on the driver's own node (a worker node may die)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    strategy = NodeAffinitySchedulingStrategy(node_id=here, soft=True)
+    return ray.remote(num_cpus=0, scheduling_strategy=strategy)(_Tracker).remote()
 
 
 class _Tracker:
@@ -152,8 +180,10 @@ def run_jobs(
 ) -> tuple[int, int]:  # fmt: skip
     """Build ``jobs`` on the cluster and commit each into its zoo as it finishes; the
     models done (counting ``done_before``) and the tasks retried after a worker died."""
+    _check_fits(ray, threads)
     remote = ray.remote(num_cpus=threads, max_retries=MAX_RETRIES)(_build)
-    tracker = ray.remote(num_cpus=0)(_Tracker).remote()
+    tracker = _tracker(ray)
+    pending: dict[Any, BuildJob] = {}
     try:
         pending = {remote.remote(j.build_fn, threads, tracker, j.key): j for j in jobs}
         total = len(jobs) + done_before if total is None else total
@@ -167,11 +197,21 @@ def run_jobs(
                 done += 1
             if progress is not None:
                 keys = [j.key for j in pending.values()]
-                running = ray.get(tracker.count.remote(keys)) if keys else 0
+                running = _ask(ray, tracker.count.remote(keys), 0) if keys else 0
                 progress(len(keys) - running, running, done, total)
-        return done, int(ray.get(tracker.retries.remote()))
+        return done, _ask(ray, tracker.retries.remote(), 0)
     finally:
+        for ref in pending:  # after a failure: stop what still runs
+            ray.cancel(ref, force=True)
         ray.kill(tracker)
+
+
+def _ask(ray: ModuleType, ref: Any, default: int) -> int:
+    """A progress actor's answer; if the actor is gone, ``default`` (progress only)."""
+    try:
+        return int(ray.get(ref, timeout=10))
+    except ray.exceptions.RayError:
+        return default
 
 
 def prebuild_suite(
@@ -189,6 +229,7 @@ def prebuild_suite(
     started = time.perf_counter()
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
     waves = built = retries = 0
+    committed: set[str] = set()
     while True:
         with recording() as rec:
             models = build_suite_models(suite, ModelZoo(zoo_dir))
@@ -203,9 +244,15 @@ def prebuild_suite(
         if not rec.jobs:
             break
         missing = rec.missing
+        if rebuilt := sorted(missing & committed):
+            raise ModelError(
+                f"model {rebuilt[0][:12]} was built on the cluster but does not load here",
+                "check that the workers run the same ipguard and torch versions as this machine",
+            )
         ready = [j for j in rec.jobs if j.parent not in missing]
         if not ready:  # cannot happen: every parent is itself a job of an earlier wave
             raise InputError("the suite's models depend on each other in a circle")
+        committed |= {j.key for j in ready}
         waves += 1
         built, again = run_jobs(ray, ready, threads=threads, progress=progress,
                                 done_before=built, total=built + len(rec.jobs))  # fmt: skip
@@ -216,20 +263,21 @@ def prebuild_suite(
 # -- scan ----------------------------------------------------------------------------------------
 def run_scan(
     address: str, todo: list[tuple[Any, list[tuple[str, Any]]]],
-    task: Callable[..., list[dict[str, Any]]], fpr: float, options: dict[str, Any],
+    task: Callable[..., list[dict[str, Any]]], options: dict[str, Any],
     record: Callable[[list[dict[str, Any]]], None],
 ) -> None:  # fmt: skip
-    """``ipguard scan --ray``: one task per suspect, ``task(entry, fingerprints, names, fpr,
+    """``ipguard scan --ray``: one task per suspect, ``task(entry, fingerprints, names,
     options)`` (:func:`ipguard.scan.scan_pending`); ``record`` gets each suspect's rows on
     the driver as it finishes. Every fingerprint is put in the object store once."""
     ray = connect(address)
     threads = int(options.get("threads") or 1)
+    _check_fits(ray, threads)
     remote = ray.remote(num_cpus=threads, max_retries=MAX_RETRIES)(task)
     union: dict[str, Any] = {}
     for _, pending in todo:
         union.update(pending)
     shared = ray.put(sorted(union.items()))
-    refs = [remote.remote(entry, shared, [n for n, _ in pending], fpr, options)
+    refs = [remote.remote(entry, shared, [n for n, _ in pending], options)
             for entry, pending in todo]  # fmt: skip
     while refs:
         ready, refs = ray.wait(refs, num_returns=1)

@@ -28,7 +28,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ import torch
 from ipguard.adapters import needs_weights, open_suspect, suspect_kind
 from ipguard.errors import InputError, IPGuardError, first_line
 from ipguard.fingerprint import Fingerprint, load_fingerprint
+from ipguard.io import atomic_write_bytes
 from ipguard.null import null_from_record
 from ipguard.verify import DEFAULT_THRESHOLD, query_labels
 
@@ -61,7 +62,8 @@ class SuspectEntry:
 
 def read_suspect_list(path: str | Path) -> list[SuspectEntry]:
     """The suspects of a list file: one per line, ``SPEC`` or ``SPEC WEIGHTS`` (a factory or
-    ``arch:NAME`` suspect and its weights file); blank lines and ``#`` comments skipped.
+    ``arch:NAME`` suspect and its weights file); blank lines skipped, and a field that starts
+    with ``#`` starts a comment.
 
     Raises:
         InputError: an unreadable file, a malformed line, a repeated suspect, or none.
@@ -73,7 +75,11 @@ def read_suspect_list(path: str | Path) -> list[SuspectEntry]:
         raise InputError(f"cannot read suspects file {p}: {err}") from None
     out: list[SuspectEntry] = []
     for i, line in enumerate(lines, 1):
-        fields = line.split("#", 1)[0].split()
+        fields = line.split()
+        for j, f in enumerate(fields):
+            if f.startswith("#"):  # a comment (a URL may hold a # inside a field)
+                fields = fields[:j]
+                break
         if not fields:
             continue
         if len(fields) > 2:
@@ -130,17 +136,36 @@ class _Rule:
     threshold: float
     basis: str
     target_fpr: float | None
+    error: str | None = None
 
 
-def _rule(fp: Fingerprint, fpr: float) -> _Rule:
-    """The fixed-n threshold ``verify`` would use for ``fp``: its calibration's for ``fpr``
-    (uncalibrated default when it has none or none reaches ``fpr``)."""
+def _rule(name: str, fp: Fingerprint, fpr: float) -> _Rule:
+    """The fixed-n threshold ``verify`` would use for ``fp``: its calibration's for ``fpr``,
+    or the uncalibrated default. Where no matching rate reaches ``fpr`` with the
+    fingerprint's points, ``verify`` refuses; here the pair gets no verdict and says why."""
     if fp.calibration is not None:
         null = null_from_record(fp.calibration, fp.n, fpr)
         if null.reachable:
             return _Rule(null.threshold, "calibrated-in-fingerprint", fpr)
-        return _Rule(1.0 + 1.0 / fp.n, "unreachable-fpr", fpr)  # nothing is accused
+        return _Rule(null.threshold, "unreachable-fpr", fpr,
+                     f"no matching rate reaches a false-positive rate of {fpr:g} with the "
+                     f"{fp.n} points of {name} (give a larger --fpr)")  # fmt: skip
     return _Rule(DEFAULT_THRESHOLD, "uncalibrated-default", None)
+
+
+def judge(row: dict[str, Any], fp: Fingerprint, fpr: float) -> ScanPair:
+    """A journal row (the evidence: matches, or an error) judged at ``fpr``."""
+    rule = _rule(row["fingerprint"], fp, fpr)
+    matches = row.get("matches")
+    error = row.get("error") or (rule.error if matches is not None else None)
+    if matches is None or rule.error is not None:
+        rate = None if matches is None else matches / fp.n
+        return ScanPair(row["suspect"], row["fingerprint"], fp.digest, matches, fp.n, rate,
+                        rule.threshold, rule.basis, rule.target_fpr, None, error)  # fmt: skip
+    rate = matches / fp.n
+    verdict = "pirated" if rate >= rule.threshold else "not pirated"
+    return ScanPair(row["suspect"], row["fingerprint"], fp.digest, matches, fp.n, rate,
+                    rule.threshold, rule.basis, rule.target_fpr, verdict)  # fmt: skip
 
 
 def _convention(fp: Fingerprint) -> tuple[Any, ...]:
@@ -149,11 +174,12 @@ def _convention(fp: Fingerprint) -> tuple[Any, ...]:
 
 
 def scan_suspect(
-    entry: SuspectEntry, fingerprints: Sequence[tuple[str, Fingerprint]], fpr: float, *,
+    entry: SuspectEntry, fingerprints: Sequence[tuple[str, Fingerprint]], *,
     device: str = "cpu", batch_size: int = 256, trust_pickle: bool = False, threads: int = 0,
 ) -> list[dict[str, Any]]:  # fmt: skip
-    """The rows of one suspect against ``fingerprints``: one load and one batched pass per
-    input convention. A suspect that cannot be opened or answered gives error rows."""
+    """The evidence of one suspect against ``fingerprints`` (journal rows: its matches on
+    each, or the error that stopped it): one load and one batched pass per input
+    convention. The verdicts are drawn from the rows later (:func:`judge`)."""
     if threads:
         torch.set_num_threads(threads)
     groups: dict[tuple[Any, ...], list[tuple[str, Fingerprint]]] = {}
@@ -162,7 +188,6 @@ def scan_suspect(
     rows: list[dict[str, Any]] = []
     for members in groups.values():
         first = members[0][1]
-        rules = [_rule(fp, fpr) for _, fp in members]
         try:
             _, oracle = open_suspect(
                 entry.spec, weights=entry.weights, input_shape=first.input_shape,
@@ -173,31 +198,31 @@ def scan_suspect(
             labels = query_labels(oracle, points, num_classes=first.num_classes,
                                   name=entry.name, batch_size=batch_size)  # fmt: skip
         except IPGuardError as err:
-            for (name, fp), rule in zip(members, rules, strict=True):
-                rows.append(ScanPair(entry.name, name, fp.digest, None, fp.n, None,
-                                     rule.threshold, rule.basis, rule.target_fpr, None,
-                                     first_line(err)).to_dict())  # fmt: skip
+            rows += [_evidence(entry, name, fp, None, first_line(err)) for name, fp in members]
             continue
         start = 0
-        for (name, fp), rule in zip(members, rules, strict=True):
+        for name, fp in members:
             matches = int((labels[start : start + fp.n] == fp.labels).sum())
             start += fp.n
-            rate = matches / fp.n
-            verdict = "pirated" if rate >= rule.threshold else "not pirated"
-            rows.append(ScanPair(entry.name, name, fp.digest, matches, fp.n, rate,
-                                 rule.threshold, rule.basis, rule.target_fpr,
-                                 verdict).to_dict())  # fmt: skip
+            rows.append(_evidence(entry, name, fp, matches, None))
     return rows
+
+
+def _evidence(
+    entry: SuspectEntry, name: str, fp: Fingerprint, matches: int | None, error: str | None
+) -> dict[str, Any]:
+    return {"suspect": entry.name, "fingerprint": name, "fingerprint_digest": fp.digest,
+            "matches": matches, "n": fp.n, "error": error}  # fmt: skip
 
 
 def scan_pending(
     entry: SuspectEntry, fingerprints: list[tuple[str, Fingerprint]], names: list[str],
-    fpr: float, options: dict[str, Any],
+    options: dict[str, Any],
 ) -> list[dict[str, Any]]:  # fmt: skip
     """:func:`scan_suspect` on the ``names`` among ``fingerprints``: a Ray task's body (the
     whole list comes from the object store, shared by every task)."""
     wanted = set(names)
-    return scan_suspect(entry, [f for f in fingerprints if f[0] in wanted], fpr, **options)
+    return scan_suspect(entry, [f for f in fingerprints if f[0] in wanted], **options)
 
 
 @dataclass(frozen=True)
@@ -210,6 +235,7 @@ class ScanResult:
         resumed: pairs taken from the journal of an earlier run (not queried again).
         out: the results folder.
         seconds: wall time of this run.
+        fpr: the target false-positive rate the verdicts are drawn at.
     """
 
     suspects: tuple[str, ...]
@@ -218,15 +244,18 @@ class ScanResult:
     resumed: int
     out: Path
     seconds: float
+    fpr: float = 0.01
+    _index: dict[tuple[str, str], ScanPair] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_index", {(p.suspect, p.fingerprint): p for p in self.pairs})
 
     def pair(self, suspect: str, fingerprint: str) -> ScanPair:
-        for p in self.pairs:
-            if p.suspect == suspect and p.fingerprint == fingerprint:
-                return p
-        raise KeyError((suspect, fingerprint))
+        return self._index[(suspect, fingerprint)]
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "fpr": self.fpr,
             "suspects": list(self.suspects), "fingerprints": list(self.fingerprints),
             "pairs": [p.to_dict() for p in self.pairs], "resumed": self.resumed,
             "pirated": sum(p.verdict == "pirated" for p in self.pairs),
@@ -238,25 +267,28 @@ JOURNAL = "pairs.jsonl"
 
 
 def _read_journal(path: Path, digests: dict[str, str]) -> dict[tuple[str, str], dict[str, Any]]:
-    """Finished pairs of earlier runs, for fingerprints whose digest is unchanged; a torn
-    last line (a crash mid-write) is cut."""
+    """The evidence of earlier runs (pairs with matches) for fingerprints whose digest is
+    unchanged. A torn last line (a crash mid-write) is cut; rows of another form and error
+    rows are skipped, so those pairs are asked again."""
     done: dict[tuple[str, str], dict[str, Any]] = {}
     if not path.exists():
         return done
     text = path.read_text(encoding="utf-8")
     if text and not text.endswith("\n"):  # a torn last line: cut it, so appends stay whole
         text = text[: text.rfind("\n") + 1]
-        path.write_text(text, encoding="utf-8")
+        atomic_write_bytes(path, text.encode("utf-8"))
     for line in text.splitlines():
         try:
             row = json.loads(line)
         except ValueError:
             continue
-        if not isinstance(row, dict) or row.get("error") is not None:
-            continue  # errors are tried again
-        key = (row.get("suspect"), row.get("fingerprint"))
-        if digests.get(str(key[1])) == row.get("fingerprint_digest"):
-            done[(str(key[0]), str(key[1]))] = row
+        if not isinstance(row, dict) or not isinstance(row.get("matches"), int):
+            continue
+        suspect, fingerprint = row.get("suspect"), row.get("fingerprint")
+        if isinstance(suspect, str) and digests.get(str(fingerprint)) == row.get(
+            "fingerprint_digest"
+        ):
+            done[(suspect, str(fingerprint))] = row
     return done
 
 
@@ -286,7 +318,9 @@ def scan(
         fingerprints: a folder of fingerprint files (``*.safetensors``).
         suspects: a suspects list file (:func:`read_suspect_list`) or its entries.
         out: the results folder (created; its journal resumes an earlier scan).
-        fpr: the target false-positive rate of calibrated fingerprints.
+        fpr: the target false-positive rate of calibrated fingerprints. The journal keeps
+            only the evidence (matches), so a rerun at another ``fpr`` judges again without
+            asking anything.
         ray: a Ray cluster's address: one task per suspect, with ``threads`` CPUs.
         threads: torch threads per suspect (and CPUs per Ray task).
         device, batch_size, trust_pickle: as for ``ipguard verify``.
@@ -294,6 +328,8 @@ def scan(
     """
     if not (isinstance(fpr, int | float) and 0 < fpr < 1):
         raise InputError(f"--fpr must be in (0, 1), got {fpr!r}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise InputError(f"--threads must be an integer >= 1, got {threads!r}")
     started = time.perf_counter()
     fps = load_fingerprints(fingerprints)
     entries = list(suspects) if not isinstance(suspects, str | Path) else read_suspect_list(
@@ -324,38 +360,17 @@ def scan(
 
     if ray is None:
         for entry, pending in todo:
-            record(scan_suspect(entry, pending, fpr, **options))
+            record(scan_suspect(entry, pending, **options))
     elif todo:
         from ipguard.distributed import run_scan
 
-        run_scan(ray, todo, scan_pending, fpr, options, record)
-    pairs = []
-    for e in entries:
-        for name, fp in fps:
-            row = done.get((e.name, name))
-            pairs.append(ScanPair(**row) if row is not None else _missing(e, name, fp, fpr))
-    result = ScanResult(tuple(e.name for e in entries), tuple(n for n, _ in fps), tuple(pairs),
-                        resumed, out_dir, time.perf_counter() - started)  # fmt: skip
+        run_scan(ray, todo, scan_pending, options, record)
+    by_name = dict(fps)
+    pairs = tuple(judge(done[(e.name, n)], by_name[n], fpr) for e in entries for n in by_name)
+    result = ScanResult(tuple(e.name for e in entries), tuple(by_name), pairs, resumed, out_dir,
+                        time.perf_counter() - started, float(fpr))  # fmt: skip
     _write_tables(result)
     return result
-
-
-def _missing(entry: SuspectEntry, name: str, fp: Fingerprint, fpr: float) -> ScanPair:
-    """A pair whose suspect failed (its error rows are not kept as finished)."""
-    rule = _rule(fp, fpr)
-    return ScanPair(
-        entry.name,
-        name,
-        fp.digest,
-        None,
-        fp.n,
-        None,
-        rule.threshold,
-        rule.basis,
-        rule.target_fpr,
-        None,
-        "not answered (see the error rows of this run)",
-    )
 
 
 def _write_tables(result: ScanResult) -> None:
@@ -374,6 +389,6 @@ def _write_tables(result: ScanResult) -> None:
             for f in result.fingerprints:
                 p = result.pair(s, f)
                 cells.append("error" if p.matching_rate is None
-                             else f"{p.matching_rate:.3f} {p.verdict}")  # fmt: skip
+                             else f"{p.matching_rate:.3f} {p.verdict or 'no verdict'}")  # fmt: skip
             w2.writerow([s, *cells])
     (out / "scan.json").write_text(json.dumps(result.to_dict(), indent=1) + "\n", encoding="utf-8")

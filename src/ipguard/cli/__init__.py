@@ -542,7 +542,12 @@ def evaluate(
         Path, typer.Option("--out", help="Where to write the report, plots and calibration.")
     ] = Path("runs/eval"),
     threads: Annotated[
-        int, typer.Option("--threads", help="torch CPU threads (0: torch's default).")
+        int,
+        typer.Option(
+            "--threads",
+            help="torch CPU threads (0: torch's default); with --ray, the threads and CPUs of "
+            "each task (0 means 1).",
+        ),
     ] = 1,
     sweep: Annotated[
         bool,
@@ -630,7 +635,7 @@ def scan(
             "--suspects",
             metavar="LIST_FILE",
             help="One suspect per line: SPEC, or SPEC WEIGHTS for package.module:factory and "
-            "arch:NAME; # starts a comment.",
+            "arch:NAME; a field that starts with # starts a comment.",
             show_default=False,
         ),
     ],
@@ -653,8 +658,8 @@ def scan(
         typer.Option(
             "--ray",
             metavar="ADDRESS",
-            help="Scan on a Ray cluster, one task per suspect (auto, HOST:PORT, or local); "
-            "needs the ray extra.",
+            help="Scan on a Ray cluster, one task per suspect (auto, HOST:PORT, "
+            "ray://HOST:PORT, or local); needs the ray extra.",
             show_default=False,
         ),
     ] = None,

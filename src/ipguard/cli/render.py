@@ -282,6 +282,9 @@ def threshold_note(report: VerificationReport) -> str:
 
 
 # -- scan --------------------------------------------------------------------------------------
+SCAN_ROWS = 40  # suspects shown in the table; matrix.csv has them all
+
+
 def print_scan(result: ScanResult, as_json: bool) -> None:
     if as_json:
         print_json(result.to_dict())
@@ -291,16 +294,21 @@ def print_scan(result: ScanResult, as_json: bool) -> None:
     table.add_column("suspect")
     for f in result.fingerprints:
         table.add_column(escape(f), justify="right")
-    for s in result.suspects:
+    for s in result.suspects[:SCAN_ROWS]:
         cells = []
         for f in result.fingerprints:
             p = result.pair(s, f)
             if p.matching_rate is None:
                 cells.append("[yellow]error[/]")
+            elif p.verdict is None:
+                cells.append(f"[yellow]{p.matching_rate:.2f} no verdict[/]")
             else:
                 style = "bold red" if p.verdict == "pirated" else "green"
                 cells.append(f"[{style}]{p.matching_rate:.2f} {p.verdict}[/]")
         table.add_row(escape(s), *cells)
+    if len(result.suspects) > SCAN_ROWS:
+        shown = f"the first {SCAN_ROWS} of {len(result.suspects)} suspects"
+        table.caption = f"{shown}: all of them in matrix.csv"
     out.print(table)
     d = result.to_dict()
     bases = sorted({p.threshold_basis for p in result.pairs})
@@ -312,7 +320,7 @@ def print_scan(result: ScanResult, as_json: bool) -> None:
     )
     for p in result.pairs:
         if p.error is not None:
-            err.print(f"{escape(p.suspect)}: {escape(p.error)}", soft_wrap=True)
+            err.print(f"first error: {escape(p.suspect)}: {escape(p.error)}", soft_wrap=True)
             break
 
 
