@@ -17,6 +17,7 @@ from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 
+import ipguard.distributed
 from ipguard.operations import evaluate_suite
 from ipguard.scan import scan
 
@@ -43,6 +44,17 @@ def main(work: Path, config: Path) -> None:
     # the first wave's models train for a few seconds each, so the kill lands mid-task
     text = config.read_text().replace("epochs = 15", "epochs = 150")
     config.write_text(text)
+    # every data tensor of a job goes through the object store, once: count the puts
+    ipguard.distributed.SHARE_BYTES = 0
+    puts: list[tuple[int, ...]] = []
+    real_put = ray.put
+
+    def counting_put(value: object, **kw: object) -> object:
+        if hasattr(value, "shape"):
+            puts.append(tuple(value.shape))  # type: ignore[attr-defined]
+        return real_put(value, **kw)
+
+    ray.put = counting_put  # type: ignore[assignment]
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
     try:
@@ -82,6 +94,7 @@ def main(work: Path, config: Path) -> None:
             "matches_ray": [(s.name, s.matches) for s in remote.result.suspects],
             "matches_local": [(s.name, s.matches) for s in local.result.suspects],
             "built_locally_after_ray": remote.result.models_built,
+            "tensor_puts": puts,
             "scan_ray": [p.to_dict() for p in scanned_ray.pairs],
             "scan_local": [p.to_dict() for p in scanned.pairs],
         }

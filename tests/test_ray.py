@@ -67,6 +67,12 @@ def test_the_cluster_builds_the_local_runs_zoo_despite_a_killed_worker(
     assert report["zoo_ray"] == report["zoo_local"] and len(report["zoo_ray"]) == 7  # bitwise
     assert report["matches_ray"] == report["matches_local"]
     assert report["built_locally_after_ray"] == 0  # everything came from the cluster
+    # the data splits went through the object store once per wave, not once per task:
+    # wave 1 the owner's (owner, 2 independents) and the independents' split, wave 2 the
+    # pirate's (3 copies); as x and y
+    assert sorted(report["tensor_puts"]) == sorted(
+        [[300, 1, 8, 8], [300], [150, 1, 8, 8], [150], [150, 1, 8, 8], [150]]
+    )
     assert 1 <= report["max_running"] <= 2  # at most one task per node's CPU
     assert report["last_event"] == [0, 0, 7, 7]
 
@@ -100,6 +106,35 @@ def test_ray_without_the_extra_is_a_one_line_error(
     assert result.exit_code == 1
     assert result.stderr.strip().startswith("error: --ray needs Ray, which is not installed")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_large_tensors_are_shared_once_and_rebuilt_on_the_worker() -> None:
+    import functools
+
+    import torch
+
+    from ipguard.attacks.base import PirateData
+    from ipguard.distributed import SHARE_BYTES, resolve, share
+
+    big = torch.rand(SHARE_BYTES // 4 + 1)
+    labels = torch.zeros(big.numel(), dtype=torch.int64)
+    small = torch.rand(3)
+    store: dict[int, torch.Tensor] = {}
+
+    def put(t: torch.Tensor) -> int:
+        store[len(store)] = t
+        return len(store) - 1
+
+    def first(data: PirateData, extra: torch.Tensor, *, scale: torch.Tensor) -> float:
+        return float(data.x.sum() + extra.sum() + scale.sum())
+
+    pirate = PirateData(big.view(-1, 1, 1, 1), labels)  # one split, captured by every job
+    jobs = [functools.partial(first, pirate, big, scale=small) for _ in range(3)]
+    cache: dict[int, Any] = {}
+    shipped = [share(j, put, cache) for j in jobs]
+    assert len(store) == 3  # the split's x and y, and the other tensor: once each
+    assert shipped[0].keywords["scale"] is small  # small tensors travel as they are
+    assert [resolve(s, store.__getitem__)() for s in shipped] == [j() for j in jobs]
 
 
 def test_a_task_that_fails_is_the_one_line_error_it_raised() -> None:

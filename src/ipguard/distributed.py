@@ -12,6 +12,8 @@ loading every model from its zoo. How:
    next wave; the others go to the cluster, each a task with ``num_cpus`` equal to the
    torch threads it trains with. Each job's function, with the data it holds, travels in
    Ray's object store: workers need no shared file system.
+   Large tensors among a job's arguments (the data splits) are put in the object store
+   once per run and fetched by each task that needs them.
 3. **Commit.** Each finished task returns the model's state dict (safetensors bytes); the
    driver writes it into the content-keyed zoo as a local build would
    (:meth:`ipguard.zoo.ModelZoo.put`). A rerun, or a run resumed after a crash, trains
@@ -27,6 +29,8 @@ imported by the plain install's commands until ``--ray`` is given.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +39,7 @@ from types import ModuleType
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ipguard.errors import InputError, IPGuardError, ModelError, first_line
 from ipguard.zoo import BuildJob, ModelZoo, recording, state_blob
@@ -103,14 +107,72 @@ class RayRun:
                 "nodes": self.nodes}  # fmt: skip
 
 
+#: tensors of at least this many bytes in a job's arguments travel through the object store
+#: once per run, not once per task (a CIFAR-10 split is 245 MB; digits' are kilobytes)
+SHARE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """A large tensor, put in the object store once."""
+
+    ref: Any
+
+
+@dataclass(frozen=True)
+class _Rebuild:
+    """A dataclass (e.g. :class:`~ipguard.attacks.base.PirateData`) holding shared tensors,
+    built again on the worker."""
+
+    cls: type
+    fields: dict[str, Any]
+
+
+def share(obj: Any, put: Callable[[Any], Any], cache: dict[int, tuple[Any, _Shared]]) -> Any:
+    """``obj`` (a job's function) with each large tensor among a ``partial``'s arguments,
+    or among the fields of a dataclass there, replaced by one :class:`_Shared` per tensor:
+    ``put`` is called once per distinct tensor over all jobs sharing ``cache``."""
+    if isinstance(obj, Tensor) and obj.numel() * obj.element_size() >= SHARE_BYTES:
+        if id(obj) not in cache:
+            cache[id(obj)] = (obj, _Shared(put(obj)))  # obj kept alive: its id stays unique
+        return cache[id(obj)][1]
+    if isinstance(obj, functools.partial):
+        return functools.partial(
+            obj.func, *(share(a, put, cache) for a in obj.args),
+            **{k: share(v, put, cache) for k, v in obj.keywords.items()},
+        )  # fmt: skip
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        values = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.init}
+        shared = {k: share(v, put, cache) for k, v in values.items()}
+        if any(shared[k] is not values[k] for k in values):
+            return _Rebuild(type(obj), shared)
+    return obj
+
+
+def resolve(obj: Any, get: Callable[[Any], Any]) -> Any:
+    """The inverse of :func:`share`, on the worker (``get`` is ``ray.get``)."""
+    if isinstance(obj, _Shared):
+        return get(obj.ref)
+    if isinstance(obj, _Rebuild):
+        return obj.cls(**{k: resolve(v, get) for k, v in obj.fields.items()})
+    if isinstance(obj, functools.partial):
+        return functools.partial(
+            obj.func, *(resolve(a, get) for a in obj.args),
+            **{k: resolve(v, get) for k, v in obj.keywords.items()},
+        )  # fmt: skip
+    return obj
+
+
 def _build(
     job_fn: Callable[[], nn.Module], threads: int, tracker: Any, key: str
 ) -> tuple[bytes, float]:
     """The task: build one model with ``threads`` torch threads; its state dict's bytes."""
+    import ray
+
     tracker.started.remote(key)
     torch.set_num_threads(threads)
     started = time.perf_counter()
-    module = job_fn()
+    module = resolve(job_fn, ray.get)()
     return state_blob(module.eval()), time.perf_counter() - started
 
 
@@ -152,7 +214,11 @@ def _tracker(ray: ModuleType) -> Any:
 
     here = ray.get_runtime_context().get_node_id()
     strategy = NodeAffinitySchedulingStrategy(node_id=here, soft=True)
-    return ray.remote(num_cpus=0, scheduling_strategy=strategy)(_Tracker).remote()
+    tracker = ray.remote(num_cpus=0, scheduling_strategy=strategy)(_Tracker).remote()
+    # wait until it is up: a task's message to an actor still starting is held by the task,
+    # and lost if its worker dies first
+    _ask(ray, tracker.count.remote([]), 0, timeout=120)
+    return tracker
 
 
 class _Tracker:
@@ -184,8 +250,12 @@ def run_jobs(
     remote = ray.remote(num_cpus=threads, max_retries=MAX_RETRIES)(_build)
     tracker = _tracker(ray)
     pending: dict[Any, BuildJob] = {}
+    shared: dict[int, tuple[Any, _Shared]] = {}
     try:
-        pending = {remote.remote(j.build_fn, threads, tracker, j.key): j for j in jobs}
+        pending = {
+            remote.remote(share(j.build_fn, ray.put, shared), threads, tracker, j.key): j
+            for j in jobs
+        }
         total = len(jobs) + done_before if total is None else total
         done = done_before
         while pending:
@@ -206,10 +276,10 @@ def run_jobs(
         ray.kill(tracker)
 
 
-def _ask(ray: ModuleType, ref: Any, default: int) -> int:
+def _ask(ray: ModuleType, ref: Any, default: int, *, timeout: float = 10) -> int:
     """A progress actor's answer; if the actor is gone, ``default`` (progress only)."""
     try:
-        return int(ray.get(ref, timeout=10))
+        return int(ray.get(ref, timeout=timeout))
     except ray.exceptions.RayError:
         return default
 
