@@ -22,13 +22,23 @@ from ipguard.operations import evaluate_suite
 from ipguard.scan import scan
 
 
+def _ours(pid: str) -> bool:
+    """Whether process ``pid`` lives in this network namespace (this cluster's, not the one
+    of another run on the same machine: PIDs are not isolated, the network is)."""
+    try:
+        return os.readlink(f"/proc/{pid}/ns/net") == os.readlink("/proc/self/ns/net")
+    except OSError:
+        return False
+
+
 def _kill_first_builder(found: list[int], stop: threading.Event) -> None:
-    """Kill -9 the first worker process seen building a model (its title is ray::_build)."""
+    """Kill -9 the first worker process of this cluster seen building a model (its title is
+    ray::_build)."""
     while not stop.is_set() and not found:
         ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
         for line in ps.splitlines()[1:]:
             pid, _, args = line.strip().partition(" ")
-            if args.startswith("ray::_build"):  # a task of a few seconds has started:
+            if args.startswith("ray::_build") and _ours(pid):  # a task of seconds started:
                 time.sleep(1.0)  # kill it mid-training, once it has told the driver
                 os.kill(int(pid), signal.SIGKILL)
                 found.append(int(pid))
