@@ -153,9 +153,8 @@ def _rule(name: str, fp: Fingerprint, fpr: float) -> _Rule:
     return _Rule(DEFAULT_THRESHOLD, "uncalibrated-default", None)
 
 
-def judge(row: dict[str, Any], fp: Fingerprint, fpr: float) -> ScanPair:
-    """A journal row (the evidence: matches, or an error) judged at ``fpr``."""
-    rule = _rule(row["fingerprint"], fp, fpr)
+def judge(row: dict[str, Any], fp: Fingerprint, rule: _Rule) -> ScanPair:
+    """A journal row (the evidence: matches, or an error) judged by ``fp``'s ``rule``."""
     matches = row.get("matches")
     error = row.get("error") or (rule.error if matches is not None else None)
     if matches is None or rule.error is not None:
@@ -366,7 +365,8 @@ def scan(
 
         run_scan(ray, todo, scan_pending, options, record)
     by_name = dict(fps)
-    pairs = tuple(judge(done[(e.name, n)], by_name[n], fpr) for e in entries for n in by_name)
+    rules = {n: _rule(n, fp, fpr) for n, fp in fps}  # once per fingerprint, not per pair
+    pairs = tuple(judge(done[(e.name, n)], by_name[n], rules[n]) for e in entries for n in by_name)
     result = ScanResult(tuple(e.name for e in entries), tuple(by_name), pairs, resumed, out_dir,
                         time.perf_counter() - started, float(fpr))  # fmt: skip
     _write_tables(result)

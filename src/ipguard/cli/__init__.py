@@ -42,6 +42,7 @@ from ipguard.cli.options import (
     PassphraseEnvOpt,
     PubkeyOpt,
     RateLimitOpt,
+    RayOpt,
     RetriesOpt,
     ScaleOpt,
     SizeOpt,
@@ -584,17 +585,7 @@ def evaluate(
             help="KEY=VALUE parameter of the fingerprint method (JSON value); repeatable.",
         ),
     ] = None,
-    ray: Annotated[
-        str | None,
-        typer.Option(
-            "--ray",
-            metavar="ADDRESS",
-            help="Build the models on a Ray cluster (auto, HOST:PORT, ray://HOST:PORT, or "
-            "local for one started here), one task per model with --threads CPUs; the same "
-            "results as a local run. Needs the ray extra (docs/scaling.md).",
-            show_default=False,
-        ),
-    ] = None,
+    ray: RayOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure the fingerprint on a suite of pirated copies and independent models.
@@ -653,16 +644,7 @@ def scan(
         float,
         typer.Option("--fpr", help="Target false-positive rate of calibrated fingerprints."),
     ] = 0.01,
-    ray: Annotated[
-        str | None,
-        typer.Option(
-            "--ray",
-            metavar="ADDRESS",
-            help="Scan on a Ray cluster, one task per suspect (auto, HOST:PORT, "
-            "ray://HOST:PORT, or local); needs the ray extra.",
-            show_default=False,
-        ),
-    ] = None,
+    ray: RayOpt = None,
     threads: Annotated[
         int, typer.Option("--threads", help="Torch threads per suspect (CPUs per Ray task).")
     ] = 1,

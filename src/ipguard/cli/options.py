@@ -101,6 +101,17 @@ WeightsOpt = Annotated[
     ),
 ]  # fmt: skip
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")]
+RayOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        metavar="ADDRESS",
+        help="Run on a Ray cluster (auto, HOST:PORT, ray://HOST:PORT, or local for one started "
+        "here): one task per model to build or suspect to scan, with --threads CPUs each; the "
+        "same results as a local run. Needs the ray extra (docs/scaling.md).",
+        show_default=False,
+    ),
+]
 MeanOpt = Annotated[
     str | None,
     typer.Option(
