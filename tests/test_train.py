@@ -122,6 +122,55 @@ def test_schedules() -> None:
     assert Recipe(lr=0.3).lr_at(7, 3, 9) == 0.3
 
 
+def test_warmup_then_linear_decay_is_the_one_cycle_shape() -> None:
+    r = Recipe(epochs=10, lr=0.1, schedule="linear", warmup=0.2)  # 50 steps, 10 of warm-up
+    lrs = [r.lr_at(e, s, 5) for e in range(10) for s in range(5)]
+    assert lrs[0] == pytest.approx(0.1 / 11) and lrs[9] == pytest.approx(0.1 * 10 / 11)
+    assert lrs[10] == pytest.approx(0.1)  # the peak, where the decay starts
+    assert lrs[30] == pytest.approx(0.05) and lrs[49] == pytest.approx(0.1 / 40)
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:11], strict=True))
+    assert all(a > b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+    warm_cos = Recipe(epochs=10, lr=0.1, schedule="cosine", warmup=0.2)
+    assert warm_cos.lr_at(6, 0, 5) == pytest.approx(0.05)  # cosine over the last 40 steps
+    assert Recipe(epochs=10, lr=0.3, warmup=0.5).lr_at(9, 0, 10) == 0.3  # constant, after
+
+
+def test_new_recipe_fields_leave_existing_zoo_keys_alone() -> None:
+    # the zoo keys hash Recipe.to_dict(): a recipe that does not use the newer fields has
+    # the dictionary it had before they existed
+    assert not {"warmup", "label_smoothing", "channels_last"} & set(CIFAR_RECIPE.to_dict())
+    fast = Recipe(schedule="linear", warmup=0.1, label_smoothing=0.2, channels_last=True)
+    d = fast.to_dict()
+    assert (d["warmup"], d["label_smoothing"], d["channels_last"]) == (0.1, 0.2, True)
+    assert Recipe.from_dict(d) == fast
+
+
+def test_label_smoothing_trains_differently_and_channels_last_is_a_gpu_setting(
+    data: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    one = Recipe(epochs=1, lr=0.05, optimizer="sgd", batch_size=32, augment=True)
+    plain = train(seeded(bn_net, 0), *data, one, seed=1)
+    smooth = Recipe(**{**one.to_dict(), "milestones": (0.5, 0.75), "label_smoothing": 0.1})
+    last = Recipe(**{**one.to_dict(), "milestones": (0.5, 0.75), "channels_last": True})
+    assert not _same(plain, train(seeded(bn_net, 0), *data, smooth, seed=1))
+    assert _same(plain, train(seeded(bn_net, 0), *data, last, seed=1))  # ignored on the CPU
+
+
+def test_an_epochs_augmentation_is_drawn_as_batch_by_batch_draws_would_be() -> None:
+    from ipguard.train import _crop_flip, _epoch_augment
+
+    x = torch.rand(37, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    flip, dy, dx = _epoch_augment(37, 10, 2, torch.Generator().manual_seed(5), x.device)
+    per_batch = torch.Generator().manual_seed(5)
+    for start in range(0, 37, 10):
+        part = slice(start, start + 10)
+        assert dy is not None and dx is not None
+        assert torch.equal(
+            _crop_flip(x[part], 2, flip[part], dy[part], dx[part]),
+            augment_crop_flip(x[part], 2, per_batch),
+        )
+
+
 def test_crop_flip_is_a_shifted_or_mirrored_copy() -> None:
     x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).reshape(2, 3, 6, 6) + 1.0
     gen = torch.Generator().manual_seed(0)
@@ -160,7 +209,10 @@ def test_same_seed_same_weights_other_seed_other_weights(
         ({"lr": -1.0}, "lr"),
         ({"lr": float("nan")}, "lr"),
         ({"optimizer": "rmsprop"}, "optimizer"),
-        ({"schedule": "linear"}, "schedule"),
+        ({"schedule": "onecycle"}, "schedule"),
+        ({"warmup": 1.0}, "warmup"),
+        ({"label_smoothing": -0.1}, "label_smoothing"),
+        ({"channels_last": 1}, "channels_last"),
         ({"milestones": (0.8, 0.2)}, "increasing"),
         ({"milestones": (1.5,)}, "milestones"),
         ({"augment": "yes"}, "augment"),
@@ -211,3 +263,22 @@ def test_checkpoint_of_a_run_on_other_parameters_is_not_used(
     train(fresh, *data, SGD, seed=5, params=list(fresh[-1].parameters()))
     train(last, *data, SGD, seed=5, params=only_last, checkpoint=ckpt)
     assert _same(fresh, last)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_gpu_path_trains_in_mixed_precision_and_channels_last(
+    data: tuple[torch.Tensor, torch.Tensor],
+) -> None:  # pragma: no cover - runs on GPU machines only
+    from ipguard.zoo import state_blob
+
+    fast = Recipe(
+        epochs=3, lr=0.05, optimizer="sgd", batch_size=64, augment=True, schedule="linear",
+        warmup=0.2, label_smoothing=0.1, channels_last=True,
+    )  # fmt: skip
+    model = train(seeded(bn_net, 0), *data, fast, seed=1, device="cuda")
+    conv = model[0].weight
+    assert conv.is_cuda and conv.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        acc = (model(data[0].cuda()).argmax(1).cpu() == data[1]).float().mean()
+    assert acc > 0.5
+    assert state_blob(model)  # saved as plain contiguous CPU tensors

@@ -42,7 +42,8 @@ import torch
 from torch import Tensor, nn
 
 from ipguard.errors import InputError, IPGuardError, ModelError, first_line
-from ipguard.zoo import BuildJob, ModelZoo, recording, state_blob
+from ipguard.workers import prebuild_waves
+from ipguard.zoo import BuildJob, ModelZoo, state_blob
 
 __all__ = ["RayRun", "TaskProgress", "connect", "prebuild_suite"]
 
@@ -290,43 +291,17 @@ def prebuild_suite(
 ) -> RayRun:  # fmt: skip
     """Build on the Ray cluster at ``address`` every model that evaluating ``suite`` with
     the zoo ``zoo_dir`` would train (see the module doc); the models land in the zoo."""
-    from ipguard.evaluate import build_suite_models, method_inputs, suite_method
-    from ipguard.models import OwnerModel
-
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise InputError(f"threads per task must be an integer >= 1, got {threads!r}")
     ray = connect(address)
     started = time.perf_counter()
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-    waves = built = retries = 0
-    committed: set[str] = set()
-    while True:
-        with recording() as rec:
-            models = build_suite_models(suite, ModelZoo(zoo_dir))
-            method = suite_method(suite, zoo_dir)
-            owner_ready = not rec.jobs or models.suspects[0].key not in rec.missing
-            if owner_ready and hasattr(method, "surrogates"):
-                data, labels = method_inputs(method, test=models.test,
-                                             owner_data=models.owner_data)  # fmt: skip
-                if data is not None and labels is not None:
-                    owner = OwnerModel(models.owner, input_shape=models.input_shape)
-                    method.surrogates(owner, data, labels)
-        if not rec.jobs:
-            break
-        missing = rec.missing
-        if rebuilt := sorted(missing & committed):
-            raise ModelError(
-                f"model {rebuilt[0][:12]} was built on the cluster but does not load here",
-                "check that the workers run the same ipguard and torch versions as this machine",
-            )
-        ready = [j for j in rec.jobs if j.parent not in missing]
-        if not ready:  # cannot happen: every parent is itself a job of an earlier wave
-            raise InputError("the suite's models depend on each other in a circle")
-        committed |= {j.key for j in ready}
-        waves += 1
-        built, again = run_jobs(ray, ready, threads=threads, progress=progress,
-                                done_before=built, total=built + len(rec.jobs))  # fmt: skip
-        retries += again
+    waves, built, retries = prebuild_waves(
+        suite, zoo_dir,
+        run=lambda jobs, before, total: run_jobs(
+            ray, jobs, threads=threads, progress=progress, done_before=before, total=total
+        ),
+    )  # fmt: skip
     return RayRun(address, waves, built, retries, time.perf_counter() - started, nodes)
 
 

@@ -21,6 +21,10 @@ class IPGuardError(Exception):
             return f"{self.message} ({self.hint})"
         return self.message
 
+    def __reduce__(self) -> tuple[type[IPGuardError], tuple[str, str | None]]:
+        # the hint survives pickling (an error raised in a worker process or a Ray task)
+        return (type(self), (self.message, self.hint))
+
 
 class InputError(IPGuardError):
     """Input data or a parameter is invalid: wrong shape, NaN/inf, out of bounds, bad value."""

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from ipguard.attacks import ATTACKS, PirateData, make_attack
 from ipguard.attacks._student import SAME_ARCH
+from ipguard.attacks.base import Attack, model_device
 from ipguard.calibration import Calibration, calibrate
 from ipguard.data import load_data
 from ipguard.errors import InputError
@@ -39,12 +40,12 @@ from ipguard.hf import folder_digest, is_hf_spec, read_hf_folder
 from ipguard.io import atomic_write_bytes, write_json
 from ipguard.methods import METHODS, FingerprintMethod, make_method
 from ipguard.metrics import SuiteSummary, SuspectRecord, robustness, summarise, uniqueness
-from ipguard.models import OwnerModel, weights_sha256
+from ipguard.models import OwnerModel, resolve_device, weights_sha256
 from ipguard.nets import build_arch
 from ipguard.suite import Suite
 from ipguard.train import Recipe, accuracy, seeded, train
 from ipguard.verify import DEFAULT_THRESHOLD, verify
-from ipguard.zoo import ModelZoo, zoo_key
+from ipguard.zoo import ModelZoo, no_note, zoo_key
 
 __all__ = ["EvaluationResult", "ProgressFn", "SuspectResult", "run_suite"]
 
@@ -253,13 +254,27 @@ def _independent_family(arch: str, data: str, owner_arch: str) -> str:
 def _train(
     factory: Callable[[], nn.Module], x: Tensor, y: Tensor, *, recipe: Recipe, seed: int,
     checkpoint: Path | None, note: Callable[[str], None], init: int = 10_000,
+    device: str = "cpu",
 ) -> nn.Module:  # fmt: skip
-    """A fresh model with weights drawn from ``init + seed``, trained with ``seed``; the run
-    checkpoints after every epoch, so an interrupted one resumes where it stopped."""
+    """A fresh model with weights drawn from ``init + seed``, trained with ``seed`` on
+    ``device``; the run checkpoints after every epoch, so an interrupted one resumes where
+    it stopped."""
     return train(
         seeded(factory, init + seed), x, y, recipe, seed=seed, checkpoint=checkpoint,
+        device=device,
         on_epoch=lambda e, loss: note(f"epoch {e}/{recipe.epochs}, loss {loss:.3f}"),
     )  # fmt: skip
+
+
+def _attacked(
+    attack: Attack, owner: nn.Module, x: Tensor, y: Tensor, *, seed: int, device: str
+) -> nn.Module:
+    """``attack`` applied to ``owner`` with the pirate's data ``(x, y)``, on ``device``
+    (where the owner and the data are copied if they live elsewhere)."""
+    dev = resolve_device(device)
+    if model_device(owner) != dev:
+        owner = copy.deepcopy(owner).to(dev)
+    return attack.apply(owner, PirateData(x.to(dev), y.to(dev)), seed=seed)
 
 
 def _prefixed(note: Callable[[str], None], prefix: str, text: str) -> None:
@@ -269,10 +284,11 @@ def _prefixed(note: Callable[[str], None], prefix: str, text: str) -> None:
 def _trained(
     zoo: ModelZoo, spec: dict[str, Any], factory: Callable[[], nn.Module], x: Tensor, y: Tensor,
     *, recipe: Recipe, seed: int, name: str, note: Callable[[str], None], init: int = 10_000,
+    device: str = "cpu",
 ) -> tuple[str, nn.Module]:  # fmt: skip
     """The zoo's model for ``spec``, trained from scratch (checkpointed in the zoo) if missing."""
     build = partial(
-        _train, factory, x, y, recipe=recipe, seed=seed, init=init,
+        _train, factory, x, y, recipe=recipe, seed=seed, init=init, device=device,
         checkpoint=zoo.checkpoint_path(zoo_key(spec)), note=partial(_prefixed, note, name),
     )  # fmt: skip
     return zoo.get_or_build(spec, build, template=factory)
@@ -300,6 +316,12 @@ class SuiteModels:
     seconds: dict[str, float] = field(default_factory=dict)
     #: the owner's training split, for methods whose ``data_role`` is ``"training"``
     owner_data: tuple[Tensor, Tensor] | None = None
+    #: where the models were trained, and where they are queried
+    device: str = "cpu"
+
+    def oracle(self, module: nn.Module) -> OwnerModel:
+        """``module`` as a label oracle on this suite's inputs, on the suite's device."""
+        return OwnerModel(module, input_shape=self.input_shape, device=self.device)
 
 
 def suite_size(suite: Suite) -> int:
@@ -314,10 +336,16 @@ def suite_size(suite: Suite) -> int:
 def build_suite_models(
     suite: Suite,
     zoo: ModelZoo,
-    step: Callable[[str], None] = lambda _name: None,
-    note: Callable[[str], None] = lambda _text: None,
+    step: Callable[[str], None] = no_note,
+    note: Callable[[str], None] = no_note,
+    *,
+    device: str = "cpu",
 ) -> SuiteModels:
     """Build (or load from ``zoo``) the owner, every attacked copy and every independent.
+
+    Training runs on ``device`` (``cuda``: the data sets on the GPU, mixed precision; see
+    :func:`ipguard.train.train`). The device is not part of the zoo keys: a model trained
+    on a GPU is reused on the CPU, and the other way round.
 
     ``step(name)`` is called after each model, ``note(text)`` during long training (the
     epoch and loss). Keys are content hashes of what produced each model, so
@@ -326,6 +354,7 @@ def build_suite_models(
     """
     clock = time.perf_counter()
     seconds: dict[str, float] = {}
+    resolve_device(device)  # a clear error before any data is read
 
     def lap(stage: str) -> None:
         nonlocal clock
@@ -347,14 +376,15 @@ def build_suite_models(
                   "num_classes": num_classes, **_arch_files(o.arch)}  # fmt: skip
     owner_key, owner = _trained(
         zoo, owner_spec, owner_factory, xo, yo, recipe=o.recipe, seed=o.seed, name="owner",
-        note=note, init=0,
+        note=note, init=0, device=device,
     )  # fmt: skip
     step("owner")
     lap("owner")
     suspects = [BuiltSuspect("owner", "owner", True, owner_key, owner)]
 
     # -- attacked copies (positives)
-    pirate = PirateData(*splits["pirate"])
+    xp, yp = splits["pirate"]
+    PirateData(xp, yp)  # checked once, before any attack
     for a in suite.attacks:
         family = ATTACKS[a.name].family
         for params in a.variants:
@@ -373,9 +403,8 @@ def build_suite_models(
                 spec = {"kind": "attack", "attack": a.name, "params": attack.params(),
                         "seed": seed, "parent": owner_key, "data": data_spec,
                         "split": "pirate"}  # fmt: skip
-                key, module = zoo.get_or_build(
-                    spec, partial(attack.apply, owner, pirate, seed=seed), template=template
-                )
+                build = partial(_attacked, attack, owner, xp, yp, seed=seed, device=device)
+                key, module = zoo.get_or_build(spec, build, template=template)
                 name = _variant_name(a.name, dict(params), seed)
                 suspects.append(BuiltSuspect(name, family, True, key, module))
                 step(name)
@@ -392,14 +421,16 @@ def build_suite_models(
                     "arch": ind.arch, **ind.recipe.to_dict(), "seed": seed,
                     "num_classes": num_classes, **_arch_files(ind.arch)}  # fmt: skip
             key, module = _trained(
-                zoo, spec, factory, x, y, recipe=ind.recipe, seed=seed, name=name, note=note
-            )
+                zoo, spec, factory, x, y, recipe=ind.recipe, seed=seed, name=name, note=note,
+                device=device,
+            )  # fmt: skip
             suspects.append(BuiltSuspect(name, family, False, key, module))
             step(name)
     lap("independents")
     return SuiteModels(
-        owner, tuple(suspects), (c, h, w), splits["test"], seconds, owner_data=splits["owner"]
-    )
+        owner, tuple(suspects), (c, h, w), splits["test"], seconds, owner_data=splits["owner"],
+        device=device,
+    )  # fmt: skip
 
 
 def suite_method(suite: Suite, zoo_dir: str | Path) -> FingerprintMethod:
@@ -416,13 +447,14 @@ def suite_method(suite: Suite, zoo_dir: str | Path) -> FingerprintMethod:
 def suite_fingerprint(
     suite: Suite, owner: nn.Module, input_shape: tuple[int, int, int], zoo_dir: str | Path,
     *, test: tuple[Tensor, Tensor], owner_data: tuple[Tensor, Tensor] | None,
+    device: str = "cpu",
 ) -> Fingerprint:  # fmt: skip
     """Fingerprint the suite's owner. It sees only the owner, the owner's split (methods
     whose ``data_role`` is ``"training"``) or the test split (start points): never a suspect."""
     method = suite_method(suite, zoo_dir)
     data, labels = method_inputs(method, test=test, owner_data=owner_data)
     return method.generate(
-        OwnerModel(owner, input_shape=input_shape), suite.fingerprint.n, data=data,
+        OwnerModel(owner, input_shape=input_shape, device=device), suite.fingerprint.n, data=data,
         labels=labels, seed=suite.fingerprint.seed,
     )  # fmt: skip
 
@@ -475,14 +507,16 @@ class StepCounter:
 
 
 def run_suite(
-    suite: Suite, zoo_dir: str | Path, *, progress: ProgressFn | None = None
-) -> EvaluationResult:
-    """Build or load every model of ``suite`` in ``zoo_dir`` and evaluate the fingerprint."""
+    suite: Suite, zoo_dir: str | Path, *, progress: ProgressFn | None = None,
+    device: str = "cpu",
+) -> EvaluationResult:  # fmt: skip
+    """Build or load every model of ``suite`` in ``zoo_dir`` and evaluate the fingerprint;
+    training, fingerprinting and queries run on ``device``."""
     started = time.perf_counter()
     zoo = ModelZoo(zoo_dir)
     counter = StepCounter(suite_size(suite) + 1, progress)
     step = counter.step
-    models = build_suite_models(suite, zoo, step, counter.note)
+    models = build_suite_models(suite, zoo, step, counter.note, device=device)
     seconds = dict(models.seconds)
     clock = time.perf_counter()
     xt, yt = models.test
@@ -492,7 +526,7 @@ def run_suite(
 
     # -- fingerprint and verify
     fp = suite_fingerprint(suite, owner, input_shape, zoo_dir, test=models.test,
-                           owner_data=models.owner_data)  # fmt: skip
+                           owner_data=models.owner_data, device=device)  # fmt: skip
     check_disjoint(fp, [b.module for b in models.suspects[1:]])
     step("fingerprint")
     seconds["fingerprint"] = time.perf_counter() - clock
@@ -501,11 +535,11 @@ def run_suite(
     verify_seconds = 0.0
     for name, family, pirated, key, module in suspects:
         started_verify = time.perf_counter()
-        v = verify(fp, OwnerModel(module, input_shape=input_shape), name=name)
+        oracle = models.oracle(module)
+        v = verify(fp, oracle, name=name)
         verify_seconds += time.perf_counter() - started_verify
-        results.append(
-            SuspectResult(name, family, pirated, accuracy(module, xt, yt), v.matches, v.n, key)
-        )
+        acc = accuracy(oracle.module, xt, yt, device=oracle.device)
+        results.append(SuspectResult(name, family, pirated, acc, v.matches, v.n, key))
     seconds["verification"] = verify_seconds
     seconds["test accuracy"] = time.perf_counter() - clock - verify_seconds
 

@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from ipguard.serve import FaultSpec, LabelServer
     from ipguard.suite import Suite
     from ipguard.sweep import SweepConfig, SweepResult
+    from ipguard.workers import LocalRun
 
 __all__ = [
     "DEFAULT_FPR",
@@ -792,6 +793,7 @@ class EvaluationRun:
     out_dir: Path | None
     plots: tuple[Path, ...] = ()
     ray: RayRun | None = None
+    workers: LocalRun | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The report of ``ipguard evaluate --json``."""
@@ -800,6 +802,8 @@ class EvaluationRun:
             report["sweep"] = self.sweep.to_dict()
         if self.ray is not None:
             report["ray"] = self.ray.to_dict()
+        if self.workers is not None:
+            report["workers"] = self.workers.to_dict()
         return report
 
 
@@ -843,6 +847,8 @@ def evaluate_suite(
     sweep_progress: StageProgress | None = None,
     ray: str | None = None,
     task_progress: TaskProgress | None = None,
+    device: str = "cpu",
+    workers: int | None = None,
 ) -> EvaluationRun:
     """Measure a fingerprint on a suite of copies and independents, as ``ipguard evaluate``.
 
@@ -864,7 +870,13 @@ def evaluate_suite(
             ``local``): every model the zoo lacks is built there first, one task per model
             with ``threads`` CPUs (1 if unset), then the evaluation runs here as always
             (:mod:`ipguard.distributed`). Needs the ``ray`` extra.
-        task_progress: ``(queued, running, done, total)`` of the cluster's tasks.
+        task_progress: ``(queued, running, done, total)`` of the cluster's or the workers'
+            jobs.
+        device: where models are trained, fingerprinted and queried (``cuda``: the data on
+            the GPU, mixed precision; see :func:`ipguard.train.train`).
+        workers: build every model the zoo lacks first with this many local processes, each
+            with ``threads`` torch threads (1 if unset) and ``device``, sharing it
+            (:mod:`ipguard.workers`); not with ``ray``.
     """
     from ipguard.evaluate import run_suite
     from ipguard.sweep import SweepConfig, check_k_sweep, run_sweep
@@ -885,12 +897,26 @@ def evaluate_suite(
     out_dir = None if out is None else Path(out)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-    ray_run = None
+    if ray is not None and workers is not None:
+        raise InputError("give --ray or --workers, not both")
+    if device != "cpu" and ray is not None:
+        raise InputError(
+            "--device applies to local runs; Ray tasks train on the CPU",
+            "drop --device, or use --workers N --device cuda on a GPU machine",
+        )
+    ray_run = local_run = None
     if ray is not None:
         from ipguard.distributed import prebuild_suite
 
         ray_run = prebuild_suite(suite, zoo, ray, threads=threads or 1, progress=task_progress)
-    result = run_suite(suite, zoo, progress=progress)
+    if workers is not None:
+        from ipguard.workers import prebuild_local
+
+        local_run = prebuild_local(
+            suite, zoo, workers=workers, threads=threads or 1, device=device,
+            progress=task_progress,
+        )  # fmt: skip
+    result = run_suite(suite, zoo, progress=progress, device=device)
     plots: list[Path] = []
     if out_dir is not None:
         result.write_json(out_dir / "results.json")
@@ -902,13 +928,14 @@ def evaluate_suite(
     swept = None
     if sweep_config is not None:
         swept = run_sweep(
-            suite, zoo, ks=sweep_config.ks, ns=sweep_config.ns, progress=sweep_progress
-        )
+            suite, zoo, ks=sweep_config.ks, ns=sweep_config.ns, progress=sweep_progress,
+            device=device,
+        )  # fmt: skip
         if out_dir is not None:
             swept.write_csv(out_dir / "sweep.csv")
             swept.write_json(out_dir / "sweep.json")
             swept.plot(out_dir / "sweep")
-    return EvaluationRun(result, swept, out_dir, tuple(plots), ray_run)
+    return EvaluationRun(result, swept, out_dir, tuple(plots), ray_run, local_run)
 
 
 # -- serve -------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ from ipguard.fingerprint import Fingerprint
 from ipguard.models import OwnerModel, weights_sha256
 from ipguard.nets import build_arch
 from ipguard.train import Recipe, seeded, train
-from ipguard.zoo import ModelZoo, zoo_key
+from ipguard.zoo import ModelZoo, no_note, zoo_key
 
 __all__ = [
     "CALIBRATION_MODELS",
@@ -226,7 +226,7 @@ def build_surrogates(
     recipe: Recipe | None = None,
     budget: float = 1.0,
     cache: str | Path | None = None,
-    note: Callable[[str], None] = lambda _text: None,
+    note: Callable[[str], None] = no_note,
 ) -> SurrogateSuite:
     """Build (or load from the cache) the surrogate suite of ``owner``.
 
@@ -333,7 +333,7 @@ def surrogate_calibration(
     confidence: float = 0.95,
     recipe: Recipe | None = None,
     cache: str | Path | None = None,
-    note: Callable[[str], None] = lambda _text: None,
+    note: Callable[[str], None] = no_note,
 ) -> dict[str, Any]:
     """The calibration record of ``fingerprint`` from ``models`` surrogate independents: the
     owner's architecture re-initialised and trained on the owner's data ``(x, y)`` with seeds

@@ -53,7 +53,6 @@ from ipguard.fingerprint import Fingerprint
 from ipguard.io import atomic_write_bytes, write_json
 from ipguard.methods import make_method
 from ipguard.metrics import SuspectRecord, summarise
-from ipguard.models import OwnerModel
 from ipguard.suite import Suite, read_toml, suite_from_dict
 from ipguard.verify import verify
 from ipguard.zoo import ModelZoo
@@ -313,7 +312,7 @@ def _row(param: Param, value: float, fp: Fingerprint, models: SuiteModels) -> Sw
     rates: dict[str, float] = {}
     records = []
     for s in models.suspects:
-        v = verify(fp, OwnerModel(s.module, input_shape=models.input_shape), name=s.name)
+        v = verify(fp, models.oracle(s.module), name=s.name)
         rates[s.name] = v.matching_rate
         records.append(SuspectRecord(s.name, s.family, s.pirated, v.matching_rate))
     summary = summarise(records)
@@ -349,6 +348,7 @@ def run_sweep(
     ks: Sequence[float] | None,
     ns: Sequence[int] | None,
     progress: ProgressFn | None = None,
+    device: str = "cpu",
 ) -> SweepResult:
     """Sweep ``k`` and/or ``n`` over ``suite`` (see the module docstring).
 
@@ -361,6 +361,7 @@ def run_sweep(
             of ``max(ns)`` points is generated; the row for ``n`` uses its first ``n``
             points (nested subsets, see :func:`nested_fingerprint`).
         progress: ``progress(what, done, total)`` after each model and each fingerprint.
+        device: where models are trained and queried, as :func:`~ipguard.evaluate.run_suite`.
 
     Raises:
         InputError: bad ``ks``/``ns``, neither given, or a method without a ``k`` parameter.
@@ -380,8 +381,8 @@ def run_sweep(
     total = suite_size(suite) + (len(k_values) if k_values else 0) + (1 if n_values else 0)
     counter = StepCounter(total, progress)
     step = counter.step
-    models = build_suite_models(suite, zoo, step, counter.note)
-    owner_model = OwnerModel(models.owner, input_shape=models.input_shape)
+    models = build_suite_models(suite, zoo, step, counter.note, device=device)
+    owner_model = models.oracle(models.owner)
     data, labels = method_inputs(base, test=models.test, owner_data=models.owner_data)
 
     rows: list[SweepRow] = []

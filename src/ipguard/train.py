@@ -15,7 +15,10 @@ from another, so turning augmentation on or off does not change the batch order.
 ``checkpoint`` path the run saves its state after every epoch (model, optimiser, generators,
 loss history; written atomically, read back with ``torch.load(weights_only=True)``) and a
 rerun resumes after the last finished epoch, giving the same weights as an uninterrupted run.
-On CUDA, ``amp=True`` trains in float16 autocast with a gradient scaler.
+On CUDA the data set lives on the GPU, the augmentation runs there in batches (its
+draws made on the CPU once per epoch, so they do not depend on the device),
+``amp=True`` trains in bfloat16 autocast (float16 with a gradient scaler on GPUs without
+bfloat16), and ``channels_last=True`` keeps convolutions in channels-last order.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ __all__ = [
     "Recipe",
     "accuracy",
     "augment_crop_flip",
+    "cuda_precision",
     "seeded",
     "train",
     "train_classifier",
@@ -48,9 +52,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Optimizer = Literal["adam", "sgd"]
-Schedule = Literal["constant", "cosine", "step"]
+Schedule = Literal["constant", "cosine", "linear", "step"]
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
-SCHEDULES: tuple[str, ...] = ("constant", "cosine", "step")
+SCHEDULES: tuple[str, ...] = ("constant", "cosine", "linear", "step")
+#: Recipe fields left out of :meth:`Recipe.to_dict` while at their defaults, so the zoo keys
+#: (content hashes of the recipe) of models trained before these fields existed stay valid.
+_NEW_FIELDS: dict[str, object] = {"warmup": 0.0, "label_smoothing": 0.0, "channels_last": False}
 CHECKPOINT_FORMAT = "ipguard-train-checkpoint-1"
 # Rows evaluated at once by :func:`accuracy` (bounded memory on large test sets).
 EVAL_BATCH = 1024
@@ -75,13 +82,24 @@ class Recipe:
         momentum: SGD momentum (ignored by Adam).
         nesterov: Nesterov momentum for SGD.
         weight_decay: L2 penalty, as the optimiser's ``weight_decay``.
-        schedule: ``"constant"``; ``"cosine"`` (per step, from ``lr`` to 0); ``"step"``
-            (multiply by ``gamma`` at each fraction of the run in ``milestones``).
+        schedule: ``"constant"``; ``"cosine"`` (per step, from ``lr`` to 0); ``"linear"``
+            (per step, from ``lr`` to 0 in a straight line; with ``warmup``, the one-cycle
+            shape that large-batch recipes use); ``"step"`` (multiply by ``gamma`` at each
+            fraction of the run in ``milestones``).
         milestones: fractions of the run in (0, 1) where the step schedule decays.
         gamma: the step schedule's decay factor.
         augment: random crops (zero padding of ``crop_padding`` pixels) and horizontal flips.
         crop_padding: pixels of padding for the random crops.
-        amp: float16 autocast and gradient scaling when training on CUDA (ignored on CPU).
+        amp: mixed precision when training on CUDA: bfloat16 autocast where the GPU has it,
+            else float16 with gradient scaling (ignored on the CPU).
+        warmup: fraction of the run in [0, 1) over which the rate rises linearly from near 0
+            to the schedule's value (for large batches); the decay of ``cosine`` and
+            ``linear`` then spans the rest of the run.
+        label_smoothing: the cross-entropy's label smoothing, in [0, 1).
+        channels_last: keep the model's convolution weights and the batches in channels-last
+            memory order when training on CUDA (faster tensor-core convolutions; ignored on
+            the CPU). The architecture must flatten with ``flatten``/``reshape``, not
+            ``view``.
     """
 
     epochs: int = 30
@@ -97,6 +115,9 @@ class Recipe:
     augment: bool = False
     crop_padding: int = 4
     amp: bool = True
+    warmup: float = 0.0
+    label_smoothing: float = 0.0
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         _pos_int("epochs", self.epochs)
@@ -105,6 +126,8 @@ class Recipe:
         _real("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
         _real("weight_decay", self.weight_decay, low=0.0)
         _real("gamma", self.gamma, low=0.0, low_open=True, high=1.0)
+        _real("warmup", self.warmup, low=0.0, high=1.0, high_open=True)
+        _real("label_smoothing", self.label_smoothing, low=0.0, high=1.0, high_open=True)
         if self.optimizer not in OPTIMIZERS:
             raise InputError(
                 f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
@@ -113,7 +136,7 @@ class Recipe:
             raise InputError(
                 f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
             )
-        for flag in ("nesterov", "augment", "amp"):
+        for flag in ("nesterov", "augment", "amp", "channels_last"):
             if not isinstance(getattr(self, flag), bool):
                 raise InputError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0.0):
@@ -148,25 +171,43 @@ class Recipe:
         values = dict(obj)
         if "milestones" in values and isinstance(values["milestones"], list):
             values["milestones"] = tuple(values["milestones"])
-        for key in ("lr", "momentum", "weight_decay", "gamma"):
+        for key in ("lr", "momentum", "weight_decay", "gamma", "warmup", "label_smoothing"):
             v = values.get(key)
             if isinstance(v, int) and not isinstance(v, bool):
                 values[key] = float(v)
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data; the fields added after release are left out while at their defaults
+        (a recipe's dictionary, and so the zoo keys made from it, did not change)."""
         d = asdict(self)
         d["milestones"] = list(self.milestones)
+        for name, default in _NEW_FIELDS.items():
+            if d[name] == default:
+                del d[name]
         return d
 
     def lr_at(self, epoch: int, step: int, steps_per_epoch: int) -> float:
         """The learning rate for ``step`` (0-based) of ``epoch`` (0-based)."""
+        total = self.epochs * steps_per_epoch
+        done = epoch * steps_per_epoch + step
+        progress = done / total
+        warm = self.warmup * total
+        if done < warm:  # linear warm-up; the first step is not at 0
+            return self.lr_after_warmup(0.0) * (done + 1) / (math.floor(warm) + 1)
+        return self.lr_after_warmup((done - warm) / (total - warm) if warm else progress)
+
+    def lr_after_warmup(self, progress: float) -> float:
+        """The schedule's rate at ``progress`` in [0, 1) of the decay (after any warm-up;
+        the ``step`` schedule's milestones count from the start of the run)."""
         if self.schedule == "constant":
             return self.lr
-        progress = (epoch * steps_per_epoch + step) / (self.epochs * steps_per_epoch)
         if self.schedule == "cosine":
             return 0.5 * self.lr * (1.0 + math.cos(math.pi * progress))
-        decays = sum(1 for m in self.milestones if progress >= m)
+        if self.schedule == "linear":
+            return self.lr * (1.0 - progress)
+        overall = self.warmup + progress * (1.0 - self.warmup)
+        decays = sum(1 for m in self.milestones if overall >= m)
         return self.lr * self.gamma**decays
 
 
@@ -198,18 +239,60 @@ def augment_crop_flip(x: Tensor, padding: int, generator: torch.Generator) -> Te
     """Random crops of ``x`` ``(B, C, H, W)`` from a zero-padded copy, and random
     horizontal flips (probability 1/2), for the whole batch at once. Draws come from
     ``generator`` (on the CPU); the result is on ``x``'s device."""
-    b, _, h, w = x.shape
+    return _crop_flip(x, padding, *_augment_draws(int(x.shape[0]), padding, generator))
+
+
+def _augment_draws(
+    b: int, padding: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The flips and crop offsets of a batch of ``b`` rows, drawn on the CPU (in this
+    order, so a run's draws do not depend on the device it trains on)."""
     flip = torch.rand(b, generator=generator) < 0.5
-    if padding > 0:
-        dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(x.device)
-        dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(x.device)
+    if padding == 0:
+        return flip, None, None
+    dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+    return flip, dy, dx
+
+
+def _crop_flip(
+    x: Tensor, padding: int, flip: Tensor, dy: Tensor | None, dx: Tensor | None
+) -> Tensor:
+    """Apply drawn crops and flips to ``x`` on its own device, by one gather."""
+    b, _, h, w = x.shape
+    dev = x.device
+    if padding > 0 and dy is not None and dx is not None:
         padded = nn.functional.pad(x, (padding, padding, padding, padding))
-        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-        batch = torch.arange(b, device=x.device)[:, None, None, None]
-        chan = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+        rows = (dy.to(dev)[:, None] + torch.arange(h, device=dev))[:, None, :, None]
+        cols = (dx.to(dev)[:, None] + torch.arange(w, device=dev))[:, None, None, :]
+        batch = torch.arange(b, device=dev)[:, None, None, None]
+        chan = torch.arange(x.shape[1], device=dev)[None, :, None, None]
         x = padded[batch, chan, rows, cols]
-    return torch.where(flip.to(x.device)[:, None, None, None], x.flip(3), x)
+    return torch.where(flip.to(dev)[:, None, None, None], x.flip(3), x)
+
+
+def _epoch_augment(
+    n: int, batch_size: int, padding: int, generator: torch.Generator, device: torch.device
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """One epoch's augmentation draws, batch by batch as :func:`augment_crop_flip` draws
+    them, concatenated and moved to ``device`` at once (one copy per epoch, not a
+    host-device synchronisation per step)."""
+    parts = [_augment_draws(min(batch_size, n - s), padding, generator)
+             for s in range(0, n, batch_size)]  # fmt: skip
+    flip = torch.cat([p[0] for p in parts]).to(device)
+    if padding == 0:
+        return flip, None, None
+    dy = torch.cat([p[1] for p in parts if p[1] is not None]).to(device)
+    dx = torch.cat([p[2] for p in parts if p[2] is not None]).to(device)
+    return flip, dy, dx
+
+
+def cuda_precision(device: torch.device, enabled: bool = True) -> torch.dtype | None:
+    """The autocast dtype for training on ``device``: bfloat16 on a CUDA GPU that has it,
+    float16 on an older one (with gradient scaling), None on the CPU or when disabled."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def _optimizer(recipe: Recipe, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -262,10 +345,12 @@ def train(
         )
     dev = torch.device(device)
     module.to(dev).train()
+    if recipe.channels_last and dev.type == "cuda":
+        module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     trainable = list(params) if params is not None else list(module.parameters())
     opt = _optimizer(recipe, trainable)
-    use_amp = recipe.amp and dev.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    amp_dtype = cuda_precision(dev, recipe.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     order_gen = torch.Generator().manual_seed(seed)
     aug_gen = torch.Generator().manual_seed(seed + 7919)
     n = int(x.shape[0])
@@ -282,22 +367,37 @@ def train(
         if on_epoch is not None:
             for i, past in enumerate(state.losses):
                 on_epoch(i + 1, past)
-    if dev.type == "cuda":
+    if dev.type == "cuda":  # the data set lives on the GPU, and so do each epoch's draws
         x, y = x.to(dev), y.to(dev)
+    scheduled = recipe.schedule != "constant" or recipe.warmup > 0
     for epoch in range(state.epoch, recipe.epochs):
-        order = torch.randperm(n, generator=order_gen)
+        order = torch.randperm(n, generator=order_gen).to(x.device)
+        if recipe.augment:
+            flip, dy, dx = _epoch_augment(n, recipe.batch_size, recipe.crop_padding, aug_gen, dev)
         total = torch.zeros((), device=dev)
         for step, start in enumerate(range(0, n, recipe.batch_size)):
             idx = order[start : start + recipe.batch_size]
-            xb = x[idx.to(x.device)].to(dev, non_blocking=True)
-            yb = y[idx.to(y.device)].to(dev, non_blocking=True)
+            xb = x[idx].to(dev, non_blocking=True)
+            yb = y[idx].to(dev, non_blocking=True)
             if recipe.augment:
-                xb = augment_crop_flip(xb, recipe.crop_padding, aug_gen)
-            if recipe.schedule != "constant":
+                end = start + recipe.batch_size
+                xb = _crop_flip(
+                    xb, recipe.crop_padding, flip[start:end],
+                    None if dy is None else dy[start:end], None if dx is None else dx[start:end],
+                )  # fmt: skip
+            if recipe.channels_last and dev.type == "cuda":
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            if scheduled:
                 for group in opt.param_groups:
                     group["lr"] = recipe.lr_at(epoch, step, steps)
-            with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
-                loss = nn.functional.cross_entropy(module(xb), yb)
+            with torch.autocast(
+                device_type=dev.type,
+                dtype=amp_dtype or torch.float32,
+                enabled=amp_dtype is not None,
+            ):
+                loss = nn.functional.cross_entropy(
+                    module(xb), yb, label_smoothing=recipe.label_smoothing
+                )
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
             scaler.step(opt)

@@ -33,7 +33,7 @@ from ipguard import __version__
 from ipguard.errors import InputError
 from ipguard.io import atomic_write_bytes
 
-__all__ = ["BuildJob", "BuildRecorder", "ModelZoo", "recording", "zoo_key"]
+__all__ = ["BuildJob", "BuildRecorder", "ModelZoo", "no_note", "recording", "zoo_key"]
 
 log = logging.getLogger(__name__)
 SIDECAR_FORMAT = "ipguard-zoo-model"
@@ -215,6 +215,11 @@ class ModelZoo:
         atomic_write_bytes(side, (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode())
         (self.root / f"{key}.ckpt").unlink(missing_ok=True)
         return key
+
+
+def no_note(_text: str) -> None:
+    """A progress callback that says nothing: picklable, unlike a lambda, so build jobs
+    that hold it can travel to worker processes (:mod:`ipguard.workers`)."""
 
 
 def state_blob(module: nn.Module) -> bytes:

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ipguard.errors import InputError, ModelError
 from ipguard.models import eval_mode
+from ipguard.train import cuda_precision
 
 __all__ = [
     "Attack",
@@ -207,7 +208,8 @@ def fit(
     """Train ``module`` in place with Adam; the loss comes from a closure over the data.
 
     Each epoch shuffles ``range(n)`` with a generator seeded by ``seed`` and calls
-    ``batch_loss(idx)`` with each batch's row indices ``(B,)`` (on the CPU). All parameters
+    ``batch_loss(idx)`` with each batch's row indices ``(B,)`` (on the module's device; on
+    CUDA under bfloat16 autocast, or float16 where the GPU lacks it). All parameters
     are trained (whatever their ``requires_grad`` flags) unless ``params`` restricts training
     to some: the others get no gradients while training. Flags are restored afterwards.
     ``after_step()`` runs after every optimiser step (e.g. to re-apply a pruning mask).
@@ -222,14 +224,22 @@ def fit(
     flags = [(p, p.requires_grad) for p in everything]
     for p in everything:
         p.requires_grad_(id(p) in chosen)
+    device = model_device(module)
+    amp_dtype = cuda_precision(device)
+    if amp_dtype == torch.float16:  # float16 needs a gradient scaler: full precision instead
+        amp_dtype = None
     try:
         opt = torch.optim.Adam(trainable, lr=lr)
         gen = torch.Generator().manual_seed(seed)
         module.train()
         for _ in range(epochs):
-            order = torch.randperm(n, generator=gen)
+            order = torch.randperm(n, generator=gen).to(device)  # one copy per epoch
             for start in range(0, n, batch_size):
-                loss = batch_loss(order[start : start + batch_size])
+                with torch.autocast(
+                    device_type=device.type, dtype=amp_dtype or torch.float32,
+                    enabled=amp_dtype is not None,
+                ):  # fmt: skip
+                    loss = batch_loss(order[start : start + batch_size]).float()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
                 opt.step()

@@ -546,8 +546,8 @@ def evaluate(
         int,
         typer.Option(
             "--threads",
-            help="torch CPU threads (0: torch's default); with --ray, the threads and CPUs of "
-            "each task (0 means 1).",
+            help="torch CPU threads (0: torch's default); with --ray or --workers, the threads "
+            "(and Ray CPUs) of each task or worker (0 means 1).",
         ),
     ] = 1,
     sweep: Annotated[
@@ -586,6 +586,17 @@ def evaluate(
         ),
     ] = None,
     ray: RayOpt = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Build the models the zoo lacks with N local processes first (--threads "
+            "each, on --device, sharing one GPU); the same models as without.",
+            show_default=False,
+        ),
+    ] = None,
+    device: DeviceOpt = "cpu",
     as_json: JsonOpt = False,
 ) -> None:
     """Measure the fingerprint on a suite of pirated copies and independent models.
@@ -603,7 +614,10 @@ def evaluate(
             config, zoo=zoo, out=out_dir, data=data, method=method,
             params=parse_params(param or []) or None, sweep=sweep, threads=threads,
             progress=bar.stage_of("evaluating"), sweep_progress=bar.stage_of("sweeping k and n"),
-            ray=ray, task_progress=bar.tasks_of(f"building on Ray ({ray})"),
+            ray=ray, workers=workers, device=device,
+            task_progress=bar.tasks_of(
+                f"building on Ray ({ray})" if ray else f"building with {workers} workers"
+            ),
         )  # fmt: skip
     print_evaluation_run(run, zoo, as_json)
 
