@@ -108,3 +108,13 @@ def test_cuda_without_a_gpu_is_a_one_line_error(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "CUDA is not available" in result.output and "--device cpu" in result.output
     assert not list((tmp_path / "zoo").glob("*.safetensors"))  # nothing trained first
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_workers_share_one_gpu(tmp_path: Path) -> None:  # pragma: no cover - GPU machines
+    run = evaluate_suite(
+        parse_suite(TINY), zoo=tmp_path / "zoo", out=None, workers=2, device="cuda"
+    )
+    assert run.workers is not None and run.workers.tasks == 7
+    assert run.result.models_built == 0
+    assert run.result.suspects[0].matching_rate == 1.0

@@ -196,8 +196,9 @@ def _result(future: Future[tuple[bytes, float]], what: str) -> tuple[bytes, floa
 
 
 def _run_pool(
-    pool: ProcessPoolExecutor, scratch: Path, cache: dict[int, tuple[Tensor, _OnDisk]],
-    jobs: list[BuildJob], done_before: int, total: int, progress: TaskProgress | None,
+    pool: ProcessPoolExecutor, workers: int, scratch: Path,
+    cache: dict[int, tuple[Tensor, _OnDisk]], jobs: list[BuildJob], done_before: int,
+    total: int, progress: TaskProgress | None,
 ) -> tuple[int, int]:  # fmt: skip
     pending = {pool.submit(_build, _share(j.build_fn, scratch, cache)): j for j in jobs}
     done = done_before
@@ -209,8 +210,8 @@ def _run_pool(
                 blob, seconds = _result(future, f"building model {job.key[:12]}")
                 ModelZoo(job.root).put(job.spec, blob, seconds)
                 done += 1
-            if progress is not None:
-                running = sum(1 for f in pending if f.running())
+            if progress is not None:  # a job handed to the pool counts as running
+                running = min(workers, sum(1 for f in pending if f.running()))
                 progress(len(pending) - running, running, done, total)
         return done, 0
     finally:
@@ -250,7 +251,7 @@ def prebuild_local(
         waves, built, _ = prebuild_waves(
             suite, zoo_dir, device=device,
             run=lambda jobs, before, total: _run_pool(
-                pool, scratch, cache, jobs, before, total, progress
+                pool, workers, scratch, cache, jobs, before, total, progress
             ),
         )  # fmt: skip
     except BaseException:  # a failure or ^C: stop the workers now, not after their jobs
