@@ -42,7 +42,7 @@ import torch
 from ipguard.attacks import make_attack
 from ipguard.cli.options import parse_params
 from ipguard.errors import IPGuardError
-from ipguard.evaluate import EvaluationResult
+from ipguard.evaluate import EvaluationResult, suite_size
 from ipguard.methods.ipguard import DEFAULT_K
 from ipguard.operations import evaluate_suite
 from ipguard.suite import Suite, read_toml, suite_from_dict
@@ -96,6 +96,46 @@ def shrink(obj: dict[str, Any], *, images: int | None, epochs: int | None) -> di
             unique = {json.dumps(v, sort_keys=True): v for v in variants}
             attack["params"] = list(unique.values())
     return obj
+
+
+def training_flops(
+    suite: Suite, input_shape: tuple[int, int, int] = (3, 32, 32)
+) -> dict[str, float]:
+    """Floating-point operations of every training of ``suite``, by group (owner, attacks,
+    independents): 3 forward passes per trained image (the forward and the backward pass),
+    times PGD's steps for adversarial fine-tuning. Approximate (last-layer fine-tuning is
+    counted as a full backward pass), for sizing a run and for the throughput it reached."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ipguard.nets import build_arch
+
+    per_image: dict[str, int] = {}
+
+    def forward(arch: str) -> int:
+        if arch not in per_image:
+            model = build_arch(arch, num_classes=10, input_shape=input_shape).eval()
+            with FlopCounterMode(display=False) as counter, torch.no_grad():
+                model(torch.zeros(1, *input_shape))
+            per_image[arch] = counter.get_total_flops()
+        return per_image[arch]
+
+    d, owner = suite.data, suite.owner
+    out = {"owner": 3.0 * forward(owner.arch) * d.owner * owner.recipe.epochs, "attacks": 0.0}
+    for a in suite.attacks:
+        for variant in a.variants:
+            p = make_attack(a.name, **variant).params()
+            student = p.get("student", "same")
+            arch = owner.arch if student == "same" else student
+            epochs = p.get("epochs", 0) + p.get("finetune_epochs", 0)
+            passes = 3 * (1 + p.get("steps", 0)) if a.name == "adv-finetune" else 3
+            rows = d.pirate * p.get("data_fraction", 1.0)
+            out["attacks"] += len(a.seeds) * passes * forward(arch) * rows * epochs
+    out["independents"] = sum(
+        len(i.seeds) * 3.0 * forward(i.arch) * (d.owner if i.data == "owner" else d.independent)
+        * i.recipe.epochs
+        for i in suite.independents
+    )  # fmt: skip
+    return out
 
 
 def environment(device: str) -> dict[str, Any]:
@@ -175,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
         help="a parameter of both fingerprints (JSON value), e.g. max_iter=100; repeatable",
     )  # fmt: skip
     parser.add_argument("--svg", action="store_true", help="also write the plots as SVG")
+    parser.add_argument(
+        "--plan", action="store_true",
+        help="print the models and the training work (PFLOP) of the run, and stop",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     obj, where = read_toml(args.config)
@@ -185,6 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.n:
         obj.setdefault("fingerprint", {})["n"] = args.n
     suite = suite_from_dict(obj, where=where)
+    flops = training_flops(suite)
+    if args.plan:
+        print(f"{suite_size(suite)} models; training work, PFLOP: "
+              + ", ".join(f"{k} {v / 1e15:.2f}" for k, v in flops.items())
+              + f"; total {sum(flops.values()) / 1e15:.2f}")  # fmt: skip
+        return 0
     workers = args.workers or (8 if args.device.startswith("cuda") else 1)
     threads = args.threads or max(1, (os.cpu_count() or 1) // workers)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -235,6 +285,11 @@ def main(argv: list[str] | None = None) -> int:
         *(f"| {k} | {v} |" for k, v in env.items()),
         f"| workers x threads | {workers} x {threads} |",
         f"| training wall time (every model the zoo lacked) | {training_seconds:.1f} s |",
+        f"| training work (approximate) | {sum(flops.values()) / 1e15:.3f} PFLOP: "
+        + ", ".join(f"{k} {v / 1e15:.3f}" for k, v in flops.items())
+        + " |",
+        f"| throughput reached (if every model was trained) | "
+        f"{sum(flops.values()) / max(training_seconds, 1e-9) / 1e12:.2f} TFLOP/s |",
         f"| whole run (training, 2 fingerprints, queries) | {total:.1f} s |",
         f"| owner test accuracy | {first.owner_accuracy:.4f} |",
         f"| data | {json.dumps(obj['data'])} |",
@@ -255,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         "workers": workers,
         "threads": threads,
         "training_seconds": training_seconds,
+        "training_flops": flops,
         "seconds": total,
         "models": n_models,
         "models_built_in_process": first.models_built,

@@ -70,6 +70,31 @@ def test_shrink_scales_the_data_batches_and_every_training() -> None:
     suite_from_dict({k: v for k, v in small.items() if k != "sweep"})  # still a valid suite
 
 
+def test_the_plan_counts_the_training_work_without_training(tmp_path: Path) -> None:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ipguard.nets import build_arch
+
+    gp = _profile_module()
+    obj, _ = read_toml(CONFIGS / "cifar10-gpu.toml")
+    obj.pop("sweep")
+    flops = gp.training_flops(suite_from_dict(obj))
+    with FlopCounterMode(display=False) as counter:
+        build_arch("resnet20", num_classes=10, input_shape=(3, 32, 32))(torch.zeros(1, 3, 32, 32))
+    assert flops["owner"] == 3 * counter.get_total_flops() * 40000 * 60  # fwd + bwd, 60 epochs
+    assert flops["independents"] > flops["attacks"] > flops["owner"] > 0
+    one_epoch = gp.training_flops(suite_from_dict(gp.shrink(obj, images=None, epochs=1)))
+    assert one_epoch["owner"] == flops["owner"] / 60
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_profile.py"), "--plan", "--device", "cpu",
+         "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert proc.stdout.startswith("82 models; training work, PFLOP: owner ")
+    assert not (tmp_path / "out").exists()  # nothing trained, nothing written
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     work = tmp_path_factory.mktemp("gpu-profile")
@@ -108,6 +133,7 @@ def test_the_one_command_trains_the_whole_profile_and_writes_tables_and_plots(
     assert len(list((tiny_run["work"] / "zoo").glob("*.safetensors"))) == 76
     assert report["models_built_in_process"] == 0  # the workers trained every one
     assert report["training_seconds"] > 0 and report["environment"]["device"] == "cpu"
+    assert set(report["training_flops"]) == {"owner", "attacks", "independents"}
     assert report["suite"]["data"]["spec"].startswith("npz:")  # from IPGUARD_CIFAR10
     assert len(report["results"]) == 2
     for result in report["results"].values():
@@ -119,5 +145,6 @@ def test_the_one_command_trains_the_whole_profile_and_writes_tables_and_plots(
     table = (out / "profile.md").read_text()
     assert table.strip() == tiny_run["stdout"].strip()  # printed and written alike
     for row in ("| **all copies** |", "| distill |", "| independent:same-arch-same-data |",
-                "| owner test accuracy |", "| training wall time"):  # fmt: skip
+                "| owner test accuracy |", "| training wall time", "| training work",
+                "| throughput reached"):  # fmt: skip
         assert row in table
