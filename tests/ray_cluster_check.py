@@ -17,7 +17,7 @@ from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 
-import ipguard.distributed
+import ipguard.workers
 from ipguard.operations import evaluate_suite
 from ipguard.scan import scan
 
@@ -55,7 +55,7 @@ def main(work: Path, config: Path) -> None:
     text = config.read_text().replace("epochs = 15", "epochs = 150")
     config.write_text(text)
     # every data tensor of a job goes through the object store, once: count the puts
-    ipguard.distributed.SHARE_BYTES = 0
+    ipguard.workers.SHARE_BYTES = 0
     puts: list[tuple[int, ...]] = []
     real_put = ray.put
 

@@ -81,13 +81,14 @@ def test_large_tensors_are_written_once_and_read_back(
     monkeypatch.setattr(workers, "SHARE_BYTES", 64)
     big, small = torch.arange(100.0), torch.tensor(3.0)
     cache: dict[int, Any] = {}
+    put = workers._writer(tmp_path)
     jobs = [
-        workers._share(functools.partial(torch.add, big, small, alpha=k), tmp_path, cache)
+        workers.share(functools.partial(torch.add, big, small, alpha=k), put, cache)
         for k in range(3)
     ]
     assert len(list(tmp_path.glob("*.safetensors"))) == 1  # one file for three jobs
-    assert all(isinstance(j.args[0], workers._OnDisk) and j.args[1] is small for j in jobs)
-    rebuilt = workers._resolve(jobs[2])
+    assert all(isinstance(j.args[0], workers._Shared) and j.args[1] is small for j in jobs)
+    rebuilt = workers.resolve(jobs[2], workers._read_shared)
     assert torch.equal(rebuilt(), big + 2 * small)
 
 

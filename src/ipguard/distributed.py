@@ -29,8 +29,6 @@ imported by the plain install's commands until ``--ray`` is given.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,13 +37,13 @@ from types import ModuleType
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ipguard.errors import InputError, IPGuardError, ModelError, first_line
-from ipguard.workers import prebuild_waves
+from ipguard.workers import SHARE_BYTES, prebuild_waves, resolve, share
 from ipguard.zoo import BuildJob, ModelZoo, state_blob
 
-__all__ = ["RayRun", "TaskProgress", "connect", "prebuild_suite"]
+__all__ = ["SHARE_BYTES", "RayRun", "TaskProgress", "connect", "prebuild_suite", "resolve", "share"]
 
 #: how often a task is retried after its worker dies
 MAX_RETRIES = 3
@@ -106,62 +104,6 @@ class RayRun:
         return {"address": self.address, "waves": self.waves, "tasks": self.tasks,
                 "retries": self.retries, "seconds": round(self.seconds, 3),
                 "nodes": self.nodes}  # fmt: skip
-
-
-#: tensors of at least this many bytes in a job's arguments travel through the object store
-#: once per run, not once per task (a CIFAR-10 split is 245 MB; digits' are kilobytes)
-SHARE_BYTES = 1 << 20
-
-
-@dataclass(frozen=True)
-class _Shared:
-    """A large tensor, put in the object store once."""
-
-    ref: Any
-
-
-@dataclass(frozen=True)
-class _Rebuild:
-    """A dataclass (e.g. :class:`~ipguard.attacks.base.PirateData`) holding shared tensors,
-    built again on the worker."""
-
-    cls: type
-    fields: dict[str, Any]
-
-
-def share(obj: Any, put: Callable[[Any], Any], cache: dict[int, tuple[Any, _Shared]]) -> Any:
-    """``obj`` (a job's function) with each large tensor among a ``partial``'s arguments,
-    or among the fields of a dataclass there, replaced by one :class:`_Shared` per tensor:
-    ``put`` is called once per distinct tensor over all jobs sharing ``cache``."""
-    if isinstance(obj, Tensor) and obj.numel() * obj.element_size() >= SHARE_BYTES:
-        if id(obj) not in cache:
-            cache[id(obj)] = (obj, _Shared(put(obj)))  # obj kept alive: its id stays unique
-        return cache[id(obj)][1]
-    if isinstance(obj, functools.partial):
-        return functools.partial(
-            obj.func, *(share(a, put, cache) for a in obj.args),
-            **{k: share(v, put, cache) for k, v in obj.keywords.items()},
-        )  # fmt: skip
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        values = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.init}
-        shared = {k: share(v, put, cache) for k, v in values.items()}
-        if any(shared[k] is not values[k] for k in values):
-            return _Rebuild(type(obj), shared)
-    return obj
-
-
-def resolve(obj: Any, get: Callable[[Any], Any]) -> Any:
-    """The inverse of :func:`share`, on the worker (``get`` is ``ray.get``)."""
-    if isinstance(obj, _Shared):
-        return get(obj.ref)
-    if isinstance(obj, _Rebuild):
-        return obj.cls(**{k: resolve(v, get) for k, v in obj.fields.items()})
-    if isinstance(obj, functools.partial):
-        return functools.partial(
-            obj.func, *(resolve(a, get) for a in obj.args),
-            **{k: resolve(v, get) for k, v in obj.keywords.items()},
-        )  # fmt: skip
-    return obj
 
 
 def _build(
@@ -251,7 +193,7 @@ def run_jobs(
     remote = ray.remote(num_cpus=threads, max_retries=MAX_RETRIES)(_build)
     tracker = _tracker(ray)
     pending: dict[Any, BuildJob] = {}
-    shared: dict[int, tuple[Any, _Shared]] = {}
+    shared: dict[int, tuple[Any, Any]] = {}
     try:
         pending = {
             remote.remote(share(j.build_fn, ray.put, shared), threads, tracker, j.key): j

@@ -27,6 +27,7 @@ is inherited from this process.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import multiprocessing
 import shutil
@@ -46,7 +47,15 @@ from ipguard.errors import InputError, IPGuardError, ModelError, first_line
 from ipguard.models import resolve_device
 from ipguard.zoo import BuildJob, ModelZoo, recording, state_blob
 
-__all__ = ["LocalRun", "WaveRunner", "prebuild_local", "prebuild_waves"]
+__all__ = [
+    "SHARE_BYTES",
+    "LocalRun",
+    "WaveRunner",
+    "prebuild_local",
+    "prebuild_waves",
+    "resolve",
+    "share",
+]
 
 TaskProgress = Callable[[int, int, int, int], None]
 """``progress(queued, running, done, total)`` of the build jobs."""
@@ -119,54 +128,83 @@ class LocalRun:
                 "seconds": round(self.seconds, 3)}  # fmt: skip
 
 
-#: tensors of at least this many bytes among a job's arguments are written to the scratch
-#: folder once, not pickled into every job
+#: tensors of at least this many bytes among a job's arguments travel once per run, not once
+#: per job: to a scratch file here, to Ray's object store on a cluster (a CIFAR-10 split is
+#: 245 MB; digits' are kilobytes)
 SHARE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
-class _OnDisk:
-    """A large tensor, written once to ``path`` (safetensors) and read once per worker."""
+class _Shared:
+    """A large tensor, stored once; ``ref`` finds it (a file path, a Ray object ref)."""
 
-    path: str
+    ref: Any
 
 
-def _share(obj: Any, folder: Path, cache: dict[int, tuple[Tensor, _OnDisk]]) -> Any:
-    """``obj`` (a job's function) with each large tensor among a ``partial``'s arguments
-    replaced by an :class:`_OnDisk` written once per distinct tensor."""
+@dataclass(frozen=True)
+class _Rebuild:
+    """A dataclass (e.g. :class:`~ipguard.attacks.base.PirateData`) holding shared tensors,
+    built again in the worker."""
+
+    cls: type
+    fields: dict[str, Any]
+
+
+def share(obj: Any, put: Callable[[Any], Any], cache: dict[int, tuple[Any, _Shared]]) -> Any:
+    """``obj`` (a job's function) with each large tensor among a ``partial``'s arguments,
+    or among the fields of a dataclass there, replaced by one :class:`_Shared` per tensor:
+    ``put`` is called once per distinct tensor over all jobs sharing ``cache``."""
     if isinstance(obj, Tensor) and obj.numel() * obj.element_size() >= SHARE_BYTES:
         if id(obj) not in cache:
-            from safetensors.torch import save_file
-
-            path = folder / f"t{len(cache)}.safetensors"
-            save_file({"t": obj.detach().to("cpu").contiguous()}, str(path))
-            cache[id(obj)] = (obj, _OnDisk(str(path)))  # obj kept alive: its id stays unique
+            cache[id(obj)] = (obj, _Shared(put(obj)))  # obj kept alive: its id stays unique
         return cache[id(obj)][1]
     if isinstance(obj, functools.partial):
         return functools.partial(
-            obj.func, *(_share(a, folder, cache) for a in obj.args),
-            **{k: _share(v, folder, cache) for k, v in obj.keywords.items()},
+            obj.func, *(share(a, put, cache) for a in obj.args),
+            **{k: share(v, put, cache) for k, v in obj.keywords.items()},
+        )  # fmt: skip
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        values = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.init}
+        shared = {k: share(v, put, cache) for k, v in values.items()}
+        if any(shared[k] is not values[k] for k in values):
+            return _Rebuild(type(obj), shared)
+    return obj
+
+
+def resolve(obj: Any, get: Callable[[Any], Any]) -> Any:
+    """The inverse of :func:`share`, in the worker (``get`` fetches a ``ref``)."""
+    if isinstance(obj, _Shared):
+        return get(obj.ref)
+    if isinstance(obj, _Rebuild):
+        return obj.cls(**{k: resolve(v, get) for k, v in obj.fields.items()})
+    if isinstance(obj, functools.partial):
+        return functools.partial(
+            obj.func, *(resolve(a, get) for a in obj.args),
+            **{k: resolve(v, get) for k, v in obj.keywords.items()},
         )  # fmt: skip
     return obj
+
+
+def _writer(folder: Path) -> Callable[[Tensor], str]:
+    """``put`` for :func:`share` in a local pool: each tensor to its own safetensors file."""
+    from safetensors.torch import save_file
+
+    count = iter(range(1 << 62))
+
+    def put(tensor: Tensor) -> str:
+        path = folder / f"t{next(count)}.safetensors"
+        save_file({"t": tensor.detach().to("cpu").contiguous()}, str(path))
+        return str(path)
+
+    return put
 
 
 @functools.lru_cache(maxsize=16)
 def _read_shared(path: str) -> Tensor:
+    """``get`` for :func:`resolve` in a worker: each file read once per worker process."""
     from safetensors.torch import load_file
 
     return load_file(path)["t"]
-
-
-def _resolve(obj: Any) -> Any:
-    """The inverse of :func:`_share`, in the worker."""
-    if isinstance(obj, _OnDisk):
-        return _read_shared(obj.path)
-    if isinstance(obj, functools.partial):
-        return functools.partial(
-            obj.func, *(_resolve(a) for a in obj.args),
-            **{k: _resolve(v) for k, v in obj.keywords.items()},
-        )  # fmt: skip
-    return obj
 
 
 def _init_worker(threads: int) -> None:
@@ -176,7 +214,7 @@ def _init_worker(threads: int) -> None:
 def _build(job_fn: Callable[[], nn.Module]) -> tuple[bytes, float]:
     """A worker's job: build one model; its state dict's bytes and the seconds it took."""
     started = time.perf_counter()
-    module = _resolve(job_fn)()
+    module = resolve(job_fn, _read_shared)()
     return state_blob(module.eval()), time.perf_counter() - started
 
 
@@ -196,11 +234,11 @@ def _result(future: Future[tuple[bytes, float]], what: str) -> tuple[bytes, floa
 
 
 def _run_pool(
-    pool: ProcessPoolExecutor, workers: int, scratch: Path,
-    cache: dict[int, tuple[Tensor, _OnDisk]], jobs: list[BuildJob], done_before: int,
+    pool: ProcessPoolExecutor, workers: int, put: Callable[[Tensor], str],
+    cache: dict[int, tuple[Any, _Shared]], jobs: list[BuildJob], done_before: int,
     total: int, progress: TaskProgress | None,
 ) -> tuple[int, int]:  # fmt: skip
-    pending = {pool.submit(_build, _share(j.build_fn, scratch, cache)): j for j in jobs}
+    pending = {pool.submit(_build, share(j.build_fn, put, cache)): j for j in jobs}
     done = done_before
     try:
         while pending:
@@ -243,7 +281,8 @@ def prebuild_local(
     root = Path(zoo_dir)
     root.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".workers-", dir=root))
-    cache: dict[int, tuple[Tensor, _OnDisk]] = {}
+    cache: dict[int, tuple[Any, _Shared]] = {}
+    put = _writer(scratch)
     context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                                initargs=(threads,))  # fmt: skip
@@ -251,7 +290,7 @@ def prebuild_local(
         waves, built, _ = prebuild_waves(
             suite, zoo_dir, device=device,
             run=lambda jobs, before, total: _run_pool(
-                pool, workers, scratch, cache, jobs, before, total, progress
+                pool, workers, put, cache, jobs, before, total, progress
             ),
         )  # fmt: skip
     except BaseException:  # a failure or ^C: stop the workers now, not after their jobs
