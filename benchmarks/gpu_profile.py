@@ -240,9 +240,13 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     env = environment(args.device)
 
+    shown: list[int] = []
+
     def progress(queued: int, running: int, done: int, total: int) -> None:
-        print(f"  [{done}/{total}] {running} training, {queued} queued", file=sys.stderr,
-              flush=True)  # fmt: skip
+        if not shown or done != shown[-1]:  # a line per finished model, not per second
+            shown.append(done)
+            print(f"  [{done}/{total}] {running} training, {queued} queued", file=sys.stderr,
+                  flush=True)  # fmt: skip
 
     extra = parse_params(args.param)
     configured = {**suite.fingerprint.params, **extra}
