@@ -14,14 +14,15 @@ the config sets it (the paper's k = 10). Prints, as markdown tables, and writes 
   matching rates per suspect (``--svg`` adds SVG copies).
 
 ``--images`` and ``--epochs`` shrink the run (the splits scaled to that many images in
-all, every training to that many epochs), so the same command runs on a CPU in a minute:
-the test suite does (tests/test_gpu_profile.py). ``benchmarks/gpu_profile.sh`` installs
+all, every training to that many epochs) and ``--seeds K`` keeps each table's first K
+seeds, so the same command runs on a CPU in a minute: the test suite does
+(tests/test_gpu_profile.py). ``benchmarks/gpu_profile.sh`` installs
 what is missing and calls this script.
 
 Usage::
 
     benchmarks/gpu_profile.sh                                  # on a GPU machine
-    .venv/bin/python benchmarks/gpu_profile.py --device cpu --images 400 --epochs 1 \\
+    .venv/bin/python benchmarks/gpu_profile.py --device cpu --images 400 --epochs 1 --seeds 1 \\
         --data npz:tiny.npz --out runs/gpu-profile-tiny         # a smoke run on a CPU
 """
 
@@ -54,12 +55,20 @@ SPLITS = ("owner", "pirate", "independent", "test")
 EPOCH_KEYS = ("epochs", "finetune_epochs")
 
 
-def shrink(obj: dict[str, Any], *, images: int | None, epochs: int | None) -> dict[str, Any]:
+def shrink(
+    obj: dict[str, Any], *, images: int | None, epochs: int | None, seeds: int | None = None
+) -> dict[str, Any]:
     """A suite's TOML data with its splits scaled to ``images`` in all (each at least 10,
-    batch sizes at most an eighth of the pirate's split, learning rates scaled with them) and
+    batch sizes at most an eighth of the pirate's split, learning rates scaled with them),
     every training (recipes and attacks, their defaults included) cut to at most
-    ``epochs`` (attack variants that then coincide are kept once)."""
+    ``epochs`` (attack variants that then coincide are kept once), and every attack and
+    independents table cut to its first ``seeds`` seeds (every architecture, attack and
+    variant stays)."""
     obj = json.loads(json.dumps(obj))  # a deep copy of plain data
+    if seeds is not None:
+        for table in (*obj["attacks"], *obj["independents"]):
+            if "seeds" in table:
+                table["seeds"] = table["seeds"][:seeds]
     if images is not None:
         data = obj.setdefault("data", {})
         total = sum(int(data[k]) for k in SPLITS)
@@ -209,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch threads per worker (default: CPUs / workers)")  # fmt: skip
     parser.add_argument("--images", type=int, default=None, help="shrink the splits to N images")
     parser.add_argument("--epochs", type=int, default=None, help="cut every training to E epochs")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="keep each attack's and independents table's first K seeds")  # fmt: skip
     parser.add_argument("--n", type=int, default=None, help="fingerprint points (default: 100)")
     parser.add_argument(
         "--param", action="append", default=[], metavar="KEY=VALUE",
@@ -223,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
 
     obj, where = read_toml(args.config)
     obj.pop("sweep", None)
-    obj = shrink(obj, images=args.images, epochs=args.epochs)
+    obj = shrink(obj, images=args.images, epochs=args.epochs, seeds=args.seeds)
     if args.data:
         obj.setdefault("data", {})["spec"] = args.data
     if args.n:

@@ -31,19 +31,25 @@ def _ours(pid: str) -> bool:
         return False
 
 
-def _kill_first_builder(found: list[int], stop: threading.Event) -> None:
-    """Kill -9 the first worker process of this cluster seen building a model (its title is
-    ray::_build)."""
+def _kill_first_builder(
+    found: list[int], stop: threading.Event, events: list[tuple[int, int, int, int]]
+) -> None:
+    """Kill -9 a worker process of this cluster building a model (its title is ray::_build)
+    once the driver's progress counts as many tasks running as there are such processes:
+    the task killed is then one whose start the tracker has heard, so its restart counts as
+    a retry however slow the machine is."""
     while not stop.is_set() and not found:
         ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-        for line in ps.splitlines()[1:]:
-            pid, _, args = line.strip().partition(" ")
-            if args.startswith("ray::_build") and _ours(pid):  # a task of seconds started:
-                time.sleep(1.0)  # kill it mid-training, once it has told the driver
-                os.kill(int(pid), signal.SIGKILL)
-                found.append(int(pid))
-                return
-        time.sleep(0.02)
+        builders = [
+            int(pid)
+            for pid, _, args in (line.strip().partition(" ") for line in ps.splitlines()[1:])
+            if args.startswith("ray::_build") and _ours(pid)
+        ]
+        if builders and events and events[-1][1] >= len(builders):  # all have reported
+            os.kill(builders[0], signal.SIGKILL)  # mid-training: tasks take seconds
+            found.append(builders[0])
+            return
+        time.sleep(0.05)
 
 
 def _shas(zoo: Path) -> dict[str, str]:
@@ -71,9 +77,11 @@ def main(work: Path, config: Path) -> None:
         ray.init(address=cluster.address, log_to_driver=False)
         killed: list[int] = []
         stop = threading.Event()
-        killer = threading.Thread(target=_kill_first_builder, args=(killed, stop), daemon=True)
-        killer.start()
         events: list[tuple[int, int, int, int]] = []
+        killer = threading.Thread(
+            target=_kill_first_builder, args=(killed, stop, events), daemon=True
+        )
+        killer.start()
         remote = evaluate_suite(
             config,
             zoo=work / "zoo-ray",

@@ -182,3 +182,55 @@ def test_the_student_points_experiment_runs_on_the_tiny_zoo(
     # a header, then a random and a surrogate-chosen row for each of the three pools
     assert len(rows) == 1 + 6 and sum("surrogate-chosen" in r for r in rows) == 3
     assert (tmp_path / "surrogates").is_dir()  # the surrogates are cached for a rerun
+
+
+def _natural() -> ModuleType:
+    _bench()  # student_natural imports its sibling
+    spec = importlib.util.spec_from_file_location(
+        "student_natural", ROOT / "benchmarks" / "student_natural.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_agreement_on_the_owners_mistakes_tells_a_mimic_from_a_model_that_is_right() -> None:
+    natural = _natural()
+    truth = np.array([0, 1, 2, 0, 1, 2])
+    labels = np.array([
+        [0, 1, 2, 1, 2, 0],  # the owner: right on three, wrong on three
+        [0, 1, 2, 1, 2, 0],  # a student that copies it, mistakes included
+        [0, 1, 2, 0, 1, 2],  # an independent that is always right
+        [0, 1, 0, 1, 0, 0],  # a damaged copy: the column left out
+    ])  # fmt: skip
+    columns = [None, "distill", "same-arch-same-data", None]
+    table = natural.agreement_table(labels, truth, 0, columns)
+    assert table["distill"] == {"all": [1.0], "owner wrong": [1.0]}
+    assert table["same-arch-same-data"] == {"all": [0.5], "owner wrong": [0.0]}
+    assert table["classic copies"] == {"all": [], "owner wrong": []}
+    assert natural.column("fine-tune", True, True) == "classic copies"
+    assert natural.column("prune", False, True) is None  # lost more than 10 points
+    assert natural.column("extract", True, True) == "extract"
+    assert natural.column("other-arch", False, False) == "other-arch"
+
+
+def test_the_natural_image_limit_runs_on_the_tiny_zoo(
+    tiny_zoo: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    natural = _natural()
+    zoo, archive = tiny_zoo
+    args = ["--zoo", str(zoo), "--data", str(archive), "--out", str(tmp_path)]
+    assert natural.main([*args, "--images", "40"]) == 0
+    captured = capsys.readouterr()
+    assert "test: no images in splits.json" in captured.err  # the tiny zoo has no test split
+    rows = [line for line in captured.out.splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + 4  # a header; owner's and attacker's splits, all and owner errors
+    result = json.loads((tmp_path / "student_natural.json").read_text())
+    owner_split = result["splits"]["owner"]
+    assert set(result["splits"]) == {"owner", "attacker"}
+    assert 0.0 <= owner_split["owner_accuracy"] <= 1.0
+    agree = owner_split["agreement"]
+    assert agree["classic copies"]["all"][0] >= 0.8  # the noisy copy
+    assert len(agree["same-arch-same-data"]["all"]) == 2 and agree["distill"]["all"]
+    assert natural.main(["--zoo", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 2

@@ -1,7 +1,8 @@
 """The GPU profile (``benchmarks/gpu_profile.sh``): its config is the paper profile with a
 fast recipe, table for table; and the one command runs end to end on a CPU at a tiny size
-(150 made-up 32x32 images, 1 epoch), training every model of the profile with two worker
-processes and writing the tables and plots."""
+(150 made-up 32x32 images, 1 epoch, one seed per table), training every architecture,
+attack and variant of the profile with two worker processes and writing the tables and
+plots."""
 
 from __future__ import annotations
 
@@ -67,6 +68,12 @@ def test_shrink_scales_the_data_batches_and_every_training() -> None:
     rtll = next(a for a in small["attacks"] if a["name"] == "rtll")
     assert len(rtll["params"]) == 1  # 10 and 20 epochs are one variant at 1 epoch
     assert obj["training"]["epochs"] == 60  # the input is left alone
+    one = gp.shrink(obj, images=None, epochs=None, seeds=1)
+    for table in (*one["attacks"], *one["independents"]):
+        assert len(table.get("seeds", [0])) == 1
+    assert [a["params"] for a in one["attacks"]] == [a["params"] for a in obj["attacks"]]
+    assert [i["arch"] for i in one["independents"]] == [i["arch"] for i in obj["independents"]]
+    assert obj["independents"][0]["seeds"] == [1, 2, 3, 4, 5, 6]  # the input is left alone
     suite_from_dict({k: v for k, v in small.items() if k != "sweep"})  # still a valid suite
 
 
@@ -110,7 +117,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }  # fmt: skip
     proc = subprocess.run(
         ["bash", str(ROOT / "benchmarks" / "gpu_profile.sh"), "--device", "cpu",
-         "--images", "150", "--epochs", "1", "--n", "10", "--param", "k=0.5",
+         "--images", "150", "--epochs", "1", "--seeds", "1", "--n", "10", "--param", "k=0.5",
          "--param", "max_iter=100", "--workers", "2", "--threads", "1",
          "--zoo", str(work / "zoo")],
         capture_output=True, text=True, timeout=600, env=env, cwd=work,
@@ -128,9 +135,10 @@ def test_the_one_command_trains_the_whole_profile_and_writes_tables_and_plots(
         "ipguard_suspects.png", "profile.json", "profile.md",
     ]  # fmt: skip
     report = json.loads((out / "profile.json").read_text())
-    # 82 models, less the attack variants that differed only in their epochs
-    assert report["models"] == 76 and report["workers"] == 2
-    assert len(list((tiny_run["work"] / "zoo").glob("*.safetensors"))) == 76
+    # 82 models, less the attack variants that differed only in their epochs and every
+    # table's seeds after the first
+    assert report["models"] == 37 and report["workers"] == 2
+    assert len(list((tiny_run["work"] / "zoo").glob("*.safetensors"))) == 37
     assert report["models_built_in_process"] == 0  # the workers trained every one
     assert report["training_seconds"] > 0 and report["environment"]["device"] == "cpu"
     assert set(report["training_flops"]) == {"owner", "attacks", "independents"}
