@@ -191,20 +191,36 @@ def bridge_pool(
 ) -> torch.Tensor:  # fmt: skip
     """``size`` points on segments between two owner inputs with different owner labels, just
     past the owner's boundary (bisection to ``2**-steps``, then ``offset`` of the segment)."""
+    first, second, flip = bridge_segments(owner, x, size, generator, steps=steps)
+    return on_segments(x, first, second, flip + offset)
+
+
+def bridge_segments(
+    owner: OwnerModel, x: torch.Tensor, size: int, generator: torch.Generator, *, steps: int = 12
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``size`` pairs of rows of ``x`` that the owner labels differently, and where on the
+    segment from the first to the second the owner's label first changes (bisection to
+    ``2**-steps``; the upper end, so the owner's label there is no longer the first's)."""
     labels = owner.predict(x)
     first = torch.randint(0, len(x), (4 * size,), generator=generator)
     second = torch.randint(0, len(x), (4 * size,), generator=generator)
     ok = (labels[first] != labels[second]).nonzero().squeeze(1)[:size]
-    a, b = x[first[ok]], x[second[ok]]
-    la = labels[first[ok]]
-    lo, hi = torch.zeros(len(a)), torch.ones(len(a))
+    first, second = first[ok], second[ok]
+    la = labels[first]
+    lo, hi = torch.zeros(len(first)), torch.ones(len(first))
     for _ in range(steps):
         mid = (lo + hi) / 2
-        w = mid.view(-1, 1, 1, 1)
-        crossed = owner.predict((1 - w) * a + w * b) != la
+        crossed = owner.predict(on_segments(x, first, second, mid)) != la
         hi, lo = torch.where(crossed, mid, hi), torch.where(crossed, lo, mid)
-    w = (hi + offset).clamp(max=1.0).view(-1, 1, 1, 1)
-    return (1 - w) * a + w * b
+    return first, second, hi
+
+
+def on_segments(
+    x: torch.Tensor, first: torch.Tensor, second: torch.Tensor, where: torch.Tensor
+) -> torch.Tensor:
+    """The points ``(1 - w) x[first] + w x[second]``, with ``w = where`` clipped to [0, 1]."""
+    w = where.clamp(0.0, 1.0).view(-1, 1, 1, 1)
+    return (1 - w) * x[first] + w * x[second]
 
 
 def oracle_bound(

@@ -218,8 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch threads per worker (default: CPUs / workers)")  # fmt: skip
     parser.add_argument("--images", type=int, default=None, help="shrink the splits to N images")
     parser.add_argument("--epochs", type=int, default=None, help="cut every training to E epochs")
-    parser.add_argument("--seeds", type=int, default=None,
-                        help="keep each attack's and independents table's first K seeds")  # fmt: skip
+    parser.add_argument("--seeds", type=int, default=None, help="keep each table's first K seeds")
     parser.add_argument("--n", type=int, default=None, help="fingerprint points (default: 100)")
     parser.add_argument(
         "--param", action="append", default=[], metavar="KEY=VALUE",

@@ -111,9 +111,7 @@ def test_make_fingerprint_is_the_fingerprint_command(files: dict[str, Path]) -> 
 def test_make_fingerprint_takes_objects(owner_module: nn.Module) -> None:
     data = load_data("digits")
     # calibration (8 surrogates trained) has its own tests: test_calibrated_verify.py
-    fp = make_fingerprint(
-        owner_module, data=data, n=12, params=FAST, seed=3, calibration_models=0
-    )
+    fp = make_fingerprint(owner_module, data=data, n=12, params=FAST, seed=3, calibration_models=0)
     again = make_fingerprint(
         owner_module, data="digits", n=12, params=FAST, seed=3, calibration_models=0
     )

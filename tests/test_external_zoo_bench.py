@@ -221,11 +221,14 @@ def test_the_natural_image_limit_runs_on_the_tiny_zoo(
     natural = _natural()
     zoo, archive = tiny_zoo
     args = ["--zoo", str(zoo), "--data", str(archive), "--out", str(tmp_path)]
-    assert natural.main([*args, "--images", "40"]) == 0
+    assert natural.main([*args, "--images", "40", "--bridges", "30"]) == 0
     captured = capsys.readouterr()
     assert "test: no images in splits.json" in captured.err  # the tiny zoo has no test split
     rows = [line for line in captured.out.splitlines() if line.startswith("| ")]
-    assert len(rows) == 1 + 4  # a header; owner's and attacker's splits, all and owner errors
+    # a header; owner's and attacker's splits, all and owner errors; a header and a row per
+    # non-empty owner-side subset of each bridge pool (at least "all")
+    assert len(rows) - sum(r.startswith("| just") for r in rows) == 1 + 4 + 1
+    assert sum(r.startswith("| just") and "| all |" in r for r in rows) == 2
     result = json.loads((tmp_path / "student_natural.json").read_text())
     owner_split = result["splits"]["owner"]
     assert set(result["splits"]) == {"owner", "attacker"}
@@ -233,4 +236,10 @@ def test_the_natural_image_limit_runs_on_the_tiny_zoo(
     agree = owner_split["agreement"]
     assert agree["classic copies"]["all"][0] >= 0.8  # the noisy copy
     assert len(agree["same-arch-same-data"]["all"]) == 2 and agree["distill"]["all"]
+    for where in ("just before the change", "just past it"):
+        table = result["bridges"][where]
+        assert table["all"]["classic copies"] >= 0.8  # the noisy copy keeps the owner's labels
+        assert 0 < table["all"]["points"] <= 30
+        assert table["owner's margin below the median"]["points"] <= table["all"]["points"] / 2
+    assert "label is neither image's" not in result["bridges"]["just before the change"]
     assert natural.main(["--zoo", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 2
