@@ -35,15 +35,18 @@ def cnn_c():
 """
 
 
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "external_zoo", ROOT / "benchmarks" / "external_zoo.py"
-    )
+def _load(name: str) -> ModuleType:
+    """A benchmark script as a module (its siblings import ``external_zoo``, loaded first)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["external_zoo"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def _bench() -> ModuleType:
+    return _load("external_zoo")
 
 
 def _images(count: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,12 +172,7 @@ def test_the_student_points_experiment_runs_on_the_tiny_zoo(
     tiny_zoo: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _bench()  # student_points imports its sibling
-    spec = importlib.util.spec_from_file_location(
-        "student_points", ROOT / "benchmarks" / "student_points.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _load("student_points")
     zoo, archive = tiny_zoo
     args = ["--zoo", str(zoo), "--data", str(archive), "--out", str(tmp_path), "-n", "5"]
     assert module.main([*args, "--pool", "30", "--epochs", "1"]) == 0
@@ -186,13 +184,7 @@ def test_the_student_points_experiment_runs_on_the_tiny_zoo(
 
 def _natural() -> ModuleType:
     _bench()  # student_natural imports its sibling
-    spec = importlib.util.spec_from_file_location(
-        "student_natural", ROOT / "benchmarks" / "student_natural.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load("student_natural")
 
 
 def test_agreement_on_the_owners_mistakes_tells_a_mimic_from_a_model_that_is_right() -> None:
