@@ -254,3 +254,17 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     assert any(line.strip().startswith("File ") and "fingerprint.py" in line for line in lines)
     assert lines[-1] == f"ipguard.errors.FingerprintFileError: {message}"
     assert not [line for line in lines if line.startswith("error:")]  # not the one-line form
+
+
+def test_version_has_one_source() -> None:
+    import importlib.metadata
+    import re
+
+    from ipguard import __version__
+
+    code, out, _ = run("--version")
+    assert code == 0 and out.strip() == f"ipguard {__version__}"
+    text = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    project = text.split("[project]", 1)[1].split("\n[", 1)[0]  # the [project] table
+    assert 'dynamic = ["version"]' in project and not re.search(r"(?m)^version\s*=", project)
+    assert importlib.metadata.version("ipguard-fingerprint") == __version__  # from __init__
