@@ -119,6 +119,10 @@ def test_http_equals_local(setup: dict[str, Any], servers: dict[str, str], encod
         labels = suspect.predict(fp.points)
         assert torch.equal(labels, owner.predict(quantise_png(fp.points)))
     assert suspect.stats.requests == 3 and suspect.stats.points_sent == N_POINTS
+    # the endpoint itself, as docs/http.md writes it, is the same suspect
+    endpoint = HTTPSuspect(servers["clean"] + "/predict/", HTTPOptions(encoding=encoding))
+    assert endpoint.endpoint == suspect.endpoint == servers["clean"] + "/predict"
+    assert verify(fp, endpoint).matching_rate == remote.matching_rate
     info = json.loads(urllib.request.urlopen(servers["clean"] + "/info", timeout=10).read())
     assert info == {"input_shape": [1, 8, 8], "num_classes": 10}
 

@@ -210,6 +210,9 @@ class HTTPSuspect:
             )
         self.options = options
         self.base_url = url.rstrip("/")
+        if parsed.path.rstrip("/").endswith("/predict") and not (parsed.query or parsed.fragment):
+            # the endpoint itself was given (as the service's docs often show it): its base
+            self.base_url = self.base_url[: -len("/predict")]
         self.endpoint = self.base_url + "/predict"
         self.name = _redact(self.base_url)
         self.stats = HTTPStats()
