@@ -198,9 +198,11 @@ def bridge_pool(
 def bridge_segments(
     owner: OwnerModel, x: torch.Tensor, size: int, generator: torch.Generator, *, steps: int = 12
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``size`` pairs of rows of ``x`` that the owner labels differently, and where on the
-    segment from the first to the second the owner's label first changes (bisection to
-    ``2**-steps``; the upper end, so the owner's label there is no longer the first's)."""
+    """``size`` pairs of rows of ``x`` that the owner labels differently, and a place on the
+    segment from the first to the second where the owner's label changes: bisection to
+    ``2**-steps`` keeps the first's label at the lower end and returns the upper end, where
+    the owner's label is no longer the first's (on a segment that changes label more than
+    once, one of the changes)."""
     labels = owner.predict(x)
     first = torch.randint(0, len(x), (4 * size,), generator=generator)
     second = torch.randint(0, len(x), (4 * size,), generator=generator)

@@ -66,7 +66,7 @@ def shrink(
     variant stays)."""
     obj = json.loads(json.dumps(obj))  # a deep copy of plain data
     if seeds is not None:
-        for table in (*obj["attacks"], *obj["independents"]):
+        for table in (*obj.get("attacks", []), *obj.get("independents", [])):
             if "seeds" in table:
                 table["seeds"] = table["seeds"][:seeds]
     if images is not None:
@@ -230,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         help="print the models and the training work (PFLOP) of the run, and stop",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.seeds is not None and args.seeds < 1:
+        parser.error(f"--seeds must be at least 1, got {args.seeds}")
 
     obj, where = read_toml(args.config)
     obj.pop("sweep", None)

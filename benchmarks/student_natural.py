@@ -44,7 +44,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from external_zoo import (  # noqa: E402  (a sibling benchmark, not a package)
-    CLASSIC,
     STUDENTS,
     Suspect,
     bridge_segments,
@@ -65,18 +64,20 @@ SPLITS = {
     "attacker": "attacker's split (the students' training images)",
 }
 #: table columns: zoo families, with the owner's architecture apart from the others
-COLUMNS = ("classic copies", "distill", "extract", "same-arch-same-data",
+COLUMNS = ("post-processed copies", "distill", "extract", "same-arch-same-data",
            "same-arch-other-data", "other-arch")  # fmt: skip
 
 
 def column(family: str, kept: bool, pirated: bool) -> str | None:
-    """The table column of a zoo model; None for the owner and for copies that lost more
-    than 10 points of the owner's accuracy (the zoo README's rule)."""
+    """The table column of a zoo model: its family for students and independents, and
+    "post-processed copies" for every other copy (fine-tuning, pruning, noise, fp16 and
+    adversarial fine-tuning); None for the owner and for copies that lost more than 10
+    points of the owner's accuracy (the zoo README's rule)."""
     if family == "owner" or (pirated and not kept):
         return None
     if family in STUDENTS or not pirated:
         return family
-    return "classic copies"
+    return "post-processed copies"
 
 
 def agreement_table(
@@ -124,8 +125,8 @@ def bridge_table(
         "owner's margin below the median": margin < np.median(margin),
     }
     groups = {
-        "classic copies": [i for i, s in enumerate(suspects) if s.kept and s.family in CLASSIC
-                           and s.family != "owner"],
+        "post-processed copies": [i for i, s in enumerate(suspects)
+                           if column(s.family, s.kept, s.pirated) == "post-processed copies"],
         "students": [i for i, s in enumerate(suspects) if s.kept and s.family in STUDENTS],
         "same-arch-same-data": [i for i, s in enumerate(suspects)
                                 if s.family == "same-arch-same-data"],
@@ -133,13 +134,11 @@ def bridge_table(
     }  # fmt: skip
     out: dict[str, dict[str, float]] = {}
     for name, mask in subsets.items():
-        if not mask.any():  # before the change the label is the first image's: no third
+        if not mask.any():  # an empty subset (before the change, seldom a third class)
             continue
         row: dict[str, float] = {"points": float(mask.sum())}
         for group, members in groups.items():
-            row[group] = (
-                float(agree[members][:, mask].mean()) if members and mask.any() else float("nan")
-            )
+            row[group] = float(agree[members][:, mask].mean()) if members else float("nan")
         row["split-half r"] = _split_half(agree[:, mask], groups["students"],
                                           groups["all independents"], rng)  # fmt: skip
         out[name] = row
@@ -228,7 +227,7 @@ def _bridges(
     out: dict[str, object] = {}
     print(f"\nAgreement with the owner on {len(first)} bridges between two owner images, by "
           "what the owner alone can compute (mean over each group's models)\n")  # fmt: skip
-    head = ("classic copies", "students", "same-arch-same-data", "all independents")
+    head = ("post-processed copies", "students", "same-arch-same-data", "all independents")
     print("| where | owner-side subset | points | " + " | ".join(head)
           + " | split-half r of the student-minus-independent gap |")  # fmt: skip
     print("|---|---|---:|" + "---:|" * (len(head) + 1))

@@ -31,25 +31,35 @@ def _ours(pid: str) -> bool:
         return False
 
 
+def _builders() -> list[int]:
+    """This cluster's worker processes building a model (their title is ray::_build)."""
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [
+        int(pid)
+        for pid, _, args in (line.strip().partition(" ") for line in ps.splitlines()[1:])
+        if args.startswith("ray::_build") and _ours(pid)
+    ]
+
+
 def _kill_first_builder(
     found: list[int], stop: threading.Event, events: list[tuple[int, int, int, int]]
 ) -> None:
-    """Kill -9 a worker process of this cluster building a model (its title is ray::_build)
-    once the driver's progress counts as many tasks running as there are such processes:
-    the task killed is then one whose start the tracker has heard, so its restart counts as
-    a retry however slow the machine is."""
+    """Kill -9 a worker process while it builds a model, and only one whose start the
+    driver's progress has counted, so that its restart counts as a retry: the last progress
+    event counts at least as many tasks running as there are builders, and by the next
+    event no model has finished and the builders are the same processes."""
     while not stop.is_set() and not found:
-        ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-        builders = [
-            int(pid)
-            for pid, _, args in (line.strip().partition(" ") for line in ps.splitlines()[1:])
-            if args.startswith("ray::_build") and _ours(pid)
-        ]
-        if builders and events and events[-1][1] >= len(builders):  # all have reported
-            os.kill(builders[0], signal.SIGKILL)  # mid-training: tasks take seconds
-            found.append(builders[0])
+        before, seen = _builders(), len(events)
+        if not before or not events or events[-1][1] < len(before):
+            time.sleep(0.05)
+            continue
+        done = events[-1][2]
+        while not stop.is_set() and len(events) < seen + 1:  # the next event (about 1 s)
+            time.sleep(0.02)
+        if events and events[-1][2] == done and _builders() == before:
+            os.kill(before[0], signal.SIGKILL)  # mid-training: tasks take seconds
+            found.append(before[0])
             return
-        time.sleep(0.05)
 
 
 def _shas(zoo: Path) -> dict[str, str]:

@@ -200,8 +200,8 @@ def test_agreement_on_the_owners_mistakes_tells_a_mimic_from_a_model_that_is_rig
     table = natural.agreement_table(labels, truth, 0, columns)
     assert table["distill"] == {"all": [1.0], "owner wrong": [1.0]}
     assert table["same-arch-same-data"] == {"all": [0.5], "owner wrong": [0.0]}
-    assert table["classic copies"] == {"all": [], "owner wrong": []}
-    assert natural.column("fine-tune", True, True) == "classic copies"
+    assert table["post-processed copies"] == {"all": [], "owner wrong": []}
+    assert natural.column("fine-tune", True, True) == "post-processed copies"
     assert natural.column("prune", False, True) is None  # lost more than 10 points
     assert natural.column("extract", True, True) == "extract"
     assert natural.column("other-arch", False, False) == "other-arch"
@@ -226,12 +226,13 @@ def test_the_natural_image_limit_runs_on_the_tiny_zoo(
     assert set(result["splits"]) == {"owner", "attacker"}
     assert 0.0 <= owner_split["owner_accuracy"] <= 1.0
     agree = owner_split["agreement"]
-    assert agree["classic copies"]["all"][0] >= 0.8  # the noisy copy
+    assert agree["post-processed copies"]["all"][0] >= 0.8  # the noisy copy
     assert len(agree["same-arch-same-data"]["all"]) == 2 and agree["distill"]["all"]
     for where in ("just before the change", "just past it"):
         table = result["bridges"][where]
-        assert table["all"]["classic copies"] >= 0.8  # the noisy copy keeps the owner's labels
+        assert (
+            table["all"]["post-processed copies"] >= 0.8
+        )  # the noisy copy keeps the owner's labels
         assert 0 < table["all"]["points"] <= 30
         assert table["owner's margin below the median"]["points"] <= table["all"]["points"] / 2
-    assert "label is neither image's" not in result["bridges"]["just before the change"]
     assert natural.main(["--zoo", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 2

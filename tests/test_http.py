@@ -329,6 +329,28 @@ def test_options_validated(kwargs: dict[str, Any]) -> None:
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("url", "endpoint"),
+    [
+        ("http://h:8000", "http://h:8000/predict"),
+        ("http://h:8000/", "http://h:8000/predict"),
+        ("http://h/predict", "http://h/predict"),  # the endpoint itself
+        ("http://h/predict/", "http://h/predict"),
+        ("http://h/v1/predict", "http://h/v1/predict"),
+        ("http://h/v1", "http://h/v1/predict"),
+        ("http://h/predict?key=a", "http://h/predict?key=a"),  # the query stays whole
+        ("http://h/api?token=a", "http://h/api/predict?token=a"),
+        ("http://h/predict#top", "http://h/predict"),  # a fragment is never sent
+        ("http://h/predict/predict", "http://h/predict/predict"),  # a base ending in /predict
+        ("http://h/mypredict", "http://h/mypredict/predict"),
+    ],
+)
+def test_the_url_is_a_base_or_the_endpoint(url: str, endpoint: str) -> None:
+    suspect = HTTPSuspect(url)
+    assert suspect.endpoint == endpoint
+    assert "key=" not in suspect.name and "token=" not in suspect.name
+
+
 def test_bad_url_and_journal(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="must be http"):
         HTTPSuspect("ftp://user:pw@host/x")

@@ -209,11 +209,12 @@ class HTTPSuspect:
                 f"suspect URL must be http(s)://HOST[:PORT][/PATH], got {_redact(url)!r}"
             )
         self.options = options
-        self.base_url = url.rstrip("/")
-        if parsed.path.rstrip("/").endswith("/predict") and not (parsed.query or parsed.fragment):
-            # the endpoint itself was given (as the service's docs often show it): its base
-            self.base_url = self.base_url[: -len("/predict")]
-        self.endpoint = self.base_url + "/predict"
+        # the base address or the endpoint itself (as services' docs often show it); a
+        # query (an API key, say) stays on both, a fragment is never sent
+        path = parsed.path.rstrip("/").removesuffix("/predict")
+        parts = (parsed.scheme, parsed.netloc)
+        self.base_url = urllib.parse.urlunsplit((*parts, path, parsed.query, ""))
+        self.endpoint = urllib.parse.urlunsplit((*parts, path + "/predict", parsed.query, ""))
         self.name = _redact(self.base_url)
         self.stats = HTTPStats()
         self._auth: str | None = None
