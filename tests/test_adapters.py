@@ -299,7 +299,7 @@ def test_url_suspect_uses_the_http_client(setup: dict[str, Any]) -> None:
     )  # fmt: skip
     assert isinstance(wrapped, PreprocessedSuspect)
     assert isinstance(wrapped.inner, HTTPSuspect) and wrapped.inner.options.timeout == 1.0
-    assert wrapped.inner.base_url == oracle.base_url == url
+    assert wrapped.inner.endpoint == oracle.endpoint == url  # the endpoint, as given
 
 
 # -- the transform itself --------------------------------------------------------------------------
