@@ -27,7 +27,7 @@ Prints one table of what the zoo's copies and independents match (the zoo is onl
 
 Usage::
 
-    .venv/bin/python benchmarks/student_recipes.py --out runs/student-recipes   # ~25 min
+    .venv/bin/python benchmarks/student_recipes.py --out runs/student-recipes   # ~13 min on 2 cores
 """
 
 from __future__ import annotations

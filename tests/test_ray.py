@@ -114,7 +114,7 @@ def test_large_tensors_are_shared_once_and_rebuilt_on_the_worker() -> None:
     import torch
 
     from ipguard.attacks.base import PirateData
-    from ipguard.distributed import SHARE_BYTES, resolve, share
+    from ipguard.workers import SHARE_BYTES, resolve, share  # the Ray path's too
 
     big = torch.rand(SHARE_BYTES // 4 + 1)
     labels = torch.zeros(big.numel(), dtype=torch.int64)

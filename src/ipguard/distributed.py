@@ -40,10 +40,10 @@ import torch
 from torch import nn
 
 from ipguard.errors import InputError, IPGuardError, ModelError, first_line
-from ipguard.workers import SHARE_BYTES, prebuild_waves, resolve, share
+from ipguard.workers import prebuild_waves, resolve, share
 from ipguard.zoo import BuildJob, ModelZoo, state_blob
 
-__all__ = ["SHARE_BYTES", "RayRun", "TaskProgress", "connect", "prebuild_suite", "resolve", "share"]
+__all__ = ["RayRun", "TaskProgress", "connect", "prebuild_suite"]
 
 #: how often a task is retried after its worker dies
 MAX_RETRIES = 3
