@@ -236,3 +236,50 @@ def test_the_natural_image_limit_runs_on_the_tiny_zoo(
         assert 0 < table["all"]["points"] <= 30
         assert table["owner's margin below the median"]["points"] <= table["all"]["points"] / 2
     assert natural.main(["--zoo", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 2
+
+
+def _recipes() -> ModuleType:
+    _bench()  # student_recipes imports its sibling
+    return _load("student_recipes")
+
+
+def test_each_surrogate_plan_trains_on_the_rows_it_names() -> None:
+    recipes = _recipes()
+    pool = torch.arange(0, 40, 4)  # 10 of 40 rows
+    plan = recipes.OWNER_PLANS[0]
+    outside = recipes.plan_rows(plan, 40, pool)
+    assert plan.rows == "outside-pool" and len(outside) == 30
+    assert not set(outside.tolist()) & set(pool.tolist())
+    indep = next(p for p in recipes.OWNER_PLANS if not p.student)
+    assert indep.rows == "all" and recipes.plan_rows(indep, 40, pool).tolist() == list(range(40))
+    varied = recipes.PLANS[0]  # its own 10,000 rows outside the pool (here all 30 of them)
+    assert sorted(recipes.plan_rows(varied, 40, pool).tolist()) == sorted(outside.tolist())
+    # fields added later stay out of the cache key when they hold their defaults, so the
+    # surrogates cached before them are found again
+    assert "rows" not in varied.spec() and "owner_labels" not in varied.spec()
+    assert plan.spec()["rows"] == "outside-pool" and plan.spec()["owner_labels"] is True
+    assert all(p.student == (p.owner_labels or p.attack is not None) for p in recipes.OWNER_PLANS)
+
+
+def test_the_owner_recipe_surrogates_run_on_the_tiny_zoo(
+    tiny_zoo: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipes = _recipes()
+    zoo, archive = tiny_zoo
+    args = ["--zoo", str(zoo), "--data", str(archive), "--out", str(tmp_path), "-n", "5"]
+    args += ["--pool", "30", "--plans", "owner-recipe"]
+    assert recipes.main([*args, "--build-part", "3/4"]) == 0
+    assert len(list((tmp_path / "zoo").glob("*.safetensors"))) == 2  # only its part
+    assert recipes.main(args) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + 4 + 4  # a header, four point sets, four decisions
+    assert len(list((tmp_path / "zoo").glob("*.safetensors"))) == len(recipes.OWNER_PLANS)
+    record = json.loads((tmp_path / "student_recipes_owner-recipe.json").read_text())
+    assert set(record["surrogates_on_random_bridges"]) == {p.name for p in recipes.OWNER_PLANS}
+    assert record["rows"]["IPGuard (the default)"]["rates"]["owner"] == 1.0
+    lift = record["decisions"]["fold-0 bridges' lift over random bridges"]["rates"]
+    assert set(lift) == set(record["rows"]["bridges, at random"]["rates"])
+    for wrong in ("0/2", "3/2", "half"):
+        with pytest.raises(SystemExit):
+            recipes.main([*args, "--build-part", wrong])
