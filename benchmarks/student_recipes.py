@@ -37,12 +37,15 @@ and writes it, with every suspect's rates, to ``student_recipes_<plans>.json`` i
 Usage::
 
     .venv/bin/python benchmarks/student_recipes.py --out runs/student-recipes   # ~13 min on 2 cores
-    # ~90 min of one-thread training; 46 min in two processes that share the cache:
+    # 83 min of one-thread training; about 45 min in two processes that share the cache:
     for part in 1/2 2/2; do
         .venv/bin/python benchmarks/student_recipes.py --plans owner-recipe --threads 1 \
             --build-part $part &
     done
     wait; .venv/bin/python benchmarks/student_recipes.py --plans owner-recipe
+    # another draw of the bridges with the same surrogates; a replicate with new ones
+    .venv/bin/python benchmarks/student_recipes.py --plans owner-recipe --bridge-seed 1
+    .venv/bin/python benchmarks/student_recipes.py --plans owner-recipe --seed 1 --replicate 1
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -72,6 +75,7 @@ from external_zoo import (  # noqa: E402  (a sibling benchmark, not a package)
 
 from ipguard.attacks import PirateData, make_attack  # noqa: E402
 from ipguard.attacks._student import reinitialised  # noqa: E402
+from ipguard.attacks.base import predict_logits  # noqa: E402
 from ipguard.methods.ipguard import IPGuard  # noqa: E402
 from ipguard.models import OwnerModel  # noqa: E402
 from ipguard.nets import build_arch  # noqa: E402
@@ -103,12 +107,13 @@ class Plan:
         return self.attack is not None or self.owner_labels
 
     def spec(self) -> dict[str, Any]:
-        """The cache key's fields (the later fields only when they differ from the default,
-        so the surrogates cached before they existed keep their keys)."""
+        """The plan's part of the cache key. ``rows`` is left to :func:`build`, which keys the
+        row count; ``owner_labels`` only when set, so that the surrogates cached before it
+        existed keep their keys."""
         spec = dict(self.__dict__)
-        for key, default in (("rows", "own-10k"), ("owner_labels", False)):
-            if spec[key] == default:
-                del spec[key]
+        del spec["rows"]
+        if not spec["owner_labels"]:
+            del spec["owner_labels"]
         return spec
 
 
@@ -180,9 +185,9 @@ def _build(plan: Plan, owner: nn.Module, x: torch.Tensor, y: torch.Tensor) -> nn
         attack = make_attack(plan.attack["name"], student=plan.arch, **params)
         return attack.apply(owner, PirateData(x, y), seed=plan.subset_seed)
     assert plan.recipe is not None
-    if plan.owner_labels:
+    if plan.owner_labels:  # in eval mode: batch statistics would change labels and the owner
         with torch.no_grad():
-            y = torch.cat([owner(b).argmax(1) for b in x.split(1000)])
+            y = predict_logits(owner, x).argmax(1)
     model = _fresh(owner, plan.arch, plan.subset_seed)
     return train(model, x, y, Recipe.from_dict(plan.recipe), seed=plan.subset_seed)
 
@@ -201,10 +206,12 @@ def plan_rows(plan: Plan, n: int, pool_rows: torch.Tensor) -> torch.Tensor:
 
 
 def build(plan: Plan, owner: OwnerModel, x: torch.Tensor, y: torch.Tensor, zoo: ModelZoo,
-          pool_rows: torch.Tensor) -> nn.Module:  # fmt: skip
+          pool_rows: torch.Tensor, pool_seed: int = 0) -> nn.Module:  # fmt: skip
     """The surrogate of ``plan``, trained on its rows of ``x`` (:func:`plan_rows`)."""
     rows = plan_rows(plan, len(x), pool_rows)
     spec = {"bench": "student_recipes", **plan.spec(), "rows": len(rows)}
+    if pool_seed:  # the pool's rows, which students never see (seed 0 keeps the older keys)
+        spec["pool_seed"] = pool_seed
     if plan.attack is not None and plan.arch == "same":
         template = partial(reinitialised, owner.module, 0)
     else:
@@ -236,6 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--margin", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--replicate", type=int, default=0, metavar="R",
+        help="another set of surrogates: every surrogate's seed shifted by 100 R (0: the "
+        "documented set); with --seed for another pool, an independent replicate",
+    )  # fmt: skip
+    parser.add_argument(
         "--bridge-seed", type=int, default=None,
         help="draw the bridges and the random choice from this seed instead (the pool's rows, "
         "and so the surrogates, stay those of --seed): another draw without retraining",
@@ -252,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     args = parser.parse_args(argv)
-    plans = PLAN_SETS[args.plans]
+    plans = tuple(
+        replace(p, subset_seed=p.subset_seed + 100 * args.replicate) for p in PLAN_SETS[args.plans]
+    )
     part = _part(parser, args.build_part) if args.build_part else (1, 1)
     torch.set_num_threads(args.threads)
     owner, suspects = load_zoo(args.zoo)
@@ -262,9 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     zoo = ModelZoo(args.out / "zoo")
     if args.build_part:
         for p in plans[part[0] - 1 :: part[1]]:
-            build(p, owner, x, y, zoo, pool_rows)
+            build(p, owner, x, y, zoo, pool_rows, args.seed)
         return 0
-    models = {p.name: build(p, owner, x, y, zoo, pool_rows) for p in plans}
+    models = {p.name: build(p, owner, x, y, zoo, pool_rows, args.seed) for p in plans}
 
     if args.bridge_seed is not None:
         gen = torch.Generator().manual_seed(args.bridge_seed)
@@ -364,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [p.name for p in plans]
     record: dict[str, Any] = {
         "plans": args.plans, "n": args.n, "pool": args.pool, "seed": args.seed,
-        "bridge_seed": args.bridge_seed,
+        "bridge_seed": args.bridge_seed, "replicate": args.replicate,
         "cross_fit": {"students": est_student, "independents": est_indep},
         "surrogates_on_random_bridges": dict(zip(names, own.tolist(), strict=True)),
         "thresholds": {"ipguard": tau_a, "ipguard_null_1pct": null.threshold,
@@ -390,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {label} | {m['roc_auc']:.3f} | {aruc} | {m['above_every_independent']:.2f} | "
               f"{m['tpr_at_1pct_fpr']:.2f} | {mins} | {top} | {mean} | {flag} |")  # fmt: skip
     tail = "" if args.bridge_seed is None else f"_bridges{args.bridge_seed}"
+    tail += f"_seed{args.seed}_rep{args.replicate}" if args.seed or args.replicate else ""
     out = args.out / f"student_recipes_{args.plans}{tail}.json"
     out.write_text(json.dumps(record, indent=1, default=float))
     print(f"\nwritten {out}", file=sys.stderr)

@@ -254,11 +254,41 @@ def test_each_surrogate_plan_trains_on_the_rows_it_names() -> None:
     assert indep.rows == "all" and recipes.plan_rows(indep, 40, pool).tolist() == list(range(40))
     varied = recipes.PLANS[0]  # its own 10,000 rows outside the pool (here all 30 of them)
     assert sorted(recipes.plan_rows(varied, 40, pool).tolist()) == sorted(outside.tolist())
-    # fields added later stay out of the cache key when they hold their defaults, so the
-    # surrogates cached before them are found again
+    # owner_labels joins the cache key only when set, so the surrogates cached before it
+    # existed are found again; the rows are keyed by build() as a count
     assert "rows" not in varied.spec() and "owner_labels" not in varied.spec()
-    assert plan.spec()["rows"] == "outside-pool" and plan.spec()["owner_labels"] is True
-    assert all(p.student == (p.owner_labels or p.attack is not None) for p in recipes.OWNER_PLANS)
+    assert plan.spec()["owner_labels"] is True and "rows" not in plan.spec()
+
+
+def test_extraction_with_a_recipe_learns_the_owners_eval_mode_labels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    recipes = _recipes()
+    torch.manual_seed(0)
+    owner = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(3))
+    x = torch.rand(64, 3, 8, 8)
+    owner(x)  # materialise the lazy layer, and running statistics unlike x's batch statistics
+    with torch.no_grad():
+        owner[1].running_mean.add_(0.5)
+    owner.train()  # as load_module returns it: the benchmark must not rely on eval mode
+    before = {k: v.clone() for k, v in owner.state_dict().items()}
+    with torch.no_grad():
+        expected = owner.eval()(x).argmax(1)
+    owner.train()
+    seen: dict[str, torch.Tensor] = {}
+
+    def fake_train(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, *a: object,
+                   **k: object) -> nn.Module:  # fmt: skip
+        seen["y"] = ys
+        return model
+
+    monkeypatch.setattr(recipes, "train", fake_train)
+    plan = recipes.OWNER_PLANS[0]
+    assert plan.owner_labels
+    recipes._build(plan, owner, x, torch.zeros(64, dtype=torch.long))
+    assert torch.equal(seen["y"], expected)  # the owner's labels, not the true ones
+    after = owner.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the owner is untouched
 
 
 def test_the_owner_recipe_surrogates_run_on_the_tiny_zoo(
@@ -280,6 +310,16 @@ def test_the_owner_recipe_surrogates_run_on_the_tiny_zoo(
     assert record["rows"]["IPGuard (the default)"]["rates"]["owner"] == 1.0
     lift = record["decisions"]["fold-0 bridges' lift over random bridges"]["rates"]
     assert set(lift) == set(record["rows"]["bridges, at random"]["rates"])
+    # another draw of the bridges, with the same surrogates: its own record
+    assert recipes.main([*args, "--bridge-seed", "5"]) == 0
+    other = json.loads((tmp_path / "student_recipes_owner-recipe_bridges5.json").read_text())
+    assert other["bridge_seed"] == 5 and 0.0 < other["thresholds"]["ipguard_null_1pct"]
+    assert "two kinds: IPGuard at its 1% null threshold, or fold-0 bridges" in other["decisions"]
+    assert len(list((tmp_path / "zoo").glob("*.safetensors"))) == len(recipes.OWNER_PLANS)
+    # another replicate's surrogates, or another pool, are new models, not the cached ones
+    assert recipes.main([*args, "--replicate", "1", "--build-part", "1/8"]) == 0
+    assert recipes.main([*args, "--seed", "1", "--build-part", "1/8"]) == 0
+    assert len(list((tmp_path / "zoo").glob("*.safetensors"))) == len(recipes.OWNER_PLANS) + 2
     for wrong in ("0/2", "3/2", "half"):
         with pytest.raises(SystemExit):
             recipes.main([*args, "--build-part", wrong])
