@@ -307,11 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     # chosen with fold 0 only, so fold 1's independents can set an honest threshold
     top0 = np.argsort(-score(fold == 0), kind="stable")[: args.n]
     fold0_fp = _as_fingerprint(owner, bridges[torch.as_tensor(top0)])
+    random_fp = _as_fingerprint(owner, bridges[torch.as_tensor(random_rows)])
     rows: dict[str, dict[str, float]] = {
         "IPGuard (the default)": matching_rates(ipguard_fp, suspects),
-        "bridges, at random": matching_rates(
-            _as_fingerprint(owner, bridges[torch.as_tensor(random_rows)]), suspects
-        ),
+        "bridges, at random": matching_rates(random_fp, suspects),
         f"bridges, chosen by all {len(plans)} surrogates": matching_rates(bridge_fp, suspects),
         "bridges, chosen by fold 0 (4 surrogates)": matching_rates(fold0_fp, suspects),
     }
@@ -323,7 +322,6 @@ def main(argv: list[str] | None = None) -> int:
             return np.array([float((models[n](fp.points).argmax(1) == fp.labels).float().mean())
                              for n in names])  # fmt: skip
 
-    random_fp = _as_fingerprint(owner, bridges[torch.as_tensor(random_rows)])
     every_indep = [p.name for p in plans if not p.student]
     held_indep = [p.name for p in plans if not p.student and p.fold == 1]
     tau_a = surrogate_rates(ipguard_fp, every_indep).max() + args.margin
@@ -357,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
             {s: max(a[s] - tau_a, b[s] - r[s] - tau_c) for s in a}
         ),
     }
-    own = surrogate_rates(random_fp, [p.name for p in plans])
+    names = [p.name for p in plans]
+    own = surrogate_rates(random_fp, names)
 
     print(f"\n{args.plans} surrogates on the external zoo (n = {args.n} of {args.pool} bridges; "
           "copies within 10 points of the owner's accuracy)\n")  # fmt: skip
@@ -375,7 +374,6 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     same = [s.name for s in suspects if s.family == "same-arch-same-data"]
     kept = [s for s in suspects if s.kept]
-    names = [p.name for p in plans]
     record: dict[str, Any] = {
         "plans": args.plans, "n": args.n, "pool": args.pool, "seed": args.seed,
         "bridge_seed": args.bridge_seed, "replicate": args.replicate,
