@@ -47,10 +47,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ipguard import operations
 from ipguard.adapters import open_suspect
 from ipguard.errors import IPGuardError
 from ipguard.fingerprint import Fingerprint
 from ipguard.methods import METHODS, make_method
+from ipguard.methods.bridges import bridge_points
 from ipguard.methods.ipguard import IPGuard
 from ipguard.metrics import aruc, roc_auc, tpr_at_fpr
 from ipguard.models import LabelOracle, OwnerModel, load_module
@@ -61,8 +63,9 @@ CLASSIC = ("owner", "fine-tune", "prune", "noise", "quantize")
 STUDENTS = ("distill", "extract")
 #: Copies that lost more than this much of the owner's test accuracy are reported apart.
 KEPT_ACCURACY = 0.10
-#: The method ``ipguard fingerprint`` uses by default: measured first.
-DEFAULT_METHOD = "ipguard"
+#: The method ``ipguard fingerprint`` uses by default (with the owner's data and labels, as
+#: here): measured first.
+DEFAULT_METHOD = operations.DEFAULT_METHOD
 #: Methods that train surrogate models; left out of the default run (their CIFAR-10 cost
 #: with default settings is hours on 2 cores): name them in --methods to measure them.
 TRAINING_METHODS = tuple(m for m, cls in METHODS.items() if cls.data_role == "training")
@@ -183,46 +186,6 @@ def scores(rates: dict[str, float], suspects: list[Suspect]) -> dict[str, Any]:
         "independent_max": float(neg.max()),
         "copies_kept": len(pos),
     }  # fmt: skip
-
-
-def bridge_pool(
-    owner: OwnerModel, x: torch.Tensor, size: int, generator: torch.Generator, *,
-    offset: float = 0.05, steps: int = 12,
-) -> torch.Tensor:  # fmt: skip
-    """``size`` points on segments between two owner inputs with different owner labels, just
-    past the owner's boundary (bisection to ``2**-steps``, then ``offset`` of the segment)."""
-    first, second, flip = bridge_segments(owner, x, size, generator, steps=steps)
-    return on_segments(x, first, second, flip + offset)
-
-
-def bridge_segments(
-    owner: OwnerModel, x: torch.Tensor, size: int, generator: torch.Generator, *, steps: int = 12
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``size`` pairs of rows of ``x`` that the owner labels differently, and a place on the
-    segment from the first to the second where the owner's label changes: bisection to
-    ``2**-steps`` keeps the first's label at the lower end and returns the upper end, where
-    the owner's label is no longer the first's (on a segment that changes label more than
-    once, one of the changes)."""
-    labels = owner.predict(x)
-    first = torch.randint(0, len(x), (4 * size,), generator=generator)
-    second = torch.randint(0, len(x), (4 * size,), generator=generator)
-    ok = (labels[first] != labels[second]).nonzero().squeeze(1)[:size]
-    first, second = first[ok], second[ok]
-    la = labels[first]
-    lo, hi = torch.zeros(len(first)), torch.ones(len(first))
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        crossed = owner.predict(on_segments(x, first, second, mid)) != la
-        hi, lo = torch.where(crossed, mid, hi), torch.where(crossed, lo, mid)
-    return first, second, hi
-
-
-def on_segments(
-    x: torch.Tensor, first: torch.Tensor, second: torch.Tensor, where: torch.Tensor
-) -> torch.Tensor:
-    """The points ``(1 - w) x[first] + w x[second]``, with ``w = where`` clipped to [0, 1]."""
-    w = where.clamp(0.0, 1.0).view(-1, 1, 1, 1)
-    return (1 - w) * x[first] + w * x[second]
 
 
 def oracle_bound(
@@ -371,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         rng = np.random.default_rng(args.seed)
         pools = {
             "ipguard (noise, k=3)": IPGuard().generate(owner, args.pool, seed=args.seed),
-            "bridges between owner inputs": bridge_pool(owner, x, args.pool, gen),
+            "bridges between owner inputs": bridge_points(owner, x, args.pool, gen),
         }
         print(
             f"\nOracle bound: {args.n} of {args.pool} candidates chosen with half of the zoo's "

@@ -46,14 +46,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from external_zoo import (  # noqa: E402  (a sibling benchmark, not a package)
     STUDENTS,
     Suspect,
-    bridge_segments,
     load_zoo,
-    on_segments,
     owner_data,
     read_split,
     zoo_parser,
 )
 
+from ipguard.methods.bridges import bridge_segments, on_segments  # noqa: E402
 from ipguard.models import OwnerModel  # noqa: E402
 from ipguard.verify import query_labels  # noqa: E402
 

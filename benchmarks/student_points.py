@@ -35,7 +35,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from external_zoo import (  # noqa: E402  (a sibling benchmark, not a package)
     _as_fingerprint,
-    bridge_pool,
     load_zoo,
     matching_rates,
     owner_data,
@@ -44,6 +43,7 @@ from external_zoo import (  # noqa: E402  (a sibling benchmark, not a package)
 )
 
 from ipguard.attacks._student import SAME_ARCH  # noqa: E402
+from ipguard.methods.bridges import bridge_points as bridge_pool  # noqa: E402
 from ipguard.methods.ipguard import IPGuard  # noqa: E402
 from ipguard.surrogates import SurrogateSuite, build_surrogates  # noqa: E402
 from ipguard.train import Recipe  # noqa: E402

@@ -65,7 +65,6 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from external_zoo import (  # noqa: E402  (a sibling benchmark, not a package)
     _as_fingerprint,
-    bridge_pool,
     load_zoo,
     matching_rates,
     owner_data,
@@ -76,6 +75,7 @@ from external_zoo import (  # noqa: E402  (a sibling benchmark, not a package)
 from ipguard.attacks import PirateData, make_attack  # noqa: E402
 from ipguard.attacks._student import reinitialised  # noqa: E402
 from ipguard.attacks.base import predict_logits  # noqa: E402
+from ipguard.methods.bridges import bridge_points as bridge_pool  # noqa: E402
 from ipguard.methods.ipguard import IPGuard  # noqa: E402
 from ipguard.models import OwnerModel  # noqa: E402
 from ipguard.nets import build_arch  # noqa: E402

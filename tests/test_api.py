@@ -64,7 +64,7 @@ def files(tmp_path_factory: pytest.TempPathFactory, owner_module: nn.Module,
     torch.jit.save(torch.jit.script(owner_module.eval()), str(d / "owner_ts.pt"))
     fp = make_fingerprint(
         "ipguard.nets:digits_cnn", weights=d / "owner.safetensors", data="digits", n=30,
-        params=FAST, output=d / "fp.safetensors", calibration_models=0,
+        method="ipguard", params=FAST, output=d / "fp.safetensors", calibration_models=0,
     )  # fmt: skip
     assert fp.n == 30
     return {
@@ -99,7 +99,7 @@ def test_make_fingerprint_is_the_fingerprint_command(files: dict[str, Path]) -> 
     code, out, err = cli(
         "fingerprint", "ipguard.nets:digits_cnn", "--weights", str(files["owner_w"]),
         "--data", "digits", "-n", "30", "--max-iter", "300", "-o", str(out_file), "--json",
-        "--calibration-models", "0",
+        "--method", "ipguard", "--calibration-models", "0",
     )  # fmt: skip
     assert code == 0, err
     lib, by_cli = load_fingerprint(files["fp"]), load_fingerprint(out_file)
@@ -111,9 +111,17 @@ def test_make_fingerprint_is_the_fingerprint_command(files: dict[str, Path]) -> 
 def test_make_fingerprint_takes_objects(owner_module: nn.Module) -> None:
     data = load_data("digits")
     # calibration (8 surrogates trained) has its own tests: test_calibrated_verify.py
-    fp = make_fingerprint(owner_module, data=data, n=12, params=FAST, seed=3, calibration_models=0)
+    fp = make_fingerprint(
+        owner_module, data=data, method="ipguard", n=12, params=FAST, seed=3, calibration_models=0
+    )
     again = make_fingerprint(
-        owner_module, data="digits", n=12, params=FAST, seed=3, calibration_models=0
+        owner_module,
+        data="digits",
+        method="ipguard",
+        n=12,
+        params=FAST,
+        seed=3,
+        calibration_models=0,
     )
     assert fp.n == 12 and fp.input_shape == (1, 8, 8) and fp.params["seed"] == 3
     assert torch.equal(fp.points, again.points)  # a Dataset or its spec: the same points

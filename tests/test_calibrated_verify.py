@@ -54,6 +54,7 @@ def env(
     code, out, err = cli(
         "fingerprint", "ipguard.nets:digits_cnn", "--weights", str(d / "owner.safetensors"),
         "--data", "digits", "-n", "100", "-o", str(d / "fp.safetensors"), "--json",
+        "--method", "ipguard",
     )  # fmt: skip
     assert code == 0, err
     (d / "fp.json").write_text(out)
@@ -116,7 +117,7 @@ def test_threshold_and_uncalibrated_bases(env: dict[str, Path], tmp_path: Path) 
     bare = tmp_path / "bare.safetensors"
     code, _, err = cli(
         "fingerprint", "ipguard.nets:digits_cnn", "--weights", str(env["owner_w"]), "--data",
-        "digits", "-n", "20", "--calibration-models", "0", "-o", str(bare),
+        "digits", "-n", "20", "--method", "ipguard", "--calibration-models", "0", "-o", str(bare),
     )  # fmt: skip
     assert code == 0, err
     code, out, err = cli("verify", str(bare), str(d / "other.pt"), "--json")

@@ -41,7 +41,8 @@ def files(tmp_path_factory: pytest.TempPathFactory, owner_module: nn.Module,
     fp = d / "fp.safetensors"
     code, out, err = run(
         "fingerprint", "ipguard.nets:digits_cnn", "--weights", str(owner_w),
-        "--data", "digits", "-n", "40", "-o", str(fp), "--calibration-models", "0",
+        "--data", "digits", "-n", "40", "-o", str(fp), "--method", "ipguard",
+        "--calibration-models", "0",
     )  # fmt: skip
     assert code == 0, err
     return {"owner_w": owner_w, "other_pt": other_pt, "owner_ts": owner_ts, "fp": fp, "dir": d}

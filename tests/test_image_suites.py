@@ -220,8 +220,8 @@ def test_cli_registry_architecture_with_weights(tmp_path: Path) -> None:
     weights = tmp_path / "owner.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
     fp = tmp_path / "owner.fp.safetensors"
-    options = ["-n", "6", "--k", "0.5", "--max-iter", "200", "--calibration-models", "0",
-               "-o", str(fp)]  # fmt: skip
+    options = ["-n", "6", "--method", "ipguard", "--k", "0.5", "--max-iter", "200",
+               "--calibration-models", "0", "-o", str(fp)]  # fmt: skip
     made = runner.invoke(app, ["fingerprint", "arch:cifar_cnn", "--weights", str(weights),
                                "--data", f"npz:{data}", *options])  # fmt: skip
     assert made.exit_code == 0, made.output

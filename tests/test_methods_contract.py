@@ -15,6 +15,7 @@ from ipguard.errors import InputError
 # Methods whose defaults train models get cheaper settings here (same code paths).
 FAST: dict[str, dict[str, object]] = {
     "ipguard-select": {"recipe": {"epochs": 5}, "attacks": ["ftal", "extract"], "max_iter": 200},
+    "bridges": {"recipe": {"epochs": 3}, "pool": 300},
 }
 
 

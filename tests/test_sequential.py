@@ -197,7 +197,7 @@ def env(
                              seed=seed)  # fmt: skip
         torch.jit.save(torch.jit.script(m.eval()), str(d / f"mlp{seed}.pt"))
         models.append(str(d / f"mlp{seed}.pt"))
-    fp = make_fingerprint(owner_module, data="digits", n=N, calibration_models=0)
+    fp = make_fingerprint(owner_module, data="digits", method="ipguard", n=N, calibration_models=0)
     calibrated = calibrate_fingerprint(fp, independents=models[:-1])
     calibrated.save(d / "fp.safetensors")
     return {"dir": d, "fp": d / "fp.safetensors", "mlp": models[-1], "copy": str(d / "copy.pt")}

@@ -38,7 +38,7 @@ from ipguard.http_client import HTTPOptions
 from ipguard.io import check_output
 from ipguard.methods import METHODS, make_method
 from ipguard.methods.base import ProgressFn
-from ipguard.models import LabelOracle, OwnerModel, load_module
+from ipguard.models import LabelOracle, OwnerModel, is_factory_spec, load_module
 from ipguard.null import MIN_NEGATIVES, NullModel, calibration_record, fit_null, null_from_record
 from ipguard.sequential import (
     DEFAULT_BATCH,
@@ -69,6 +69,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_FPR",
+    "DEFAULT_METHOD",
+    "FALLBACK_METHOD",
     "DEFAULT_SWEEP_KS",
     "DEFAULT_SWEEP_NS",
     "EvaluationRun",
@@ -90,6 +92,13 @@ StageProgress = Callable[[str, int, int], None]
 """``progress(what, done, total)``: the stage being worked on, and models done of total."""
 
 DEFAULT_FPR = 0.01
+#: The false-positive rates ``verify`` tries in turn, smallest first, when none is asked
+#: for and the fingerprint carries its calibration: the verdict states the one it used.
+FPR_LADDER = (DEFAULT_FPR, 0.02, 0.05, 0.1)
+#: The method ``ipguard fingerprint`` uses with the owner's training data and labels
+#: (docs/methods.md, "Catching students"), and the one it falls back to without them.
+DEFAULT_METHOD = "bridges"
+FALLBACK_METHOD = "ipguard"
 DEFAULT_SWEEP_KS = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
 DEFAULT_SWEEP_NS = (10, 20, 50, 100, 200)
 
@@ -105,7 +114,7 @@ def make_fingerprint(
     weights: str | Path | None = None,
     data: str | Dataset | None = None,
     input_shape: Shape | None = None,
-    method: str = "ipguard",
+    method: str | None = None,
     n: int = 100,
     params: Mapping[str, Any] | None = None,
     seed: int = 0,
@@ -118,6 +127,7 @@ def make_fingerprint(
     progress: ProgressFn | None = None,
     calibration_models: int | None = None,
     note: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Fingerprint:
     """Fingerprint an owner model, as ``ipguard fingerprint`` does.
 
@@ -129,7 +139,10 @@ def make_fingerprint(
             :class:`~ipguard.data.Dataset`; gives the input shape, and the start points or
             training data of methods that need them.
         input_shape: ``(C, H, W)`` of one input, when no ``data`` is given (else it must agree).
-        method: a name of :data:`~ipguard.methods.METHODS`.
+        method: a name of :data:`~ipguard.methods.METHODS`; None for the default,
+            :data:`DEFAULT_METHOD` when ``data`` has labels and the owner is a PyTorch
+            module (it trains surrogates on them), else :data:`FALLBACK_METHOD`, which needs
+            neither (``warn`` is told why).
         n: number of fingerprinting points.
         params: the method's hyper-parameters (unknown names are refused, naming the known).
         seed: seed of all randomness of the method.
@@ -142,11 +155,13 @@ def make_fingerprint(
             match counts are stored in the fingerprint (:mod:`ipguard.null`). None: 8 when
             ``data`` has labels and the owner is a PyTorch module, else none. 0: none.
         note: called with a line as each surrogate is trained or loaded.
+        warn: called with a line when the default method falls back to
+            :data:`FALLBACK_METHOD`.
 
     Raises:
         InputError, ModelError, GenerationError: with a one-line message and a hint.
     """
-    if method not in METHODS:
+    if method is not None and method not in METHODS:
         raise InputError(f"unknown method {method!r}", f"choose one of: {', '.join(METHODS)}")
     if output is not None:
         check_output(Path(output))
@@ -169,6 +184,10 @@ def make_fingerprint(
             )
         shape = dataset.input_shape
     assert shape is not None and len(shape) == 3
+    if method is None:
+        method, why = default_method(dataset, model)
+        if why and warn is not None:
+            warn(why)
     params = dict(params or {})
     known = [f.name for f in dataclasses.fields(METHODS[method])]  # type: ignore[arg-type]
     if unknown := sorted(set(params) - set(known)):
@@ -196,11 +215,19 @@ def make_fingerprint(
     owner = OwnerModel(
         module, input_shape=owner_shape, bounds=bounds, mean=mean, std=std, device=device
     )
-    models = _calibration_models(calibration_models, dataset, module)
+    if fp_method.calibrates and calibration_models is not None:
+        raise InputError(
+            f"method {method!r} calibrates with held-out surrogates of its own",
+            "set their number with --param calibrators=N (0 for none)",
+        )
+    models = 0 if fp_method.calibrates else _calibration_models(calibration_models, dataset, module)
     fp = fp_method.generate(
         owner, n, data=dataset.x if dataset is not None else None,
         labels=dataset.y if dataset is not None else None, seed=seed, progress=progress,
     )  # fmt: skip
+    for line in fp.stats.get("warnings", []):  # what the method found doubtful
+        if warn is not None:
+            warn(str(line))
     if models:
         assert dataset is not None and dataset.y is not None
         record = surrogate_calibration(
@@ -210,6 +237,31 @@ def make_fingerprint(
     if output is not None:
         fp.save(output)
     return fp
+
+
+def default_method(dataset: Dataset | None, model: str | nn.Module) -> tuple[str, str]:
+    """The method ``ipguard fingerprint`` uses when none is named, for the owner's ``model``
+    (a module or a spec, not loaded) and data, and why it is not :data:`DEFAULT_METHOD`
+    (empty when it is)."""
+    trainable = (
+        not isinstance(model, torch.jit.ScriptModule)
+        if isinstance(model, nn.Module)
+        else model.startswith("arch:") or (is_factory_spec(model) and not is_hf_spec(model))
+    )
+    if dataset is None or dataset.y is None:
+        why = "no --data" if dataset is None else "the data has no labels"
+    elif not trainable:
+        why = (
+            "the owner is a TorchScript archive or a Hugging Face folder, which cannot be "
+            "re-trained as surrogates"
+        )
+    else:
+        return DEFAULT_METHOD, ""
+    return FALLBACK_METHOD, (
+        f"{why}, so the method is {FALLBACK_METHOD!r}: it catches fine-tuned, pruned and "
+        f"noised copies, not distilled or extracted students (the default {DEFAULT_METHOD!r} "
+        "needs --data with labels and the owner as package.module:factory or arch:NAME)"
+    )
 
 
 def _calibration_models(asked: int | None, dataset: Dataset | None, module: nn.Module) -> int:
@@ -422,16 +474,20 @@ def _rule(
             raise InputError("give --threshold or --fpr, not both")
         return _Rule(check_threshold(threshold), "user")
     if fp.calibration is not None:
-        target = DEFAULT_FPR if fpr is None else fpr
-        null = null_from_record(fp.calibration, fp.n, target)
-        if not null.reachable:
-            raise InputError(
-                f"no matching rate reaches a false-positive rate of {target:g} with {fp.n} "
-                f"points under the fingerprint's calibration",
-                "give a larger --fpr (e.g. 0.05), use a fingerprint with more points, or "
-                "--threshold",
-            )
-        return _Rule(null.threshold, "calibrated-in-fingerprint", target, null=null)
+        # asked: that rate or an error; not asked: the smallest of FPR_LADDER that this
+        # calibration can state (few or scattered calibration models cannot state 1%)
+        for target in FPR_LADDER if fpr is None else (fpr,):
+            null = null_from_record(fp.calibration, fp.n, target)
+            if null.reachable:
+                return _Rule(null.threshold, "calibrated-in-fingerprint", target, null=null)
+        models = len(fp.calibration.get("negative_matches", []))
+        raise InputError(
+            f"no matching rate reaches a false-positive rate of {target:g} with {fp.n} "
+            f"points under the fingerprint's calibration ({models} independent models)",
+            ("give a larger --fpr (e.g. 0.05), " if fpr is not None else "")
+            + "calibrate with more independent models (ipguard calibrate FP --independents "
+            "...), use a fingerprint with more points, or give --threshold",
+        )
     if fpr is not None:
         raise InputError(
             "--fpr needs a calibrated fingerprint, and this one has none",

@@ -58,6 +58,7 @@ __all__ = [
     "SurrogateSuite",
     "build_surrogates",
     "default_cache",
+    "surrogate_spec",
 ]
 
 #: The surrogate copies built by default: one attack per family a pirate is known to use.
@@ -178,6 +179,17 @@ def _data_hash(x: Tensor, y: Tensor) -> str:
     return h.hexdigest()
 
 
+def surrogate_spec(owner: OwnerModel, x01: Tensor, y: Tensor) -> dict[str, Any]:
+    """The part of a surrogate's zoo key that names its owner and data: the owner's weights,
+    the hash of the ``[0, 1]`` inputs and labels it learns from, and how raw inputs reach the
+    owner's module (the surrogates are trained through it, :class:`InputMap`)."""
+    return {
+        "kind": _ZOO_KIND, "owner": owner.sha256(), "data": _data_hash(x01, y),
+        "input": {"shape": list(owner.input_shape), "bounds": list(owner.bounds),
+                  "mean": owner.mean and list(owner.mean), "std": owner.std and list(owner.std)},
+    }  # fmt: skip
+
+
 def _scaled(epochs: int, fraction: float, budget: float) -> int:
     return max(1, math.ceil(epochs * fraction * budget))
 
@@ -259,12 +271,7 @@ def build_surrogates(
     x01 = ((x.detach().to("cpu", torch.float32) - low) / (high - low)).clamp_(0.0, 1.0)
     y = y.detach().to("cpu", torch.int64)
     base = InputMap.of(owner)
-    base_spec = {
-        "kind": _ZOO_KIND, "owner": owner.sha256(), "data": _data_hash(x01, y),
-        # how raw inputs reach the owner's module: the surrogates are trained through it
-        "input": {"shape": list(owner.input_shape), "bounds": list(owner.bounds),
-                  "mean": owner.mean and list(owner.mean), "std": owner.std and list(owner.std)},
-    }  # fmt: skip
+    base_spec = surrogate_spec(owner, x01, y)
     members: list[Surrogate] = []
 
     for i, (name, params) in enumerate(copy_variants(recipe, budget, attacks)):

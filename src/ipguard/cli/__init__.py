@@ -75,6 +75,7 @@ from ipguard.cli.render import (
 )
 from ipguard.errors import IPGuardError
 from ipguard.io import check_output
+from ipguard.methods.base import GenerationProgress
 from ipguard.methods.ipguard import DEFAULT_K, DEFAULT_LR
 from ipguard.verify import DEFAULT_THRESHOLD
 
@@ -171,7 +172,17 @@ def fingerprint(
     input_shape: Annotated[
         str | None, typer.Option("--input-shape", help="C,H,W of one input, if no --data.")
     ] = None,
-    method: Annotated[str, typer.Option("--method", help="Fingerprinting method.")] = "ipguard",
+    method: Annotated[
+        str | None,
+        typer.Option(
+            "--method",
+            help="Fingerprinting method (see ipguard methods). Default: 'bridges' when --data "
+            "has labels and the owner is package.module:factory or arch:NAME (it trains "
+            "surrogate students and independents of the owner, cached); else 'ipguard', "
+            "and the command says so.",
+            show_default=False,
+        ),
+    ] = None,
     n: Annotated[int, typer.Option("--n", "-n", help="Number of fingerprinting points.")] = 100,
     k: Annotated[
         float | None,
@@ -230,16 +241,29 @@ def fingerprint(
     }  # fmt: skip
     params = {key: v for key, v in given.items() if v is not None} | parse_params(param or [])
     shape = parse_shape(input_shape) if input_shape is not None else None
+    notes: list[str] = []  # printed once the fingerprint is made
     with progress("fingerprinting", n) as bar:
+
+        def report(p: GenerationProgress) -> None:
+            if p.round == 0 and p.stage:  # training surrogates: the bar counts their work
+                bar.total(p.max_iter)
+                bar(p.iteration, p.stage)
+            else:
+                bar.total(n)
+                bar(p.converged, generation_note(p))
+
         fp = make_fingerprint(
             model, weights=weights, data=data, input_shape=shape, method=method, n=n,
             params=params, seed=seed, bounds=parse_bounds(bounds),
             mean=parse_channels(mean, "--mean"), std=parse_channels(std, "--std"),
-            device=device, trust_pickle=trust_pickle, output=output,
-            progress=lambda p: bar(p.converged, generation_note(p)),
+            device=device, trust_pickle=trust_pickle, output=output, progress=report,
             calibration_models=calibration_models, note=lambda text: bar(n, text),
+            warn=notes.append,
         )  # fmt: skip
+        bar.total(n)
         bar(n, "done")
+    for text in notes:
+        err.print(f"note: {text}", markup=False, highlight=False, soft_wrap=True)
     print_fingerprint(fp, output, as_json)
 
 
@@ -313,9 +337,10 @@ def verify(
         float | None,
         typer.Option(
             "--fpr",
-            help="Target false-positive rate of the fingerprint's own calibration (default "
-            "0.01): the threshold is the lowest matching rate an independent model reaches "
-            "with at most this probability (docs/evaluation.md).",
+            help="Target false-positive rate of the fingerprint's own calibration: the "
+            "threshold is the lowest matching rate an independent model reaches with at most "
+            "this probability (docs/evaluation.md). Default: 0.01, or the smallest of 0.02, "
+            "0.05, 0.1 that the calibration can state (the verdict says which).",
         ),
     ] = None,
     sequential: Annotated[

@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from ipguard.methods.base import GenerationProgress
@@ -97,6 +104,8 @@ def progress(description: str, total: int) -> Iterator[Bar]:
         MofNCompleteColumn(),
         TextColumn("{task.fields[note]}"),
         TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
         console=err,
         transient=True,
     )
@@ -266,12 +275,17 @@ def threshold_note(report: VerificationReport) -> str:
                "too small here (overdispersion)")
         )  # fmt: skip
     if null is not None:
+        from ipguard.operations import DEFAULT_FPR
+
         source = (report.fingerprint.calibration or {}).get("source", "independents")
+        models = len(null.negative_matches)
         return (
             f"threshold {t:.3f} for a false-positive rate <= {null.target_fpr:g} with "
             f"{null.confidence:.0%} confidence (calibrated in the fingerprint: beta-binomial "
-            f"null from {len(null.negative_matches)} {source})"
-        )
+            f"null from {models} {source})"
+            + ("" if null.target_fpr <= DEFAULT_FPR else f"; {models} models cannot state "
+               f"{DEFAULT_FPR:g}: more lower it (ipguard calibrate FP --independents ...)")
+        )  # fmt: skip
     if report.threshold_basis == "user":
         return f"threshold {t:.3f} from --threshold: no stated false-positive rate"
     return (

@@ -11,6 +11,7 @@ from typing import Any
 from ipguard.errors import InputError
 from ipguard.methods.base import FingerprintMethod, GenerationProgress, ProgressFn
 from ipguard.methods.boundary import Boundary
+from ipguard.methods.bridges import Bridges
 from ipguard.methods.fgsm import FGSM
 from ipguard.methods.ipguard import IPGuard
 from ipguard.methods.misclassified import Misclassified
@@ -30,6 +31,7 @@ METHODS: dict[str, type[FingerprintMethod]] = {
     Boundary.name: Boundary,
     Misclassified.name: Misclassified,
     IPGuardSelect.name: IPGuardSelect,
+    Bridges.name: Bridges,
 }
 
 

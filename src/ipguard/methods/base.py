@@ -35,6 +35,9 @@ class GenerationProgress:
     max_iter: int
     converged: int
     n: int
+    #: what is being done, for methods that report more than a count (e.g. which
+    #: surrogate is training); empty otherwise
+    stage: str = ""
 
 
 ProgressFn = Callable[[GenerationProgress], None]
@@ -53,6 +56,11 @@ class FingerprintMethod(ABC):
     #: held-out test split). ``"training"``: ``data`` must be the owner's own training data
     #: (an evaluation passes the owner's split), e.g. to train surrogate models on.
     data_role: ClassVar[str] = "inputs"
+
+    #: Methods that train held-out surrogate independents themselves set this: they return
+    #: the calibration record (:func:`ipguard.null.calibration_record`) of the points as
+    #: ``stats["calibration"]``, and :meth:`generate` stores it in the fingerprint.
+    calibrates: ClassVar[bool] = False
 
     @property
     def needs_data(self) -> bool:
@@ -134,7 +142,10 @@ class FingerprintMethod(ABC):
         low, high = model.bounds
         points = points.detach().clamp(low, high).to("cpu", torch.float32)
         labels = model.predict(points)
-        stats = {**stats, "seconds": round(time.perf_counter() - started, 4)}
+        # a method that calibrates itself (``calibrates``) returns the record in its stats
+        stats = dict(stats)
+        calibration = stats.pop("calibration", None)
+        stats["seconds"] = round(time.perf_counter() - started, 4)
         return Fingerprint(
             points=points,
             labels=labels,
@@ -149,6 +160,7 @@ class FingerprintMethod(ABC):
                 "std": None if model.std is None else list(model.std),
             },
             stats=stats,
+            calibration=calibration,
         )
 
 

@@ -1,0 +1,406 @@
+"""``bridges``: points just past the owner's boundary between real inputs, chosen so that
+students of the owner agree there and independent models do not.
+
+IPGuard's points start from noise: a fine-tuned or pruned copy keeps the owner's boundary
+there, but a *student* (a fresh network distilled from the owner's outputs or trained on
+its top-1 labels) only learns the owner where the owner's data lies, and far from it agrees
+with the owner less than an independent model does (docs/results.md). This method looks
+where students learn the owner: on the segments between two of the owner's own inputs.
+
+1. **Rows.** At most ``max_rows`` rows of the owner's training data; a ``held_out``
+   fraction of them is the *pool*: bridge end points that no surrogate student sees (a
+   thief does not have the owner's images; an independent trained on the owner's data
+   does).
+2. **Surrogates**, trained the way the owner trained (``recipe``; give the owner's own:
+   surrogates trained for a few epochs agree with the owner far less than real models do,
+   docs/results.md) and cached in a zoo:
+
+   - ``students``: fresh networks of the owner's architecture on the rows outside the
+     pool, alternately extracted (the recipe on the owner's top-1 labels) and distilled
+     (at ``temperature``, as long as the recipe);
+   - ``independents``: the owner's architecture, re-initialised, with the recipe on all
+     the rows and their true labels;
+   - ``calibrators``: more independents like these, which never choose a point: their
+     match counts on the chosen points are the fingerprint's calibration
+     (:mod:`ipguard.null`), from which ``verify`` states its false-positive rate.
+
+3. **Bridges.** ``pool`` pairs of pool rows that the owner labels differently; on the
+   segment between the two, bisection finds where the owner's label changes, and the
+   point is placed ``offset`` of the segment past it (the owner gives it the second
+   row's label, just).
+4. **Choice.** Each bridge scores the fraction of surrogate students that give it the
+   owner's label minus the fraction of surrogate independents that do; the ``n`` highest
+   are the fingerprint.
+
+Verification is unchanged and label-only: a suspect's matching rate on the points.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ipguard.attacks import PirateData, make_attack
+from ipguard.attacks._student import SAME_ARCH, reinitialised
+from ipguard.attacks.base import check_real, model_device, predict_logits
+from ipguard.errors import InputError
+from ipguard.fingerprint import utc_now
+from ipguard.methods._common import check_fraction, check_int
+from ipguard.methods.base import FingerprintMethod, GenerationProgress, ProgressFn
+from ipguard.models import OwnerModel
+from ipguard.null import MIN_NEGATIVES, calibration_record
+from ipguard.surrogates import InputMap, default_cache, surrogate_spec
+from ipguard.train import Recipe, train
+from ipguard.zoo import ModelZoo, zoo_key
+
+__all__ = ["Bridges", "DEFAULT_RECIPE", "bridge_points", "bridge_segments", "on_segments"]
+
+#: How surrogates are trained when the owner does not say: Adam with a one-cycle rate
+#: (linear, 30% warm-up) peaking at 2e-3, batch 128, no augmentation, 3 epochs: the shape
+#: of recipe the external zoo's models were trained with, at a length that keeps an
+#: MNIST-size owner with 30,000 images within 10 minutes on 2 cores (docs/performance.md).
+DEFAULT_RECIPE: dict[str, Any] = {
+    "epochs": 3, "lr": 2e-3, "batch_size": 128, "schedule": "linear", "warmup": 0.3,
+}  # fmt: skip
+
+
+#: How much better the owner may fit the rows it shares with the surrogate independents
+#: (accuracy on the pool's rows, which all of them trained on) before the surrogates count
+#: as trained shorter than the owner: then they train longer, and the fingerprint warns
+#: if even the longest of EPOCH_STEPS does not close the gap.
+FIT_GAP = 0.03
+#: The surrogates' epochs tried in turn when the owner does not give them.
+EPOCH_STEPS = (3, 5, 8, 12)
+
+
+def on_segments(x: Tensor, first: Tensor, second: Tensor, where: Tensor) -> Tensor:
+    """The points ``(1 - w) x[first] + w x[second]``, with ``w = where`` clipped to [0, 1]."""
+    w = where.clamp(0.0, 1.0).view(-1, 1, 1, 1).to(x.dtype)
+    return (1 - w) * x[first] + w * x[second]
+
+
+def bridge_segments(
+    owner: OwnerModel, x: Tensor, size: int, generator: torch.Generator, *, steps: int = 12
+) -> tuple[Tensor, Tensor, Tensor]:
+    """At most ``size`` pairs of rows of ``x`` that the owner labels differently, and a place
+    on the segment from the first to the second where the owner's label changes: bisection
+    to ``2**-steps`` keeps the first's label at the lower end and returns the upper end,
+    where the owner's label is no longer the first's (on a segment that changes label more
+    than once, one of the changes)."""
+    labels = owner.predict(x)
+    first = torch.randint(0, len(x), (4 * size,), generator=generator)
+    second = torch.randint(0, len(x), (4 * size,), generator=generator)
+    ok = (labels[first] != labels[second]).nonzero().squeeze(1)[:size]
+    first, second = first[ok], second[ok]
+    la = labels[first]
+    lo, hi = torch.zeros(len(first)), torch.ones(len(first))
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        crossed = owner.predict(on_segments(x, first, second, mid)) != la
+        hi, lo = torch.where(crossed, mid, hi), torch.where(crossed, lo, mid)
+    return first, second, hi
+
+
+def bridge_points(
+    owner: OwnerModel, x: Tensor, size: int, generator: torch.Generator, *,
+    offset: float = 0.05, steps: int = 12,
+) -> Tensor:  # fmt: skip
+    """At most ``size`` bridges between rows of ``x``: just past the owner's boundary on the
+    segment between two inputs it labels differently (:func:`bridge_segments`, then
+    ``offset`` of the segment further)."""
+    first, second, flip = bridge_segments(owner, x, size, generator, steps=steps)
+    return on_segments(x, first, second, flip + offset)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One surrogate to train: its role, name, seed and rows (indices into the data)."""
+
+    role: str  # "extract", "distill", "independent" or "calibrator"
+    name: str
+    seed: int
+    rows: Tensor
+
+    @property
+    def student(self) -> bool:
+        return self.role in ("extract", "distill")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Bridges(FingerprintMethod):
+    """Bridges between the owner's inputs, chosen with surrogate students and independents.
+
+    Needs the owner's training data with true labels (``--data``) and the owner as a
+    PyTorch module (the surrogates are re-initialised copies of its architecture).
+
+    Args:
+        recipe: how every surrogate is trained (keys of :class:`~ipguard.train.Recipe`,
+            e.g. ``{"epochs": 8, "augment": true}``), merged over :data:`DEFAULT_RECIPE`.
+            The owner's own recipe is the right choice.
+        students: surrogate students, alternately extracted and distilled.
+        independents: surrogate independents that choose the points.
+        calibrators: held-out surrogate independents that calibrate the verdict
+            (at least 3; 0 for none).
+        temperature: the distilled students' softening temperature.
+        pool: candidate bridges (at least ``n`` are needed).
+        offset: how far past the owner's boundary each bridge lies, as a fraction of its
+            segment.
+        held_out: the fraction of the rows whose inputs only the bridges use (no student
+            trains on them).
+        max_rows: train surrogates on at most this many rows (a seeded random subset).
+        cache: the zoo folder for surrogates (not a hyper-parameter: not in ``params()``);
+            default ``$IPGUARD_CACHE_DIR/surrogates`` or ``~/.cache/ipguard/surrogates``.
+    """
+
+    name: ClassVar[str] = "bridges"
+    data_required: ClassVar[bool] = True
+    data_role: ClassVar[str] = "training"
+    calibrates: ClassVar[bool] = True
+
+    recipe: Mapping[str, Any] | None = None
+    students: int = 2
+    independents: int = 2
+    calibrators: int = 3
+    temperature: float = 4.0
+    pool: int = 3000
+    offset: float = 0.05
+    held_out: float = 0.25
+    max_rows: int = 20_000
+    cache: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.recipe is not None:
+            if not isinstance(self.recipe, Mapping):
+                raise InputError(f"recipe must be a table of training keys, got {self.recipe!r}")
+            self.training_recipe()  # validates the keys
+        check_int("students", self.students, 1)
+        check_int("independents", self.independents, 1)
+        check_int("calibrators", self.calibrators, 0)
+        if 0 < self.calibrators < MIN_NEGATIVES:
+            raise InputError(f"calibrators must be 0 or >= {MIN_NEGATIVES}, got {self.calibrators}")
+        check_real("temperature", self.temperature, low=0.0)
+        check_int("pool", self.pool, 1)
+        check_real("offset", self.offset, low=0.0, high=1.0, low_open=False)
+        check_fraction("held_out", self.held_out, high=0.9)
+        check_int("max_rows", self.max_rows, 8)
+        if self.cache is not None and not isinstance(self.cache, str):
+            raise InputError(f"cache must be a folder path, got {self.cache!r}")
+
+    @property
+    def needs_labels(self) -> bool:
+        return True
+
+    def training_recipe(self) -> Recipe:
+        try:
+            return Recipe.from_dict({**DEFAULT_RECIPE, **dict(self.recipe or {})})
+        except (InputError, TypeError) as err:
+            raise InputError(f"recipe: {err}") from err
+
+    def params(self) -> dict[str, Any]:
+        out = super().params()
+        out.pop("cache")  # where surrogates are cached is not part of the method
+        out["recipe"] = self.training_recipe().to_dict()
+        return out
+
+    def _plans(self, rows: int, generator: torch.Generator) -> tuple[Tensor, list[_Plan]]:
+        """The pool's rows and every surrogate's plan, drawn with ``generator``."""
+        used = torch.randperm(rows, generator=generator)[: self.max_rows]
+        cut = max(1, round(len(used) * self.held_out))
+        pool_rows, outside = used[:cut], used[cut:].sort().values
+        every = used.sort().values
+        count = self.students + self.independents + self.calibrators
+        seeds = torch.randint(0, 2**31 - 1, (count,), generator=generator).tolist()
+        plans = []
+        for i in range(self.students):
+            role = "extract" if i % 2 == 0 else "distill"
+            plans.append(_Plan(role, f"{role}-{i // 2 + 1}", seeds[i], outside))
+        for j in range(self.independents + self.calibrators):
+            role = "independent" if j < self.independents else "calibrator"
+            number = j + 1 if j < self.independents else j - self.independents + 1
+            plans.append(_Plan(role, f"{role}-{number}", seeds[self.students + j], every))
+        return pool_rows, plans
+
+    def run(
+        self,
+        model: OwnerModel,
+        n: int,
+        *,
+        data: Tensor | None,
+        generator: torch.Generator,
+        progress: ProgressFn | None,
+        labels: Tensor | None = None,
+    ) -> tuple[Tensor, dict[str, Any]]:
+        assert data is not None and labels is not None
+        if isinstance(model.module, torch.jit.ScriptModule):
+            raise InputError(
+                "method 'bridges' trains surrogates of the owner's architecture, which a "
+                "TorchScript archive cannot give",
+                "load the owner as package.module:factory or arch:NAME with --weights, or "
+                "use --method ipguard",
+            )
+        if self.pool < n:
+            raise InputError(f"pool ({self.pool}) must be at least n ({n})", "raise pool")
+        if len(data) < 8:
+            raise InputError(f"method 'bridges' needs at least 8 rows of data, got {len(data)}")
+        recipe = self.training_recipe()
+        clock = time.perf_counter()
+        pool_rows, plans = self._plans(len(data), generator)
+        low, high = model.bounds
+        x01 = ((data.detach().to("cpu", torch.float32) - low) / (high - low)).clamp_(0.0, 1.0)
+        y = labels.to("cpu", torch.int64)
+        base = InputMap.of(model)
+        zoo = ModelZoo(self.cache if self.cache is not None else default_cache())
+        owner_fit = float((model.predict(data[pool_rows]) == y[pool_rows]).float().mean())
+        progress_state = {"done": 0, "total": len(plans) * recipe.epochs}  # surrogate epochs
+        built = 0
+
+        def report(text: str, extra: int = 0) -> None:
+            if progress is not None:
+                done, total = progress_state["done"] + extra, progress_state["total"]
+                progress(GenerationProgress(0, done, max(total, done), 0, n, stage=text))
+
+        def make(plan: _Plan, what: str, recipe: Recipe) -> nn.Module:
+            nonlocal built
+            report(what)
+
+            def epoch(e: int, _loss: float) -> None:
+                report(f"{what}, epoch {e}/{recipe.epochs}", e)
+
+            count = len(zoo.built)
+            module = self._surrogate(model, plan, base, x01, y, recipe, zoo, epoch)
+            built += len(zoo.built) - count
+            progress_state["done"] += recipe.epochs
+            return module
+
+        # as long as the owner: unless the owner gave the epochs, the first independent is
+        # trained longer until it fits the pool's rows as well as the owner does (or the
+        # longest of EPOCH_STEPS); every surrogate then trains that long
+        probe = next(p for p in plans if p.role == "independent")
+        trials = []
+        while True:
+            module = make(probe, f"{probe.name} ({recipe.epochs} epochs: as long as the owner?)",
+                          recipe)  # fmt: skip
+            probe_fit = self._accuracy(module, x01[pool_rows], y[pool_rows])
+            trials.append({"epochs": recipe.epochs, "fit": round(probe_fit, 4)})
+            longer = [e for e in EPOCH_STEPS if e > recipe.epochs]
+            if self.fixed_epochs or owner_fit - probe_fit <= FIT_GAP or not longer:
+                break
+            recipe = dataclasses.replace(recipe, epochs=longer[0])
+            progress_state["total"] = progress_state["done"] + len(plans) * recipe.epochs
+        modules = {probe.name: module}
+        for i, plan in enumerate(p for p in plans if p is not probe):
+            modules[plan.name] = make(plan, f"surrogate {i + 2}/{len(plans)}: {plan.name}",
+                                      recipe)  # fmt: skip
+        t_surrogates = time.perf_counter() - clock
+        report("choosing bridges")
+        fits = [self._accuracy(modules[p.name], x01[pool_rows], y[pool_rows])
+                for p in plans if not p.student]  # fmt: skip
+        fit = {"owner": round(owner_fit, 4), "independents": round(sum(fits) / len(fits), 4)}
+
+        clock = time.perf_counter()
+        candidates = bridge_points(model, data[pool_rows], self.pool, generator, offset=self.offset)
+        if len(candidates) < n:
+            raise InputError(
+                f"only {len(candidates)} pairs of data rows with different owner labels for "
+                f"{n} points",
+                "give more data, or a smaller n",
+            )
+        owner_labels = model.predict(candidates)
+        c01 = ((candidates - low) / (high - low)).clamp(0.0, 1.0)
+        agree = {name: self._agreement(m, c01, owner_labels) for name, m in modules.items()}
+        students = torch.stack([agree[p.name] for p in plans if p.student]).mean(0)
+        independents = torch.stack([agree[p.name] for p in plans if p.role == "independent"])
+        score = students - independents.mean(0)
+        chosen = torch.argsort(score, descending=True, stable=True)[:n]
+        points = candidates[chosen]
+        stats: dict[str, Any] = {
+            "surrogates": [p.name for p in plans],
+            "surrogates_built": built,
+            "candidates": int(len(candidates)),
+            "pool_rows": int(len(pool_rows)),
+            "student_agreement": round(float(students[chosen].mean()), 4),
+            "independent_agreement": round(float(independents[:, chosen].mean()), 4),
+            "epochs": recipe.epochs,
+            "epoch_trials": trials,
+            "fit": fit,
+            "seconds_surrogates": round(t_surrogates, 4),
+            "seconds_choice": round(time.perf_counter() - clock, 4),
+        }
+        if fit["owner"] - fit["independents"] > FIT_GAP:
+            stats["warnings"] = [
+                f"the surrogate independents fit the owner's rows less than the owner does "
+                f"({fit['independents']:.1%} against {fit['owner']:.1%}): surrogates trained "
+                "shorter than the owner choose worse points; give the owner's recipe, e.g. "
+                '--param \'recipe={"epochs": 20, "augment": true}\' (docs/methods.md)'
+            ]
+        calibrators = [p.name for p in plans if p.role == "calibrator"]
+        if calibrators:
+            counts = [int(agree[c][chosen].sum()) for c in calibrators]
+            stats["calibration"] = calibration_record(
+                counts, n, source="surrogate-independents", independents=calibrators,
+                created=utc_now(),
+            )  # fmt: skip
+        if progress is not None:
+            progress(GenerationProgress(1, 1, 1, n, n))
+        return points, stats
+
+    @property
+    def fixed_epochs(self) -> bool:
+        """Whether the owner gave the surrogates' epochs (else they are fitted)."""
+        return self.recipe is not None and "epochs" in self.recipe
+
+    @staticmethod
+    def _accuracy(module: nn.Module, x01: Tensor, y: Tensor) -> float:
+        with torch.no_grad():
+            return float((predict_logits(module, x01).argmax(1).cpu() == y).float().mean())
+
+    @staticmethod
+    def _agreement(module: nn.Module, x01: Tensor, owner_labels: Tensor) -> Tensor:
+        with torch.no_grad():
+            return (predict_logits(module, x01).argmax(1).cpu() == owner_labels).float()
+
+    def _surrogate(
+        self, owner: OwnerModel, plan: _Plan, base: InputMap, x01: Tensor, y: Tensor,
+        recipe: Recipe, zoo: ModelZoo, on_epoch: Callable[[int, float], None],
+    ) -> nn.Module:  # fmt: skip
+        """Train (or load from ``zoo``) the surrogate of ``plan``."""
+        xs, ys = x01[plan.rows], y[plan.rows]
+        role = "independent" if plan.role == "calibrator" else plan.role
+        spec = {**surrogate_spec(owner, xs, ys), "role": f"bridges-{role}",
+                "recipe": recipe.to_dict(), "seed": plan.seed}  # fmt: skip
+        if plan.role == "distill":
+            spec["temperature"] = self.temperature
+        template = partial(reinitialised, base, 0)
+        build: Callable[[], nn.Module]
+        if plan.role == "distill":
+            attack = make_attack(
+                "distill", student=SAME_ARCH, temperature=self.temperature,
+                epochs=recipe.epochs, batch_size=recipe.batch_size,
+            )  # fmt: skip
+            build = partial(attack.apply, base, PirateData(xs, ys), seed=plan.seed)
+        else:
+            if plan.role == "extract":  # the owner's top-1 labels, in eval mode
+                with torch.no_grad():
+                    ys = predict_logits(base, xs).argmax(1).cpu()
+            build = partial(
+                _fresh_trained, base, xs, ys, recipe, plan.seed,
+                zoo.checkpoint_path(zoo_key(spec)), on_epoch,
+            )  # fmt: skip
+        _, module = zoo.get_or_build(spec, build, template=template)
+        return module.to(model_device(base)).eval()
+
+
+def _fresh_trained(
+    base: InputMap, x: Tensor, y: Tensor, recipe: Recipe, seed: int, checkpoint: Any,
+    on_epoch: Callable[[int, float], None],
+) -> nn.Module:  # fmt: skip
+    module = reinitialised(base, seed)
+    return train(module, x, y, recipe, seed=seed, checkpoint=checkpoint, device=model_device(base),
+                 on_epoch=on_epoch)  # fmt: skip

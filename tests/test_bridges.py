@@ -1,0 +1,258 @@
+"""bridges, the default method with the owner's training data: bridge geometry, surrogates,
+calibration, the default and its fallback, and a two-sided check on tiny seeded models.
+
+The owner fixture is a digits CNN trained on the first 900 digits (Adam 1e-3, batch 64, 15
+epochs): the surrogates here are told that recipe, as an owner would tell them its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from ipguard import OwnerModel, load_fingerprint, make_fingerprint, make_method, verify
+from ipguard.attacks import PirateData, make_attack
+from ipguard.errors import InputError
+from ipguard.methods import GenerationProgress
+from ipguard.methods.bridges import (
+    EPOCH_STEPS,
+    FIT_GAP,
+    Bridges,
+    bridge_points,
+    bridge_segments,
+    on_segments,
+)
+from ipguard.nets import digits_cnn
+from ipguard.null import null_from_record
+from ipguard.operations import DEFAULT_METHOD, FALLBACK_METHOD, _rule, default_method
+from ipguard.train import seeded, train_classifier
+from ipguard.zoo import ModelZoo
+
+#: The owner fixture's own recipe (tests/conftest.py), as the owner would pass it.
+OWNER_RECIPE = {"epochs": 15, "lr": 1e-3, "batch_size": 64, "schedule": "constant",
+                "warmup": 0.0}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def owner_rows(digits: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = digits
+    return x[:900], y[:900]
+
+
+def test_bridges_lie_just_past_the_owner_boundary(
+    owner: OwnerModel, owner_rows: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    x, _ = owner_rows
+    gen = torch.Generator().manual_seed(0)
+    first, second, flip = bridge_segments(owner, x, 200, gen)
+    labels = owner.predict(x)
+    assert len(first) > 150 and bool((labels[first] != labels[second]).all())
+    # just before the flip the owner still gives the first row's label, at it no longer
+    before = owner.predict(on_segments(x, first, second, flip - 2**-12))
+    at = owner.predict(on_segments(x, first, second, flip))
+    assert bool((before == labels[first]).all()) and bool((at != labels[first]).all())
+    pts = bridge_points(owner, x, 200, torch.Generator().manual_seed(0), offset=0.05)
+    expected = on_segments(x, first, second, flip + 0.05)
+    assert torch.equal(pts, expected) and float(pts.min()) >= 0 and float(pts.max()) <= 1
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"students": 0}, "students"),
+        ({"calibrators": 2}, "calibrators must be 0 or >= 3"),
+        ({"offset": 1.5}, "offset"),
+        ({"held_out": 0.0}, "held_out"),
+        ({"recipe": {"epochs": 0}}, "recipe"),
+        ({"recipe": {"nope": 1}}, "recipe"),
+    ],
+)
+def test_bad_parameters_are_refused(params: dict[str, object], message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        make_method("bridges", **params)
+
+
+def test_params_record_the_full_recipe_not_the_cache() -> None:
+    p = Bridges(recipe={"epochs": 7}, cache="/tmp/x").params()
+    assert p["recipe"]["epochs"] == 7 and p["recipe"]["schedule"] == "linear"
+    assert "cache" not in p
+
+
+@pytest.fixture(scope="module")
+def made(
+    owner: OwnerModel, owner_rows: tuple[torch.Tensor, torch.Tensor],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Bridges, object, list[GenerationProgress], Path]:  # fmt: skip
+    cache = tmp_path_factory.mktemp("bridges-cache")
+    method = Bridges(recipe=OWNER_RECIPE, calibrators=6, pool=2000, cache=str(cache))
+    reports: list[GenerationProgress] = []
+    x, y = owner_rows
+    fp = method.generate(owner, 100, data=x, labels=y, seed=0, progress=reports.append)
+    return method, fp, reports, cache
+
+
+def test_fingerprint_calibration_and_progress(made: tuple, owner: OwnerModel) -> None:
+    method, fp, reports, cache = made
+    assert fp.method == "bridges" and fp.n == 100
+    assert torch.equal(fp.labels, owner.predict(fp.points))
+    # calibrated by the six held-out independents, which chose nothing
+    assert fp.calibration is not None and fp.calibration["independents"] == [
+        f"calibrator-{i}" for i in range(1, 7)
+    ]
+    assert "calibration" not in fp.stats and fp.stats["surrogates_built"] == 10
+    # the chosen bridges are where the surrogate students agree and independents do not
+    assert fp.stats["student_agreement"] > fp.stats["independent_agreement"] + 0.5
+    # progress: surrogate epochs, each report naming the surrogate, then the choice
+    training = [r for r in reports if r.round == 0]
+    assert training[-1].max_iter == 10 * 15 and training[-1].iteration == 10 * 15
+    assert [r.iteration for r in training] == sorted(r.iteration for r in training)
+    assert any("extract-1, epoch 3/15" in r.stage for r in training)
+    assert reports[-1].converged == 100
+
+
+def test_surrogates_train_as_long_as_the_owner_unless_told(
+    owner: OwnerModel, owner_rows: tuple[torch.Tensor, torch.Tensor], tmp_path: Path
+) -> None:
+    """Without the owner's epochs the first independent trains longer (EPOCH_STEPS) until
+    it fits the owner's rows as well as the owner does; a recipe's epochs are taken as
+    given, and a surrogate that still fits worse is reported."""
+    x, y = owner_rows
+    fitted = Bridges(recipe={"lr": 1e-3, "batch_size": 64}, calibrators=0, pool=300,
+                     cache=str(tmp_path))  # fmt: skip
+    fp = fitted.generate(owner, 20, data=x, labels=y, seed=1)
+    trials = fp.stats["epoch_trials"]
+    assert [t["epochs"] for t in trials] == list(EPOCH_STEPS[: len(trials)])
+    assert len(trials) >= 2 and fp.stats["epochs"] == trials[-1]["epochs"]
+    gap = fp.stats["fit"]["owner"] - trials[-1]["fit"]
+    assert gap <= FIT_GAP or trials[-1]["epochs"] == EPOCH_STEPS[-1]
+    assert all(gap_ > FIT_GAP for gap_ in
+               (fp.stats["fit"]["owner"] - t["fit"] for t in trials[:-1]))  # fmt: skip
+    told = Bridges(recipe={"epochs": 2}, calibrators=0, pool=300, cache=str(tmp_path))
+    fp = told.generate(owner, 20, data=x, labels=y, seed=1)
+    assert [t["epochs"] for t in fp.stats["epoch_trials"]] == [2]
+    assert "recipe" in fp.stats["warnings"][0]  # 2 epochs fit the owner's rows worse
+
+
+def test_surrogates_are_cached(made: tuple, owner: OwnerModel, owner_rows: tuple) -> None:
+    method, fp, _, cache = made
+    x, y = owner_rows
+    again = method.generate(owner, 100, data=x, labels=y, seed=0)
+    assert torch.equal(again.points, fp.points) and again.stats["surrogates_built"] == 0
+    assert len(ModelZoo(cache).root.glob("*.safetensors").__iter__().__next__().name) > 0
+
+
+def test_distilled_student_caught_same_data_independent_cleared(
+    made: tuple, owner_module: nn.Module, digits: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    """Two-sided: suspects the method never saw, made by ipguard's attacks (a student
+    distilled on rows the owner never had) and by training (an independent of the owner's
+    architecture on the owner's own rows, another seed)."""
+    _, fp, _, _ = made
+    x, y = digits
+    pirate = PirateData(x[900:1350], y[900:1350])
+    student = make_attack("distill", student="digits_cnn", epochs=15).apply(
+        owner_module, pirate, seed=21
+    )
+    twin = train_classifier(seeded(digits_cnn, 11), x[:900], y[:900], epochs=15, seed=11)
+    # the threshold just above every held-out surrogate independent (the calibration's own
+    # models: the digits' independents spread too widely for a low stated false-positive
+    # rate from six of them, see test_calibration_is_honest_about_its_spread)
+    threshold = (max(fp.calibration["negative_matches"]) + 1) / fp.n
+    verdicts = {
+        name: verify(fp, OwnerModel(m, input_shape=(1, 8, 8)), threshold=threshold)
+        for name, m in (("student", student), ("twin", twin))
+    }
+    assert verdicts["student"].verdict == "pirated"
+    assert verdicts["twin"].verdict == "not pirated"
+    assert verdicts["student"].matching_rate > verdicts["twin"].matching_rate + 0.3
+
+
+def test_calibration_is_honest_about_its_spread(made: tuple) -> None:
+    """Independents agree with the owner on bridges in clusters (overdispersion): the null's
+    upper bounds from six models then put the 1% threshold at 1 (only a perfect match is
+    flagged), and verify says so rather than state a rate it cannot back."""
+    _, fp, _, _ = made
+    null = null_from_record(fp.calibration, fp.n, 0.01)
+    assert null.overdispersion > 3 and null.threshold == 1.0
+    rule = _rule(fp, None, None, None)
+    assert rule.basis == "calibrated-in-fingerprint" and rule.target_fpr == 0.01
+    assert rule.threshold == 1.0
+    # a calibration that cannot state even 10%: the smallest rate tried is named
+    spread = dataclasses.replace(
+        fp, calibration={**fp.calibration, "negative_matches": [0, 100, 0, 100],
+                         "independents": ["a", "b", "c", "d"]},
+    )  # fmt: skip
+    with pytest.raises(InputError, match="false-positive rate of 0.1 "):
+        _rule(spread, None, None, None)
+    with pytest.raises(InputError, match="false-positive rate of 0.01 "):
+        _rule(spread, None, None, 0.01)
+
+
+def test_default_method_and_its_fallback(owner_module: nn.Module) -> None:
+    from ipguard.data import load_data
+
+    labelled = load_data("digits")
+    assert default_method(labelled, owner_module) == (DEFAULT_METHOD, "")
+    name, why = default_method(None, owner_module)
+    assert name == FALLBACK_METHOD == "ipguard" and why.startswith("no --data")
+    scripted = torch.jit.script(owner_module.eval())
+    for owner in (scripted, "owner.pt", "hf:./vit"):
+        name, why = default_method(labelled, owner)
+        assert name == FALLBACK_METHOD and "TorchScript" in why
+    for spec in ("arch:digits_cnn", "ipguard.nets:digits_cnn"):
+        assert default_method(labelled, spec) == (DEFAULT_METHOD, "")
+
+
+def test_make_fingerprint_without_data_falls_back_and_says_so(owner_module: nn.Module) -> None:
+    said: list[str] = []
+    fp = make_fingerprint(
+        owner_module, input_shape=(1, 8, 8), n=8, params={"max_iter": 300}, warn=said.append
+    )
+    assert fp.method == "ipguard" and len(said) == 1 and "distilled" in said[0]
+
+
+def test_make_fingerprint_refuses_outside_calibration_models(owner_module: nn.Module) -> None:
+    with pytest.raises(InputError, match="calibrators"):
+        make_fingerprint(owner_module, data="digits", method="bridges", n=8,
+                         calibration_models=8)  # fmt: skip
+
+
+def test_the_file_round_trips_with_its_calibration(made: tuple, tmp_path: Path) -> None:
+    _, fp, _, _ = made
+    back = load_fingerprint(fp.save(tmp_path / "b.safetensors"))
+    assert back.calibration == fp.calibration and back.digest == fp.digest
+
+
+def test_the_default_command_and_its_fallback(owner_module: nn.Module, tmp_path: Path) -> None:
+    """``ipguard fingerprint MODEL --weights W --data TRAIN -n N -o FP`` with no other option
+    makes a bridges fingerprint with its calibration, which verify then uses; without data
+    the command says it falls back."""
+    import json
+
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+
+    from ipguard.cli import app
+
+    runner = CliRunner()
+    weights, fp_file = tmp_path / "owner.safetensors", tmp_path / "fp.safetensors"
+    save_file(owner_module.state_dict(), str(weights))
+    owner = ["ipguard.nets:digits_cnn", "--weights", str(weights)]
+    made = runner.invoke(app, ["fingerprint", *owner, "--data", "digits", "-n", "30",
+                               "-o", str(fp_file), "--json"])  # fmt: skip
+    assert made.exit_code == 0, made.output
+    summary = json.loads(made.stdout)
+    assert summary["method"] == "bridges" and summary["calibration"]["independents"]
+    checked = runner.invoke(app, ["verify", str(fp_file), *owner, "--json"])
+    assert checked.exit_code == 0, checked.output
+    row = json.loads(checked.stdout)  # one suspect: one JSON object
+    assert row["verdict"] == "pirated" and row["threshold_basis"] == "calibrated-in-fingerprint"
+    bare = runner.invoke(app, ["fingerprint", *owner, "--input-shape", "1,8,8", "-n", "8",
+                               "--max-iter", "300", "-o", str(tmp_path / "bare.fp")])  # fmt: skip
+    assert bare.exit_code == 0, bare.output
+    assert "note: no --data, so the method is 'ipguard'" in bare.stderr
+    assert load_fingerprint(tmp_path / "bare.fp").method == "ipguard"
