@@ -76,10 +76,11 @@ def test_bad_parameters_are_refused(params: dict[str, object], message: str) -> 
         make_method("bridges", **params)
 
 
-def test_params_record_the_full_recipe_not_the_cache() -> None:
+def test_params_record_the_recipe_as_given_not_the_cache() -> None:
     p = Bridges(recipe={"epochs": 7}, cache="/tmp/x").params()
-    assert p["recipe"]["epochs"] == 7 and p["recipe"]["schedule"] == "linear"
-    assert "cache" not in p
+    assert p["recipe"] == {"epochs": 7} and "cache" not in p
+    assert Bridges().params()["recipe"] is None  # fitted: the stats say to what
+    assert Bridges(**Bridges(recipe={"lr": 1e-3}).params()) == Bridges(recipe={"lr": 1e-3})
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +111,8 @@ def test_fingerprint_calibration_and_progress(made: tuple, owner: OwnerModel) ->
     training = [r for r in reports if r.round == 0]
     assert training[-1].max_iter == 10 * 15 and training[-1].iteration == 10 * 15
     assert [r.iteration for r in training] == sorted(r.iteration for r in training)
-    assert any("extract-1, epoch 3/15" in r.stage for r in training)
+    assert any(r.stage == "2/10 extract-1 ep. 3/15" for r in training)
+    assert training[0].stage.startswith("1/10 independent-1 (fit check)")
     assert reports[-1].converged == 100
 
 
@@ -125,6 +127,7 @@ def test_surrogates_train_as_long_as_the_owner_unless_told(
                      cache=str(tmp_path))  # fmt: skip
     fp = fitted.generate(owner, 20, data=x, labels=y, seed=1)
     trials = fp.stats["epoch_trials"]
+    assert fp.stats["recipe"]["epochs"] == fp.stats["epochs"] and fp.params["recipe"]["lr"] == 1e-3
     assert [t["epochs"] for t in trials] == list(EPOCH_STEPS[: len(trials)])
     assert len(trials) >= 2 and fp.stats["epochs"] == trials[-1]["epochs"]
     gap = fp.stats["fit"]["owner"] - trials[-1]["fit"]
@@ -213,6 +216,12 @@ def test_make_fingerprint_without_data_falls_back_and_says_so(owner_module: nn.M
         owner_module, input_shape=(1, 8, 8), n=8, params={"max_iter": 300}, warn=said.append
     )
     assert fp.method == "ipguard" and len(said) == 1 and "distilled" in said[0]
+
+
+def test_knobs_of_another_method_name_it(owner_module: nn.Module) -> None:
+    with pytest.raises(InputError, match=r"\(the default\) has no parameter k") as err:
+        make_fingerprint(owner_module, data="digits", n=8, params={"k": 10.0})
+    assert err.value.hint is not None and "add --method ipguard" in err.value.hint
 
 
 def test_make_fingerprint_refuses_outside_calibration_models(owner_module: nn.Module) -> None:

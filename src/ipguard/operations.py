@@ -184,6 +184,7 @@ def make_fingerprint(
             )
         shape = dataset.input_shape
     assert shape is not None and len(shape) == 3
+    defaulted = method is None
     if method is None:
         method, why = default_method(dataset, model)
         if why and warn is not None:
@@ -191,11 +192,21 @@ def make_fingerprint(
     params = dict(params or {})
     known = [f.name for f in dataclasses.fields(METHODS[method])]  # type: ignore[arg-type]
     if unknown := sorted(set(params) - set(known)):
+        owners = [m for m in METHODS if set(unknown) <= {f.name for f in dataclasses.fields(
+            METHODS[m])}]  # type: ignore[arg-type]  # fmt: skip
         raise InputError(
-            f"method {method!r} has no parameter {', '.join(unknown)}",
-            f"its parameters: {', '.join(known)}" if known else "it takes no parameters",
-        )
+            f"method {method!r}{' (the default)' if defaulted else ''} has no parameter "
+            f"{', '.join(unknown)}",
+            f"--method {owners[0]} has {', '.join(unknown)}: add --method {owners[0]}"
+            if defaulted and owners
+            else f"its parameters: {', '.join(known)}" if known else "it takes no parameters",
+        )  # fmt: skip
     fp_method = make_method(method, **params)
+    if fp_method.calibrates and calibration_models is not None:
+        raise InputError(
+            f"method {method!r} calibrates with held-out surrogates of its own",
+            "set their number with --param calibrators=N (0 for none)",
+        )
     if fp_method.needs_data and dataset is None:
         raise InputError(
             "--start data needs --data SPEC"
@@ -215,11 +226,6 @@ def make_fingerprint(
     owner = OwnerModel(
         module, input_shape=owner_shape, bounds=bounds, mean=mean, std=std, device=device
     )
-    if fp_method.calibrates and calibration_models is not None:
-        raise InputError(
-            f"method {method!r} calibrates with held-out surrogates of its own",
-            "set their number with --param calibrators=N (0 for none)",
-        )
     models = 0 if fp_method.calibrates else _calibration_models(calibration_models, dataset, module)
     fp = fp_method.generate(
         owner, n, data=dataset.x if dataset is not None else None,

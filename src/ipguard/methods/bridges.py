@@ -11,9 +11,10 @@ where students learn the owner: on the segments between two of the owner's own i
    fraction of them is the *pool*: bridge end points that no surrogate student sees (a
    thief does not have the owner's images; an independent trained on the owner's data
    does).
-2. **Surrogates**, trained the way the owner trained (``recipe``; give the owner's own:
-   surrogates trained for a few epochs agree with the owner far less than real models do,
-   docs/results.md) and cached in a zoo:
+2. **Surrogates**, trained as long as the owner (``recipe``, the owner's own where it is
+   given; else its epochs fitted so that a surrogate independent fits the owner's rows
+   about as well as the owner does: surrogates trained for a few epochs agree with the
+   owner far less than real models do, docs/results.md), cached in a zoo:
 
    - ``students``: fresh networks of the owner's architecture on the rows outside the
      pool, alternately extracted (the recipe on the owner's top-1 labels) and distilled
@@ -143,7 +144,9 @@ class Bridges(FingerprintMethod):
     Args:
         recipe: how every surrogate is trained (keys of :class:`~ipguard.train.Recipe`,
             e.g. ``{"epochs": 8, "augment": true}``), merged over :data:`DEFAULT_RECIPE`.
-            The owner's own recipe is the right choice.
+            The owner's own recipe is the right choice. Without ``epochs`` they are
+            fitted: the first independent trains for each of :data:`EPOCH_STEPS` in turn
+            until it fits the pool's rows within :data:`FIT_GAP` of the owner.
         students: surrogate students, alternately extracted and distilled.
         independents: surrogate independents that choose the points.
         calibrators: held-out surrogate independents that calibrate the verdict
@@ -204,9 +207,11 @@ class Bridges(FingerprintMethod):
             raise InputError(f"recipe: {err}") from err
 
     def params(self) -> dict[str, Any]:
+        """The parameters as given (``recipe`` too: without ``epochs`` they are fitted, and
+        the fingerprint's stats record the recipe every surrogate was trained with)."""
         out = super().params()
         out.pop("cache")  # where surrogates are cached is not part of the method
-        out["recipe"] = self.training_recipe().to_dict()
+        out["recipe"] = None if self.recipe is None else dict(self.recipe)
         return out
 
     def _plans(self, rows: int, generator: torch.Generator) -> tuple[Tensor, list[_Plan]]:
@@ -271,7 +276,7 @@ class Bridges(FingerprintMethod):
             report(what)
 
             def epoch(e: int, _loss: float) -> None:
-                report(f"{what}, epoch {e}/{recipe.epochs}", e)
+                report(f"{what} ep. {e}/{recipe.epochs}", e)
 
             count = len(zoo.built)
             module = self._surrogate(model, plan, base, x01, y, recipe, zoo, epoch)
@@ -285,8 +290,7 @@ class Bridges(FingerprintMethod):
         probe = next(p for p in plans if p.role == "independent")
         trials = []
         while True:
-            module = make(probe, f"{probe.name} ({recipe.epochs} epochs: as long as the owner?)",
-                          recipe)  # fmt: skip
+            module = make(probe, f"1/{len(plans)} {probe.name} (fit check)", recipe)
             probe_fit = self._accuracy(module, x01[pool_rows], y[pool_rows])
             trials.append({"epochs": recipe.epochs, "fit": round(probe_fit, 4)})
             longer = [e for e in EPOCH_STEPS if e > recipe.epochs]
@@ -296,8 +300,7 @@ class Bridges(FingerprintMethod):
             progress_state["total"] = progress_state["done"] + len(plans) * recipe.epochs
         modules = {probe.name: module}
         for i, plan in enumerate(p for p in plans if p is not probe):
-            modules[plan.name] = make(plan, f"surrogate {i + 2}/{len(plans)}: {plan.name}",
-                                      recipe)  # fmt: skip
+            modules[plan.name] = make(plan, f"{i + 2}/{len(plans)} {plan.name}", recipe)
         t_surrogates = time.perf_counter() - clock
         report("choosing bridges")
         fits = [self._accuracy(modules[p.name], x01[pool_rows], y[pool_rows])
@@ -327,6 +330,7 @@ class Bridges(FingerprintMethod):
             "pool_rows": int(len(pool_rows)),
             "student_agreement": round(float(students[chosen].mean()), 4),
             "independent_agreement": round(float(independents[:, chosen].mean()), 4),
+            "recipe": recipe.to_dict(),
             "epochs": recipe.epochs,
             "epoch_trials": trials,
             "fit": fit,
