@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.set_num_threads(2)
     owner, suspects = load_zoo(args.zoo)
-    fp = make_fingerprint(owner.module, input_shape=owner.input_shape, n=args.n,
+    fp = make_fingerprint(owner.module, input_shape=owner.input_shape, method="ipguard", n=args.n,
                           seed=args.seed, calibration_models=0)  # fmt: skip
     rates = matching_rates(fp, suspects)
     independents = [s.name for s in suspects if not s.pirated]

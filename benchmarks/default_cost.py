@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     save_file(owner.state_dict(), owner_file)
     owner_seconds = time.perf_counter() - started
     env = {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "IPGUARD_CACHE_DIR": str(args.out / "cache")}  # fmt: skip
+           "IPGUARD_CACHE_DIR": str(args.out / "cache"), "OMP_NUM_THREADS": "2"}  # fmt: skip
     command = [
         str(Path(sys.executable).parent / "ipguard"), "fingerprint", "default_cost:mnist_cnn",
         "--weights", str(owner_file), "--data", f"npz:{train_npz}", "-n", "100",
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = json.loads(done.stdout)
         rows.append((label, seconds, summary))
     print(f"\nDefault `ipguard fingerprint` on an MNIST-size owner ({args.rows:,} images "
-          f"1x28x28, mnist_cnn, {torch.get_num_threads()} threads; owner trained in "
+          f"1x28x28, mnist_cnn, 2 threads; owner trained in "
           f"{owner_seconds:.0f} s)\n")  # fmt: skip
     print("| run | method | wall s | surrogates built | surrogate s | choice s |")
     print("|---|---|---:|---:|---:|---:|")

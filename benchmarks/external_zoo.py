@@ -17,8 +17,8 @@ Prints markdown tables:
    above every independent; the lowest student's and the highest independent's matching
    rate;
 2. the mean matching rate per family and method;
-3. the **oracle bound**: for a candidate pool (the default method's, and bridges between
-   pairs of the owner's inputs), the n points that best separate *half* of the zoo's own
+3. the **oracle bound**: for a candidate pool (IPGuard's noise-started points, and bridges
+   between pairs of the owner's inputs, the default method's pool), the n points that best separate *half* of the zoo's own
    copies from half of its independents, scored on the other half (averaged over random
    halves). It uses the evaluation's suspects, so it is a bound on what choosing points
    from that pool could reach, not a method.
@@ -249,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
             [DEFAULT_METHOD]
             + sorted(m for m in METHODS if m != DEFAULT_METHOD and m not in TRAINING_METHODS)
         ),
-        help="comma-separated registered methods (default: all that train no surrogates)",
+        help="comma-separated registered methods (default: the CLI's default method, then "
+        "every other that trains no surrogates)",
     )
     parser.add_argument(
         "--param",

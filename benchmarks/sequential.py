@@ -182,7 +182,8 @@ def digits(args: argparse.Namespace) -> list[tuple[int, Judged, Fingerprint]]:
     out = []
     for k in args.calibration_models:
         fp = make_fingerprint(models.owner, data=Dataset(name="digits-owner-split", x=x, y=y),
-                              n=args.n, seed=args.seed, calibration_models=k)  # fmt: skip
+                              method="ipguard", n=args.n, seed=args.seed,
+                              calibration_models=k)  # fmt: skip
         assert fp.calibration is not None
         null = null_from_record(fp.calibration, fp.n, args.fpr)
         plan = make_plan(null, fnr=args.fnr, batch_size=args.batch_size)
@@ -198,7 +199,7 @@ def digits(args: argparse.Namespace) -> list[tuple[int, Judged, Fingerprint]]:
 
 def external(args: argparse.Namespace) -> tuple[Fingerprint, list[Any], np.ndarray]:
     owner, suspects = load_zoo(args.zoo)
-    fp = make_fingerprint(owner.module, input_shape=owner.input_shape, n=args.n,
+    fp = make_fingerprint(owner.module, input_shape=owner.input_shape, method="ipguard", n=args.n,
                           seed=args.seed, calibration_models=0)  # fmt: skip
     return fp, suspects, agreement(fp, suspects).astype(np.int64)
 

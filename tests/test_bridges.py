@@ -17,6 +17,7 @@ from torch import nn
 from ipguard import OwnerModel, load_fingerprint, make_fingerprint, make_method, verify
 from ipguard.attacks import PirateData, make_attack
 from ipguard.errors import InputError
+from ipguard.fingerprint import Fingerprint
 from ipguard.methods import GenerationProgress
 from ipguard.methods.bridges import (
     EPOCH_STEPS,
@@ -28,7 +29,7 @@ from ipguard.methods.bridges import (
 )
 from ipguard.nets import digits_cnn
 from ipguard.null import null_from_record
-from ipguard.operations import DEFAULT_METHOD, FALLBACK_METHOD, _rule, default_method
+from ipguard.operations import DEFAULT_METHOD, FALLBACK_METHOD, FPR_LADDER, _rule, default_method
 from ipguard.train import seeded, train_classifier
 from ipguard.zoo import ModelZoo
 
@@ -145,7 +146,7 @@ def test_surrogates_are_cached(made: tuple, owner: OwnerModel, owner_rows: tuple
     x, y = owner_rows
     again = method.generate(owner, 100, data=x, labels=y, seed=0)
     assert torch.equal(again.points, fp.points) and again.stats["surrogates_built"] == 0
-    assert len(ModelZoo(cache).root.glob("*.safetensors").__iter__().__next__().name) > 0
+    assert len(list(ModelZoo(cache).root.glob("*.safetensors"))) == 10
 
 
 def test_distilled_student_caught_same_data_independent_cleared(
@@ -175,24 +176,51 @@ def test_distilled_student_caught_same_data_independent_cleared(
 
 
 def test_calibration_is_honest_about_its_spread(made: tuple) -> None:
-    """Independents agree with the owner on bridges in clusters (overdispersion): the null's
-    upper bounds from six models then put the 1% threshold at 1 (only a perfect match is
-    flagged), and verify says so rather than state a rate it cannot back."""
+    """Independents agree with the owner on bridges in clusters (overdispersion), so a few
+    calibrators back only a high threshold. Without --fpr, verify takes the smallest rate of
+    FPR_LADDER whose threshold is below a perfect match, and states it; asked for a rate,
+    it uses that rate or says it cannot."""
     _, fp, _, _ = made
-    null = null_from_record(fp.calibration, fp.n, 0.01)
-    assert null.overdispersion > 3 and null.threshold == 1.0
-    rule = _rule(fp, None, None, None)
-    assert rule.basis == "calibrated-in-fingerprint" and rule.target_fpr == 0.01
-    assert rule.threshold == 1.0
-    # a calibration that cannot state even 10%: the smallest rate tried is named
-    spread = dataclasses.replace(
-        fp, calibration={**fp.calibration, "negative_matches": [0, 100, 0, 100],
-                         "independents": ["a", "b", "c", "d"]},
-    )  # fmt: skip
-    with pytest.raises(InputError, match="false-positive rate of 0.1 "):
-        _rule(spread, None, None, None)
+    assert null_from_record(fp.calibration, fp.n, 0.05).overdispersion > 2
+
+    def calibrated(counts: list[int]) -> Fingerprint:
+        names = [f"m{i}" for i in range(len(counts))]
+        return dataclasses.replace(fp, calibration={**fp.calibration, "negative_matches": counts,
+                                                    "independents": names})  # fmt: skip
+
+    scattered = calibrated([48, 36, 29, 18, 19, 6])  # six digits calibrators, measured
+    assert null_from_record(scattered.calibration, 100, 0.01).threshold == 1.0
+    rule = _rule(scattered, None, None, None)
+    assert rule.basis == "calibrated-in-fingerprint" and rule.target_fpr in FPR_LADDER[1:]
+    assert rule.threshold < 1.0
+    assert _rule(scattered, None, None, 0.01).threshold == 1.0  # asked: that rate
+    tight = calibrated([30, 32, 29, 31, 30, 28, 33, 30])
+    assert _rule(tight, None, None, None).target_fpr == 0.01
+    # too scattered for any rate of the ladder: just above every calibration model, with
+    # the rank bound 1 / (K + 1); asked for a rate, an error
+    hopeless = calibrated([0, 90, 0, 90])
+    rule = _rule(hopeless, None, None, None)
+    assert rule.basis == "above-every-calibrator" and rule.threshold == 0.91
+    assert rule.target_fpr == 0.2
     with pytest.raises(InputError, match="false-positive rate of 0.01 "):
-        _rule(spread, None, None, 0.01)
+        _rule(hopeless, None, None, 0.01)
+    with pytest.raises(InputError, match="false-positive rate of 0.1 "):
+        _rule(calibrated([0, 100, 0, 100]), None, None, None)  # nothing can be above 100%
+
+
+def test_more_calibrators_change_no_point(
+    owner: OwnerModel, owner_rows: tuple[torch.Tensor, torch.Tensor], tmp_path: Path
+) -> None:
+    """Seeds depend on each surrogate's role and number only: adding calibrators (the
+    advice for a lower threshold) keeps the choosing surrogates and the bridges."""
+    x, y = owner_rows
+    fast = {"recipe": {"epochs": 2}, "pool": 300, "cache": str(tmp_path)}
+    three = Bridges(calibrators=3, **fast).generate(owner, 20, data=x, labels=y, seed=2)
+    none = Bridges(calibrators=0, **fast).generate(owner, 20, data=x, labels=y, seed=2)
+    assert torch.equal(three.points, none.points) and none.calibration is None
+    assert three.calibration is not None and len(three.calibration["independents"]) == 3
+    # the pairs behind the points are distinct: no point is repeated
+    assert len(torch.unique(three.points.flatten(1), dim=0)) == 20
 
 
 def test_default_method_and_its_fallback(owner_module: nn.Module) -> None:
@@ -259,7 +287,9 @@ def test_the_default_command_and_its_fallback(owner_module: nn.Module, tmp_path:
     checked = runner.invoke(app, ["verify", str(fp_file), *owner, "--json"])
     assert checked.exit_code == 0, checked.output
     row = json.loads(checked.stdout)  # one suspect: one JSON object
-    assert row["verdict"] == "pirated" and row["threshold_basis"] == "calibrated-in-fingerprint"
+    assert row["verdict"] == "pirated"
+    assert row["threshold_basis"] in ("calibrated-in-fingerprint", "above-every-calibrator")
+    assert row["target_fpr"] in (*FPR_LADDER, 1 / 4) and row["threshold"] <= 1.0
     bare = runner.invoke(app, ["fingerprint", *owner, "--input-shape", "1,8,8", "-n", "8",
                                "--max-iter", "300", "-o", str(tmp_path / "bare.fp")])  # fmt: skip
     assert bare.exit_code == 0, bare.output

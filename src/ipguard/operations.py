@@ -93,7 +93,8 @@ StageProgress = Callable[[str, int, int], None]
 
 DEFAULT_FPR = 0.01
 #: The false-positive rates ``verify`` tries in turn, smallest first, when none is asked
-#: for and the fingerprint carries its calibration: the verdict states the one it used.
+#: for and the fingerprint carries its calibration: the first whose threshold is below a
+#: perfect match (else the first it can state at all). The verdict states the one used.
 FPR_LADDER = (DEFAULT_FPR, 0.02, 0.05, 0.1)
 #: The method ``ipguard fingerprint`` uses with the owner's training data and labels
 #: (docs/methods.md, "Catching students"), and the one it falls back to without them.
@@ -204,8 +205,10 @@ def make_fingerprint(
     fp_method = make_method(method, **params)
     if fp_method.calibrates and calibration_models is not None:
         raise InputError(
-            f"method {method!r} calibrates with held-out surrogates of its own",
-            "set their number with --param calibrators=N (0 for none)",
+            f"method {method!r}{' (the default)' if defaulted else ''} calibrates with "
+            "held-out surrogates of its own",
+            "set their number with --param calibrators=N (0 for none), or give --method "
+            "ipguard to use --calibration-models",
         )
     if fp_method.needs_data and dataset is None:
         raise InputError(
@@ -258,8 +261,9 @@ def default_method(dataset: Dataset | None, model: str | nn.Module) -> tuple[str
         why = "no --data" if dataset is None else "the data has no labels"
     elif not trainable:
         why = (
-            "the owner is a TorchScript archive or a Hugging Face folder, which cannot be "
-            "re-trained as surrogates"
+            "the owner is not a package.module:factory or arch:NAME spec (a TorchScript "
+            "archive, a Hugging Face folder or a pickled module cannot be re-trained as "
+            "surrogates)"
         )
     else:
         return DEFAULT_METHOD, ""
@@ -362,7 +366,11 @@ def inspect_fingerprint(path: str | Path, *, pubkey: str | Path | None = None) -
 
 # -- verify ------------------------------------------------------------------------------------
 ThresholdBasis = Literal[
-    "calibrated-in-fingerprint", "calibration-file", "user", "uncalibrated-default"
+    "calibrated-in-fingerprint",
+    "above-every-calibrator",
+    "calibration-file",
+    "user",
+    "uncalibrated-default",
 ]
 
 
@@ -373,8 +381,11 @@ class SuspectVerdict:
     Attributes:
         result: matches, matching rate, threshold and verdict.
         threshold_basis: ``calibrated-in-fingerprint`` (the fingerprint's null model, for
-            ``target_fpr``), ``calibration-file`` (a file from ``ipguard evaluate``),
-            ``user`` (``--threshold``) or ``uncalibrated-default`` (0.8, no error rate).
+            ``target_fpr``), ``above-every-calibrator`` (the fingerprint's calibration
+            models too scattered for a null model: just above the highest of its K, with
+            the rank bound ``target_fpr = 1 / (K + 1)``), ``calibration-file`` (a file from
+            ``ipguard evaluate``), ``user`` (``--threshold``) or ``uncalibrated-default``
+            (0.8, no error rate).
         target_fpr: the false-positive rate the threshold is for, where there is one.
         p_value: the chance that an independent model matches this often, where there is
             a null model.
@@ -480,13 +491,24 @@ def _rule(
             raise InputError("give --threshold or --fpr, not both")
         return _Rule(check_threshold(threshold), "user")
     if fp.calibration is not None:
-        # asked: that rate or an error; not asked: the smallest of FPR_LADDER that this
-        # calibration can state (few or scattered calibration models cannot state 1%)
+        # asked: that rate or an error. Not asked: the smallest of FPR_LADDER that this
+        # calibration can state below a perfect match (few or scattered calibration models
+        # put 1% at 1.0), else the smallest it can state at all
+        reachable = []
         for target in FPR_LADDER if fpr is None else (fpr,):
             null = null_from_record(fp.calibration, fp.n, target)
-            if null.reachable:
+            if null.reachable and (fpr is not None or null.threshold < 1.0):
                 return _Rule(null.threshold, "calibrated-in-fingerprint", target, null=null)
-        models = len(fp.calibration.get("negative_matches", []))
+            reachable += [null] if null.reachable else []
+        if reachable:
+            null = reachable[0]
+            return _Rule(null.threshold, "calibrated-in-fingerprint", null.target_fpr, null=null)
+        counts = [int(c) for c in fp.calibration.get("negative_matches", [])]
+        models = len(counts)
+        if fpr is None and counts and max(counts) < fp.n:
+            # distribution-free: an independent model exchangeable with the K calibration
+            # models matches more than all of them with probability at most 1 / (K + 1)
+            return _Rule((max(counts) + 1) / fp.n, "above-every-calibrator", 1 / (models + 1))
         raise InputError(
             f"no matching rate reaches a false-positive rate of {target:g} with {fp.n} "
             f"points under the fingerprint's calibration ({models} independent models)",

@@ -286,6 +286,14 @@ def threshold_note(report: VerificationReport) -> str:
             + ("" if null.target_fpr <= DEFAULT_FPR else f"; {models} models cannot state "
                f"{DEFAULT_FPR:g}: more lower it (ipguard calibrate FP --independents ...)")
         )  # fmt: skip
+    if report.threshold_basis == "above-every-calibrator":
+        models = len((report.fingerprint.calibration or {}).get("negative_matches", []))
+        return (
+            f"threshold {t:.3f}: above all {models} calibration models in the fingerprint, "
+            f"which are too scattered for a null model; false-positive rate <= "
+            f"{report.target_fpr:.2g} (an independent model like them beats all {models} "
+            "with at most that chance); more lower it (ipguard calibrate FP --independents ...)"
+        )
     if report.threshold_basis == "user":
         return f"threshold {t:.3f} from --threshold: no stated false-positive rate"
     return (

@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 from ipguard.attacks import PirateData, make_attack
 from ipguard.attacks._student import SAME_ARCH, reinitialised
-from ipguard.attacks.base import check_real, model_device, predict_logits
+from ipguard.attacks.base import check_real, derive_seeds, model_device, predict_logits
 from ipguard.errors import InputError
 from ipguard.fingerprint import utc_now
 from ipguard.methods._common import check_fraction, check_int
@@ -90,15 +90,22 @@ def on_segments(x: Tensor, first: Tensor, second: Tensor, where: Tensor) -> Tens
 def bridge_segments(
     owner: OwnerModel, x: Tensor, size: int, generator: torch.Generator, *, steps: int = 12
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """At most ``size`` pairs of rows of ``x`` that the owner labels differently, and a place
-    on the segment from the first to the second where the owner's label changes: bisection
-    to ``2**-steps`` keeps the first's label at the lower end and returns the upper end,
-    where the owner's label is no longer the first's (on a segment that changes label more
-    than once, one of the changes)."""
+    """At most ``size`` distinct pairs of rows of ``x`` that the owner labels differently,
+    and a place on the segment from the first to the second where the owner's label
+    changes: bisection to ``2**-steps`` keeps the first's label at the lower end and returns
+    the upper end, where the owner's label is no longer the first's (on a segment that
+    changes label more than once, one of the changes)."""
     labels = owner.predict(x)
     first = torch.randint(0, len(x), (4 * size,), generator=generator)
     second = torch.randint(0, len(x), (4 * size,), generator=generator)
-    ok = (labels[first] != labels[second]).nonzero().squeeze(1)[:size]
+    # each pair once, in the order drawn (a repeated pair would be a repeated point)
+    _, inverse = torch.unique(first * len(x) + second, return_inverse=True)
+    positions = torch.arange(len(first))
+    earliest = torch.full((int(inverse.max()) + 1,), len(first)).scatter_reduce(
+        0, inverse, positions, reduce="amin"
+    )
+    fresh = earliest[inverse] == positions
+    ok = (fresh & (labels[first] != labels[second])).nonzero().squeeze(1)[:size]
     first, second = first[ok], second[ok]
     la = labels[first]
     lo, hi = torch.zeros(len(first)), torch.ones(len(first))
@@ -118,6 +125,9 @@ def bridge_points(
     ``offset`` of the segment further)."""
     first, second, flip = bridge_segments(owner, x, size, generator, steps=steps)
     return on_segments(x, first, second, flip + offset)
+
+
+_ROLES = ("extract", "distill", "independent", "calibrator")
 
 
 @dataclass(frozen=True)
@@ -187,7 +197,10 @@ class Bridges(FingerprintMethod):
         check_int("independents", self.independents, 1)
         check_int("calibrators", self.calibrators, 0)
         if 0 < self.calibrators < MIN_NEGATIVES:
-            raise InputError(f"calibrators must be 0 or >= {MIN_NEGATIVES}, got {self.calibrators}")
+            raise InputError(
+                f"calibrators must be 0 or >= {MIN_NEGATIVES}, got {self.calibrators}",
+                "a null model needs at least 3 independents; 0 leaves the fingerprint uncalibrated",
+            )
         check_real("temperature", self.temperature, low=0.0)
         check_int("pool", self.pool, 1)
         check_real("offset", self.offset, low=0.0, high=1.0, low_open=False)
@@ -203,8 +216,10 @@ class Bridges(FingerprintMethod):
     def training_recipe(self) -> Recipe:
         try:
             return Recipe.from_dict({**DEFAULT_RECIPE, **dict(self.recipe or {})})
-        except (InputError, TypeError) as err:
-            raise InputError(f"recipe: {err}") from err
+        except InputError as err:
+            raise InputError(f"recipe: {err.message}", err.hint) from err
+        except TypeError as err:
+            raise InputError(f"recipe: {err}", "give keys of ipguard.train.Recipe") from err
 
     def params(self) -> dict[str, Any]:
         """The parameters as given (``recipe`` too: without ``epochs`` they are fitted, and
@@ -215,21 +230,22 @@ class Bridges(FingerprintMethod):
         return out
 
     def _plans(self, rows: int, generator: torch.Generator) -> tuple[Tensor, list[_Plan]]:
-        """The pool's rows and every surrogate's plan, drawn with ``generator``."""
+        """The pool's rows and every surrogate's plan, drawn with ``generator``. Each
+        surrogate's seed depends on the draw, its role and its number only, so that more
+        or fewer surrogates of one role change no other surrogate (nor the bridges)."""
         used = torch.randperm(rows, generator=generator)[: self.max_rows]
         cut = max(1, round(len(used) * self.held_out))
         pool_rows, outside = used[:cut], used[cut:].sort().values
         every = used.sort().values
-        count = self.students + self.independents + self.calibrators
-        seeds = torch.randint(0, 2**31 - 1, (count,), generator=generator).tolist()
-        plans = []
-        for i in range(self.students):
-            role = "extract" if i % 2 == 0 else "distill"
-            plans.append(_Plan(role, f"{role}-{i // 2 + 1}", seeds[i], outside))
-        for j in range(self.independents + self.calibrators):
-            role = "independent" if j < self.independents else "calibrator"
-            number = j + 1 if j < self.independents else j - self.independents + 1
-            plans.append(_Plan(role, f"{role}-{number}", seeds[self.students + j], every))
+        base = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        roles = ["extract" if i % 2 == 0 else "distill" for i in range(self.students)]
+        roles += ["independent"] * self.independents + ["calibrator"] * self.calibrators
+        plans, numbers = [], dict.fromkeys(_ROLES, 0)
+        for role in roles:
+            numbers[role] += 1
+            seed = derive_seeds(base + 7919 * _ROLES.index(role), numbers[role])[-1]
+            rows_of = outside if role in ("extract", "distill") else every
+            plans.append(_Plan(role, f"{role}-{numbers[role]}", seed % 2**31, rows_of))
         return pool_rows, plans
 
     def run(
@@ -251,9 +267,14 @@ class Bridges(FingerprintMethod):
                 "use --method ipguard",
             )
         if self.pool < n:
-            raise InputError(f"pool ({self.pool}) must be at least n ({n})", "raise pool")
+            raise InputError(
+                f"pool ({self.pool}) must be at least n ({n})", "raise pool or lower n"
+            )
         if len(data) < 8:
-            raise InputError(f"method 'bridges' needs at least 8 rows of data, got {len(data)}")
+            raise InputError(
+                f"method 'bridges' needs at least 8 rows of data, got {len(data)}",
+                "give the owner's training data as --data",
+            )
         recipe = self.training_recipe()
         clock = time.perf_counter()
         pool_rows, plans = self._plans(len(data), generator)
@@ -263,6 +284,19 @@ class Bridges(FingerprintMethod):
         base = InputMap.of(model)
         zoo = ModelZoo(self.cache if self.cache is not None else default_cache())
         owner_fit = float((model.predict(data[pool_rows]) == y[pool_rows]).float().mean())
+        # the candidates first: they need no surrogate, and too few of them is an error
+        # better found before hours of training
+        started = time.perf_counter()
+        candidates = bridge_points(model, data[pool_rows], self.pool, generator, offset=self.offset)
+        if len(candidates) < n:
+            raise InputError(
+                f"only {len(candidates)} distinct pairs of held-out data rows with different "
+                f"owner labels, for {n} points",
+                "give more data, a smaller n, or a larger held_out",
+            )
+        owner_labels = model.predict(candidates)
+        c01 = ((candidates - low) / (high - low)).clamp(0.0, 1.0)
+        t_candidates = time.perf_counter() - started
         progress_state = {"done": 0, "total": len(plans) * recipe.epochs}  # surrogate epochs
         built = 0
 
@@ -308,15 +342,6 @@ class Bridges(FingerprintMethod):
         fit = {"owner": round(owner_fit, 4), "independents": round(sum(fits) / len(fits), 4)}
 
         clock = time.perf_counter()
-        candidates = bridge_points(model, data[pool_rows], self.pool, generator, offset=self.offset)
-        if len(candidates) < n:
-            raise InputError(
-                f"only {len(candidates)} pairs of data rows with different owner labels for "
-                f"{n} points",
-                "give more data, or a smaller n",
-            )
-        owner_labels = model.predict(candidates)
-        c01 = ((candidates - low) / (high - low)).clamp(0.0, 1.0)
         agree = {name: self._agreement(m, c01, owner_labels) for name, m in modules.items()}
         students = torch.stack([agree[p.name] for p in plans if p.student]).mean(0)
         independents = torch.stack([agree[p.name] for p in plans if p.role == "independent"])
@@ -335,7 +360,7 @@ class Bridges(FingerprintMethod):
             "epoch_trials": trials,
             "fit": fit,
             "seconds_surrogates": round(t_surrogates, 4),
-            "seconds_choice": round(time.perf_counter() - clock, 4),
+            "seconds_choice": round(t_candidates + time.perf_counter() - clock, 4),
         }
         if fit["owner"] - fit["independents"] > FIT_GAP:
             stats["warnings"] = [
