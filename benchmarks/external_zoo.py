@@ -19,9 +19,9 @@ Prints markdown tables:
 2. the mean matching rate per family and method;
 3. the **oracle bound**: for a candidate pool (IPGuard's noise-started points, and bridges
    between pairs of the owner's inputs, the default method's pool), the n points that best
-   separate *half* of the zoo's own copies from half of its independents, scored on the other half (averaged over random
-   halves). It uses the evaluation's suspects, so it is a bound on what choosing points
-   from that pool could reach, not a method.
+   separate *half* of the zoo's own copies from half of its independents, scored on the
+   other half (averaged over random halves). It uses the evaluation's suspects, so it is a
+   bound on what choosing points from that pool could reach, not a method.
 
 Writes ``external_zoo.json`` to ``--out``. Decoded images are cached there.
 
