@@ -88,6 +88,19 @@ class Outcome:
     seconds: float
     rates: dict[str, float]
     error: str | None = None
+    #: verify's default rule for the fingerprint (operations._rule with no option), where
+    #: the fingerprint carries its own calibration
+    verdict: dict[str, Any] | None = None
+
+
+def verdict(fp: Fingerprint) -> dict[str, Any] | None:
+    """The rule ``ipguard verify FP SUSPECT`` applies with no option, for a fingerprint that
+    carries its calibration: basis, stated false-positive rate and threshold."""
+    if fp.calibration is None:
+        return None
+    rule = operations._rule(fp, None, None, None)
+    return {"basis": rule.basis, "target_fpr": rule.target_fpr, "threshold": rule.threshold,
+            "calibration": list(fp.calibration["negative_matches"])}  # fmt: skip
 
 
 def read_split(archive: Path, members: list[str], classes: list[str]) -> tuple[Any, Any]:
@@ -293,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             outcomes.append(Outcome(name, 0.0, {}, str(err).splitlines()[0]))
             continue
         seconds = time.perf_counter() - started
-        outcomes.append(Outcome(name, seconds, matching_rates(fp, suspects)))
+        outcomes.append(Outcome(name, seconds, matching_rates(fp, suspects), verdict=verdict(fp)))
 
     results: dict[str, Any] = {"n": args.n, "seed": args.seed, "owner_test_acc": owner_acc,
                                "methods": {}, "oracle": {}}  # fmt: skip
@@ -329,6 +342,23 @@ def main(argv: list[str] | None = None) -> int:
                  if s.family == fam and (s.kept or not s.pirated)]  # fmt: skip
             cells.append(f"{np.mean(r):.2f} ({min(r):.2f}-{max(r):.2f})" if r else "")
         print(f"| {o.method} | " + " | ".join(cells) + " |")
+
+    ruled = [o for o in outcomes if o.verdict is not None]
+    if ruled:
+        print("\nVerdicts of `ipguard verify` with no option (the fingerprint's own calibration)\n")
+        print("| method | calibration (matches of its models) | rule | stated FPR | threshold | "
+              "copies flagged (10 pt) | independents flagged |")  # fmt: skip
+        print("|---|---|---|---:|---:|---:|---:|")
+    for o in ruled:
+        v = o.verdict
+        assert v is not None
+        copies = sum(o.rates[s.name] >= v["threshold"] for s in suspects if s.kept)
+        indeps = sum(o.rates[s.name] >= v["threshold"] for s in suspects if not s.pirated)
+        v |= {"copies_flagged": copies, "independents_flagged": indeps}
+        results["methods"][o.method]["verdict"] = v
+        print(f"| {o.method} | {v['calibration']} | {v['basis']} | {v['target_fpr']:.3g} | "
+              f"{v['threshold']:.2f} | {copies} of {kept} | {indeps} of "
+              f"{sum(not s.pirated for s in suspects)} |")  # fmt: skip
 
     if args.oracle_splits > 0:
         gen = torch.Generator().manual_seed(args.seed)

@@ -323,3 +323,25 @@ def test_the_owner_recipe_surrogates_run_on_the_tiny_zoo(
     for wrong in ("0/2", "3/2", "half"):
         with pytest.raises(SystemExit):
             recipes.main([*args, "--build-part", wrong])
+
+
+def test_the_default_method_is_scored_with_the_verdict_verify_gives(
+    tiny_zoo: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    zoo, archive = tiny_zoo
+    bench = _bench()
+    assert bench.DEFAULT_METHOD == "bridges"
+    code = bench.main([
+        "--zoo", str(zoo), "--data", str(archive), "--out", str(tmp_path), "-n", "10",
+        "--methods", "bridges", "--param", 'bridges:recipe={"epochs": 1}',
+        "--param", "bridges:pool=40", "--oracle-splits", "0",
+    ])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| bridges |" in printed and "Verdicts of `ipguard verify` with no option" in printed
+    verdict = json.loads((tmp_path / "external_zoo.json").read_text())["methods"]["bridges"][
+        "verdict"
+    ]
+    assert verdict["basis"] in ("calibrated-in-fingerprint", "above-every-calibrator")
+    assert len(verdict["calibration"]) == 3 and 0 < verdict["threshold"] <= 1.0
+    assert verdict["copies_flagged"] >= 1  # the owner itself matches all its points
