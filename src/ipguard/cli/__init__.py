@@ -176,7 +176,7 @@ def fingerprint(
         str | None,
         typer.Option(
             "--method",
-            help="Fingerprinting method (see ipguard methods). Default: 'bridges' when --data "
+            help="Fingerprinting method (docs/methods.md). Default: 'bridges' when --data "
             "has labels and the owner is package.module:factory or arch:NAME (it trains "
             "surrogate students and independents of the owner, cached); else 'ipguard', "
             "and the command says so.",
