@@ -178,8 +178,8 @@ def test_distilled_student_caught_same_data_independent_cleared(
 def test_calibration_is_honest_about_its_spread(made: tuple) -> None:
     """Independents agree with the owner on bridges in clusters (overdispersion), so a few
     calibrators back only a high threshold. Without --fpr, verify takes the smallest rate of
-    FPR_LADDER whose threshold is below a perfect match, and states it; asked for a rate,
-    it uses that rate or says it cannot."""
+    FPR_LADDER the calibration can state, and states it; asked for a rate, it uses that
+    rate or says it cannot."""
     _, fp, _, _ = made
     assert null_from_record(fp.calibration, fp.n, 0.05).overdispersion > 2
 
@@ -189,11 +189,14 @@ def test_calibration_is_honest_about_its_spread(made: tuple) -> None:
                                                     "independents": names})  # fmt: skip
 
     scattered = calibrated([48, 36, 29, 18, 19, 6])  # six digits calibrators, measured
-    assert null_from_record(scattered.calibration, 100, 0.01).threshold == 1.0
     rule = _rule(scattered, None, None, None)
-    assert rule.basis == "calibrated-in-fingerprint" and rule.target_fpr in FPR_LADDER[1:]
-    assert rule.threshold < 1.0
-    assert _rule(scattered, None, None, 0.01).threshold == 1.0  # asked: that rate
+    assert rule.basis == "calibrated-in-fingerprint" and rule.target_fpr == 0.01
+    assert rule.threshold == 1.0  # only a perfect match: what six scattered models back
+    zoo = calibrated([51, 38, 40])  # the external zoo's three calibrators, measured
+    rule = _rule(zoo, None, None, None)
+    assert rule.target_fpr == 0.05 and rule.threshold == 0.99  # 1% and 2%: out of reach
+    with pytest.raises(InputError, match="false-positive rate of 0.01 "):
+        _rule(zoo, None, None, 0.01)  # asked: that rate or an error
     tight = calibrated([30, 32, 29, 31, 30, 28, 33, 30])
     assert _rule(tight, None, None, None).target_fpr == 0.01
     # too scattered for any rate of the ladder: just above every calibration model, with

@@ -93,8 +93,8 @@ StageProgress = Callable[[str, int, int], None]
 
 DEFAULT_FPR = 0.01
 #: The false-positive rates ``verify`` tries in turn, smallest first, when none is asked
-#: for and the fingerprint carries its calibration: the first whose threshold is below a
-#: perfect match (else the first it can state at all). The verdict states the one used.
+#: for and the fingerprint carries its calibration: the first it can state. The verdict
+#: states the one used.
 FPR_LADDER = (DEFAULT_FPR, 0.02, 0.05, 0.1)
 #: The method ``ipguard fingerprint`` uses with the owner's training data and labels
 #: (docs/methods.md, "Catching students"), and the one it falls back to without them.
@@ -492,17 +492,11 @@ def _rule(
         return _Rule(check_threshold(threshold), "user")
     if fp.calibration is not None:
         # asked: that rate or an error. Not asked: the smallest of FPR_LADDER that this
-        # calibration can state below a perfect match (few or scattered calibration models
-        # put 1% at 1.0), else the smallest it can state at all
-        reachable = []
+        # calibration can state (few or scattered calibration models cannot state 1%)
         for target in FPR_LADDER if fpr is None else (fpr,):
             null = null_from_record(fp.calibration, fp.n, target)
-            if null.reachable and (fpr is not None or null.threshold < 1.0):
+            if null.reachable:
                 return _Rule(null.threshold, "calibrated-in-fingerprint", target, null=null)
-            reachable += [null] if null.reachable else []
-        if reachable:
-            null = reachable[0]
-            return _Rule(null.threshold, "calibrated-in-fingerprint", null.target_fpr, null=null)
         counts = [int(c) for c in fp.calibration.get("negative_matches", [])]
         models = len(counts)
         if fpr is None and counts and max(counts) < fp.n:
