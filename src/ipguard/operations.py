@@ -157,7 +157,9 @@ def make_fingerprint(
             ``data`` has labels and the owner is a PyTorch module, else none. 0: none.
         note: called with a line as each surrogate is trained or loaded.
         warn: called with a line when the default method falls back to
-            :data:`FALLBACK_METHOD`.
+            :data:`FALLBACK_METHOD`, and with each doubt the method reports in
+            ``stats["warnings"]`` (e.g. surrogates that fit the owner's rows worse than the
+            owner does); the CLI prints them as notes.
 
     Raises:
         InputError, ModelError, GenerationError: with a one-line message and a hint.
