@@ -70,11 +70,23 @@ def test_bridges_lie_just_past_the_owner_boundary(
         ({"held_out": 0.0}, "held_out"),
         ({"recipe": {"epochs": 0}}, "recipe"),
         ({"recipe": {"nope": 1}}, "recipe"),
+        ({"recipe": 5}, "recipe must be a table"),
+        ({"cache": 3}, "cache must be a folder path"),
     ],
 )
 def test_bad_parameters_are_refused(params: dict[str, object], message: str) -> None:
     with pytest.raises(InputError, match=message):
         make_method("bridges", **params)
+
+
+def test_an_owner_that_cannot_be_retrained_is_refused_before_any_work(
+    owner_module: nn.Module, owner_rows: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    scripted = OwnerModel(torch.jit.script(owner_module.eval()), input_shape=(1, 8, 8))
+    x, y = owner_rows
+    with pytest.raises(InputError, match="TorchScript archive cannot be") as err:
+        Bridges(cache="/nonexistent/never-made").generate(scripted, 10, data=x, labels=y)
+    assert err.value.hint is not None and "--method ipguard" in err.value.hint
 
 
 def test_params_record_the_recipe_as_given_not_the_cache() -> None:

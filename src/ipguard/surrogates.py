@@ -58,6 +58,7 @@ __all__ = [
     "SurrogateSuite",
     "build_surrogates",
     "default_cache",
+    "require_trainable",
     "surrogate_spec",
 ]
 
@@ -179,6 +180,17 @@ def _data_hash(x: Tensor, y: Tensor) -> str:
     return h.hexdigest()
 
 
+def require_trainable(owner: OwnerModel) -> None:
+    """Refuse an owner whose architecture cannot be copied and re-trained as surrogates."""
+    if isinstance(owner.module, torch.jit.ScriptModule):
+        raise InputError(
+            "surrogates need the owner as a PyTorch nn.Module to copy and re-train; a "
+            "TorchScript archive cannot be",
+            "load the model as package.module:factory or arch:NAME with --weights, or use "
+            "--method ipguard",
+        )
+
+
 def surrogate_spec(owner: OwnerModel, x01: Tensor, y: Tensor) -> dict[str, Any]:
     """The part of a surrogate's zoo key that names its owner and data: the owner's weights,
     the hash of the ``[0, 1]`` inputs and labels it learns from, and how raw inputs reach the
@@ -258,12 +270,7 @@ def build_surrogates(
     """
     if not seeds:
         raise InputError("a surrogate suite needs at least one seed")
-    if isinstance(owner.module, torch.jit.ScriptModule):
-        raise InputError(
-            "surrogates need the owner as a PyTorch nn.Module to copy and re-train; a "
-            "TorchScript archive cannot be",
-            "load the model as package.module:factory or arch:NAME with --weights",
-        )
+    require_trainable(owner)
     recipe = recipe or Recipe()
     started = time.perf_counter()
     zoo = ModelZoo(cache if cache is not None else default_cache())

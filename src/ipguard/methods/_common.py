@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -12,9 +13,12 @@ from torch import Tensor
 from ipguard.errors import InputError
 from ipguard.methods.base import GenerationProgress, ProgressFn
 from ipguard.models import OwnerModel
+from ipguard.train import Recipe
 
 __all__ = [
     "check_bool",
+    "check_cache",
+    "merged_recipe",
     "check_fraction",
     "check_int",
     "pick_rows",
@@ -44,6 +48,25 @@ def check_int(name: str, value: object, minimum: int) -> None:
 def check_bool(name: str, value: object) -> None:
     if not isinstance(value, bool):
         raise InputError(f"{name} must be true or false, got {value!r}")
+
+
+def merged_recipe(recipe: object, defaults: Mapping[str, Any]) -> Recipe:
+    """The :class:`~ipguard.train.Recipe` of a method's ``recipe`` parameter (a table of
+    training keys, or None) over ``defaults``; a one-line error names a bad one."""
+    if recipe is not None and not isinstance(recipe, Mapping):
+        raise InputError(f"recipe must be a table of training keys, got {recipe!r}")
+    try:
+        return Recipe.from_dict({**defaults, **dict(recipe or {})})
+    except InputError as err:
+        raise InputError(f"recipe: {err.message}", err.hint) from err
+    except TypeError as err:
+        raise InputError(f"recipe: {err}", "give keys of ipguard.train.Recipe") from err
+
+
+def check_cache(cache: object) -> None:
+    """A surrogate cache parameter is a folder path or None."""
+    if cache is not None and not isinstance(cache, str):
+        raise InputError(f"cache must be a folder path, got {cache!r}")
 
 
 def pick_rows(data: Tensor, n: int, generator: torch.Generator, method: str) -> Tensor:

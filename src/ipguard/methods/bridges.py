@@ -53,11 +53,11 @@ from ipguard.attacks._student import SAME_ARCH, reinitialised
 from ipguard.attacks.base import check_real, derive_seeds, model_device, predict_logits
 from ipguard.errors import InputError
 from ipguard.fingerprint import utc_now
-from ipguard.methods._common import check_fraction, check_int
+from ipguard.methods._common import check_cache, check_fraction, check_int, merged_recipe
 from ipguard.methods.base import FingerprintMethod, GenerationProgress, ProgressFn
 from ipguard.models import OwnerModel
 from ipguard.null import MIN_NEGATIVES, calibration_record
-from ipguard.surrogates import InputMap, default_cache, surrogate_spec
+from ipguard.surrogates import InputMap, default_cache, require_trainable, surrogate_spec
 from ipguard.train import Recipe, train
 from ipguard.zoo import ModelZoo, zoo_key
 
@@ -189,10 +189,7 @@ class Bridges(FingerprintMethod):
     cache: str | None = None
 
     def __post_init__(self) -> None:
-        if self.recipe is not None:
-            if not isinstance(self.recipe, Mapping):
-                raise InputError(f"recipe must be a table of training keys, got {self.recipe!r}")
-            self.training_recipe()  # validates the keys
+        self.training_recipe()  # validates the keys
         check_int("students", self.students, 1)
         check_int("independents", self.independents, 1)
         check_int("calibrators", self.calibrators, 0)
@@ -206,20 +203,14 @@ class Bridges(FingerprintMethod):
         check_real("offset", self.offset, low=0.0, high=1.0, low_open=False)
         check_fraction("held_out", self.held_out, high=0.9)
         check_int("max_rows", self.max_rows, 8)
-        if self.cache is not None and not isinstance(self.cache, str):
-            raise InputError(f"cache must be a folder path, got {self.cache!r}")
+        check_cache(self.cache)
 
     @property
     def needs_labels(self) -> bool:
         return True
 
     def training_recipe(self) -> Recipe:
-        try:
-            return Recipe.from_dict({**DEFAULT_RECIPE, **dict(self.recipe or {})})
-        except InputError as err:
-            raise InputError(f"recipe: {err.message}", err.hint) from err
-        except TypeError as err:
-            raise InputError(f"recipe: {err}", "give keys of ipguard.train.Recipe") from err
+        return merged_recipe(self.recipe, DEFAULT_RECIPE)
 
     def params(self) -> dict[str, Any]:
         """The parameters as given (``recipe`` too: without ``epochs`` they are fitted, and
@@ -259,13 +250,7 @@ class Bridges(FingerprintMethod):
         labels: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Any]]:
         assert data is not None and labels is not None
-        if isinstance(model.module, torch.jit.ScriptModule):
-            raise InputError(
-                "method 'bridges' trains surrogates of the owner's architecture, which a "
-                "TorchScript archive cannot give",
-                "load the owner as package.module:factory or arch:NAME with --weights, or "
-                "use --method ipguard",
-            )
+        require_trainable(model)
         if self.pool < n:
             raise InputError(
                 f"pool ({self.pool}) must be at least n ({n})", "raise pool or lower n"
@@ -325,7 +310,7 @@ class Bridges(FingerprintMethod):
         trials = []
         while True:
             module = make(probe, f"1/{len(plans)} {probe.name} (fit check)", recipe)
-            probe_fit = self._accuracy(module, x01[pool_rows], y[pool_rows])
+            probe_fit = float(self._agreement(module, x01[pool_rows], y[pool_rows]).mean())
             trials.append({"epochs": recipe.epochs, "fit": round(probe_fit, 4)})
             longer = [e for e in EPOCH_STEPS if e > recipe.epochs]
             if self.fixed_epochs or owner_fit - probe_fit <= FIT_GAP or not longer:
@@ -337,7 +322,7 @@ class Bridges(FingerprintMethod):
             modules[plan.name] = make(plan, f"{i + 2}/{len(plans)} {plan.name}", recipe)
         t_surrogates = time.perf_counter() - clock
         report("choosing bridges")
-        fits = [self._accuracy(modules[p.name], x01[pool_rows], y[pool_rows])
+        fits = [float(self._agreement(modules[p.name], x01[pool_rows], y[pool_rows]).mean())
                 for p in plans if not p.student]  # fmt: skip
         fit = {"owner": round(owner_fit, 4), "independents": round(sum(fits) / len(fits), 4)}
 
@@ -386,14 +371,10 @@ class Bridges(FingerprintMethod):
         return self.recipe is not None and "epochs" in self.recipe
 
     @staticmethod
-    def _accuracy(module: nn.Module, x01: Tensor, y: Tensor) -> float:
+    def _agreement(module: nn.Module, x01: Tensor, labels: Tensor) -> Tensor:
+        """Per input, 1.0 where ``module`` gives the label in ``labels``, else 0.0."""
         with torch.no_grad():
-            return float((predict_logits(module, x01).argmax(1).cpu() == y).float().mean())
-
-    @staticmethod
-    def _agreement(module: nn.Module, x01: Tensor, owner_labels: Tensor) -> Tensor:
-        with torch.no_grad():
-            return (predict_logits(module, x01).argmax(1).cpu() == owner_labels).float()
+            return (predict_logits(module, x01).argmax(1).cpu() == labels).float()
 
     def _surrogate(
         self, owner: OwnerModel, plan: _Plan, base: InputMap, x01: Tensor, y: Tensor,

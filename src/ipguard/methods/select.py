@@ -43,7 +43,7 @@ from ipguard.attacks import ATTACKS
 from ipguard.attacks._student import SAME_ARCH
 from ipguard.attacks.base import check_real
 from ipguard.errors import GenerationError, InputError
-from ipguard.methods._common import check_int, random_targets
+from ipguard.methods._common import check_cache, check_int, merged_recipe, random_targets
 from ipguard.methods.base import FingerprintMethod, GenerationProgress, ProgressFn
 from ipguard.methods.ipguard import DEFAULT_LR, IPGuard, ipguard_loss
 from ipguard.models import OwnerModel
@@ -241,25 +241,16 @@ class IPGuardSelect(FingerprintMethod):
             isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**31 for s in self.seeds
         ) or len(set(self.seeds)) != len(self.seeds):  # fmt: skip
             raise InputError(f"seeds must be distinct integers >= 0, got {self.seeds!r}")
-        if self.recipe is not None:
-            if not isinstance(self.recipe, Mapping):
-                raise InputError(f"recipe must be a table of training keys, got {self.recipe!r}")
-            self.training_recipe()  # validates the keys
+        self.training_recipe()  # validates the keys
         check_real("budget", self.budget, low=0.0, high=100.0, high_open=False)
-        if self.cache is not None and not isinstance(self.cache, str):
-            raise InputError(f"cache must be a folder path, got {self.cache!r}")
+        check_cache(self.cache)
 
     @property
     def needs_labels(self) -> bool:
         return True
 
     def training_recipe(self) -> Recipe:
-        if self.recipe is None:
-            return Recipe()
-        try:
-            return Recipe.from_dict({**Recipe().to_dict(), **dict(self.recipe)})
-        except (InputError, TypeError) as err:
-            raise InputError(f"recipe: {err}") from err
+        return merged_recipe(self.recipe, Recipe().to_dict())
 
     def params(self) -> dict[str, Any]:
         out = super().params()
