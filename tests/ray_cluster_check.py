@@ -1,65 +1,59 @@
 """Run by tests/test_ray.py inside a network namespace of its own (only loopback up): starts
-a real Ray cluster (a head and one more node), runs a tiny suite with ``--ray`` while a
-worker is killed mid-task, the same suite locally, and a scan with and without Ray; prints
-one JSON object with what the test checks. Stops the cluster it started."""
+a real Ray cluster (a head and one more node), runs a tiny suite with ``--ray`` while one
+task's worker process is killed (SIGKILL) mid-task, the same suite locally, and a scan with
+and without Ray; prints one JSON object with what the test checks. Stops the cluster it
+started."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import ray
 from ray.cluster_utils import Cluster
 
+import ipguard.distributed
 import ipguard.workers
 from ipguard.operations import evaluate_suite
 from ipguard.scan import scan
 
 
-def _ours(pid: str) -> bool:
-    """Whether process ``pid`` lives in this network namespace (this cluster's, not the one
-    of another run on the same machine: PIDs are not isolated, the network is)."""
-    try:
-        return os.readlink(f"/proc/{pid}/ns/net") == os.readlink("/proc/self/ns/net")
-    except OSError:
-        return False
+def _dying_build(
+    marker: Path,
+) -> Callable[[Callable[[], Any], int, Any, str], tuple[bytes, float]]:
+    """The cluster's build task, except that the first task to claim ``marker`` has its own
+    worker process killed (SIGKILL) mid-task: once the progress actor has heard it start
+    (so its restart counts as a retry), and before it can return a model. Deterministic
+    where a killer watching from outside raced the tasks (they can take under a second)."""
+    real = ipguard.distributed._build
 
+    def build(job_fn: Callable[[], Any], threads: int, tracker: Any, key: str) -> Any:
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return real(job_fn, threads, tracker, key)
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
 
-def _builders() -> list[int]:
-    """This cluster's worker processes building a model (their title is ray::_build)."""
-    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [
-        int(pid)
-        for pid, _, args in (line.strip().partition(" ") for line in ps.splitlines()[1:])
-        if args.startswith("ray::_build") and _ours(pid)
-    ]
+        def kill_once_heard() -> None:
+            while ray.get(tracker.count.remote([key])) < 1:  # the actor heard the start
+                time.sleep(0.01)
+            time.sleep(0.1)  # let the training run
+            os.kill(os.getpid(), signal.SIGKILL)
 
+        threading.Thread(target=kill_once_heard, daemon=True).start()
+        real(job_fn, threads, tracker, key)
+        threading.Event().wait()  # finished first: the kill still comes before the result
+        raise AssertionError("unreachable")
 
-def _kill_first_builder(
-    found: list[int], stop: threading.Event, events: list[tuple[int, int, int, int]]
-) -> None:
-    """Kill -9 a worker process while it builds a model, and only one whose start the
-    driver's progress has counted, so that its restart counts as a retry: the last progress
-    event counts at least as many tasks running as there are builders, and by the next
-    event no model has finished and the builders are the same processes."""
-    while not stop.is_set() and not found:
-        before, seen = _builders(), len(events)
-        if not before or not events or events[-1][1] < len(before):
-            time.sleep(0.05)
-            continue
-        done = events[-1][2]
-        while not stop.is_set() and len(events) < seen + 1:  # the next event (about 1 s)
-            time.sleep(0.02)
-        if events and events[-1][2] == done and _builders() == before:
-            os.kill(before[0], signal.SIGKILL)  # mid-training: tasks take seconds
-            found.append(before[0])
-            return
+    return build
 
 
 def _shas(zoo: Path) -> dict[str, str]:
@@ -67,9 +61,6 @@ def _shas(zoo: Path) -> dict[str, str]:
 
 
 def main(work: Path, config: Path) -> None:
-    # the first wave's models train for a few seconds each, so the kill lands mid-task
-    text = config.read_text().replace("epochs = 15", "epochs = 150")
-    config.write_text(text)
     # every data tensor of a job goes through the object store, once: count the puts
     ipguard.workers.SHARE_BYTES = 0
     puts: list[tuple[int, ...]] = []
@@ -81,17 +72,14 @@ def main(work: Path, config: Path) -> None:
         return real_put(value, **kw)
 
     ray.put = counting_put  # type: ignore[assignment]
+    real_build = ipguard.distributed._build
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
     try:
         ray.init(address=cluster.address, log_to_driver=False)
-        killed: list[int] = []
-        stop = threading.Event()
         events: list[tuple[int, int, int, int]] = []
-        killer = threading.Thread(
-            target=_kill_first_builder, args=(killed, stop, events), daemon=True
-        )
-        killer.start()
+        marker = work / "killed.pid"
+        ipguard.distributed._build = _dying_build(marker)  # type: ignore[assignment]
         remote = evaluate_suite(
             config,
             zoo=work / "zoo-ray",
@@ -100,7 +88,7 @@ def main(work: Path, config: Path) -> None:
             ray=cluster.address,
             task_progress=lambda *a: events.append(a),
         )
-        stop.set()
+        ipguard.distributed._build = real_build  # type: ignore[assignment]
         local = evaluate_suite(config, zoo=work / "zoo-local", out=None, threads=1)
         fps = work / "fps"
         fps.mkdir()
@@ -114,7 +102,7 @@ def main(work: Path, config: Path) -> None:
         scanned = scan(fps, work / "suspects.txt", work / "scan-local")
         report = {
             "ray": remote.ray.to_dict() if remote.ray else None,
-            "killed": killed,
+            "killed": [int(marker.read_text())] if marker.exists() else [],
             "max_running": max((e[1] for e in events), default=0),
             "last_event": events[-1] if events else None,
             "zoo_ray": _shas(work / "zoo-ray"),
