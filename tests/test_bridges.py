@@ -8,6 +8,7 @@ epochs): the surrogates here are told that recipe, as an owner would tell them i
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,8 @@ def test_bridges_lie_just_past_the_owner_boundary(
         ({"recipe": {"nope": 1}}, "recipe"),
         ({"recipe": 5}, "recipe must be a table"),
         ({"cache": 3}, "cache must be a folder path"),
+        ({"student_archs": ["nope"]}, "student_archs must list distinct registered"),
+        ({"student_archs": ["mlp", "mlp"]}, "student_archs must list distinct registered"),
     ],
 )
 def test_bad_parameters_are_refused(params: dict[str, object], message: str) -> None:
@@ -238,6 +241,28 @@ def test_more_calibrators_change_no_point(
     assert len(torch.unique(three.points.flatten(1), dim=0)) == 20
 
 
+def test_students_of_other_architectures_are_contrasted_with_their_own_independent(
+    owner: OwnerModel, owner_rows: tuple[torch.Tensor, torch.Tensor], tmp_path: Path
+) -> None:
+    """``student_archs`` adds an extracted and a distilled student and an independent of
+    each architecture, whose contrast joins the choice; every other surrogate is the same
+    (loaded from the cache)."""
+    x, y = owner_rows
+    fast = {"recipe": {"epochs": 2}, "pool": 300, "calibrators": 0, "cache": str(tmp_path)}
+    plain = Bridges(**fast).generate(owner, 20, data=x, labels=y, seed=2)
+    more = Bridges(student_archs=["digits_mlp"], **fast)
+    assert more.params()["student_archs"] == ("digits_mlp",)
+    fp = more.generate(owner, 20, data=x, labels=y, seed=2)
+    assert fp.stats["surrogates_built"] == 3 and fp.stats["surrogates"][-3:] == [
+        "extract-digits_mlp", "distill-digits_mlp", "independent-digits_mlp"
+    ]  # fmt: skip
+    specs = [json.loads(f.read_text())["spec"] for f in tmp_path.glob("*.json")]
+    assert sorted(s["role"] for s in specs if s.get("arch") == "digits_mlp") == [
+        "bridges-distill", "bridges-extract", "bridges-independent"
+    ]  # fmt: skip
+    assert not torch.equal(fp.points, plain.points)  # they take part in the choice
+
+
 def test_default_method_and_its_fallback(owner_module: nn.Module) -> None:
     from ipguard.data import load_data
 
@@ -310,3 +335,30 @@ def test_the_default_command_and_its_fallback(owner_module: nn.Module, tmp_path:
     assert bare.exit_code == 0, bare.output
     assert "note: no --data, so the method is 'ipguard'" in bare.stderr
     assert load_fingerprint(tmp_path / "bare.fp").method == "ipguard"
+
+
+def test_verify_says_why_it_stated_a_larger_rate_only_when_it_chose_it(
+    made: tuple, owner_module: nn.Module, tmp_path: Path
+) -> None:
+    """Without --fpr, a calibration that cannot state 1% gets the smallest rate it can, and
+    the note says why; asked for that rate, there is nothing to explain."""
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+
+    from ipguard.cli import app
+
+    _, fp, _, _ = made
+    zoo = {**fp.calibration, "negative_matches": [51, 38, 40],  # the external zoo's
+           "independents": ["a", "b", "c"]}  # fmt: skip
+    path = dataclasses.replace(fp, calibration=zoo).save(tmp_path / "fp.safetensors")
+    weights = tmp_path / "owner.safetensors"
+    save_file(owner_module.state_dict(), str(weights))
+    owner = ["ipguard.nets:digits_cnn", "--weights", str(weights)]
+    runner = CliRunner()
+    chosen = runner.invoke(app, ["verify", str(path), *owner])
+    asked = runner.invoke(app, ["verify", str(path), *owner, "--fpr", "0.05"])
+    assert chosen.exit_code == 0 and asked.exit_code == 0, chosen.output + asked.output
+    for result in (chosen, asked):
+        assert "false-positive rate <= 0.05" in " ".join(result.stderr.split())
+    assert "3 models cannot state 0.01" in " ".join(chosen.stderr.split())
+    assert "cannot state" not in asked.stderr

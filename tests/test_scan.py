@@ -199,6 +199,34 @@ def test_calibrated_fingerprints_are_judged_at_the_fpr_and_rejudged_without_aski
         scan(fps, listing, tmp_path / "out", threads=0)
 
 
+def test_without_fpr_each_fingerprint_gets_the_rate_verify_would_state(
+    fleet: dict[str, Any], tmp_path: Path
+) -> None:
+    """No --fpr: as verify without it, the smallest of FPR_LADDER each calibration can
+    state, or just above every calibration model when it can state none."""
+    from ipguard.operations import _rule
+
+    fps = tmp_path / "fps"
+    fps.mkdir()
+    fp = load_fingerprint(fleet["fps"] / "owner-s0.safetensors")
+    made = {}
+    for name, counts in (("tight", [9, 12, 11, 10, 13]), ("scattered", [6, 14, 11, 10]),
+                         ("hopeless", [0, 27, 0, 27])):  # fmt: skip
+        record = calibration_record(counts, N, source="trusted-independents", independents=[],
+                                    created="2026-12-02T00:00:00Z")  # fmt: skip
+        made[name] = dataclasses.replace(fp, calibration=record)
+        made[name].save(fps / f"{name}.safetensors")
+    result = scan(fps, fleet["dir"] / "suspects.txt", tmp_path / "out")
+    assert result.fpr is None and result.to_dict()["fpr"] is None
+    copy_ = str(fleet["dir"] / "copy.pt")
+    for name, fpr, basis in (("tight", 0.01, "calibrated-in-fingerprint"),
+                             ("scattered", 0.05, "calibrated-in-fingerprint"),
+                             ("hopeless", 0.2, "above-every-calibrator")):  # fmt: skip
+        pair, rule = result.pair(copy_, f"{name}.safetensors"), _rule(made[name], None, None, None)
+        assert (pair.target_fpr, pair.threshold_basis) == (fpr, basis) and pair.error is None
+        assert (rule.target_fpr, rule.basis, rule.threshold) == (fpr, basis, pair.threshold)
+
+
 def test_a_hash_inside_a_field_is_not_a_comment(tmp_path: Path) -> None:
     listing = tmp_path / "s.txt"
     listing.write_text("http://127.0.0.1:9/predict#v2 # the v2 endpoint\n#all of this\n")

@@ -45,18 +45,24 @@ from numpy.typing import ArrayLike, NDArray
 from ipguard.errors import InputError
 
 __all__ = [
+    "FPR_LADDER",
     "MIN_NEGATIVES",
     "NullModel",
+    "StatedRule",
     "betabinomial_sf",
     "binomial_threshold",
     "calibration_record",
     "fit_null",
     "moments",
     "null_from_record",
+    "stated_rule",
 ]
 
 MIN_NEGATIVES = 3
 DEFAULT_TARGET_FPR = 0.01
+#: The false-positive rates tried in turn, smallest first, when none is asked for and the
+#: fingerprint carries its calibration: the first it can state is used, and stated.
+FPR_LADDER = (DEFAULT_TARGET_FPR, 0.02, 0.05, 0.1)
 DEFAULT_CONFIDENCE = 0.95
 MAX_RHO = 0.99
 
@@ -269,3 +275,38 @@ def null_from_record(record: Any, n: int, target_fpr: float) -> NullModel:
     if isinstance(conf, bool) or not isinstance(conf, int | float):
         raise InputError("calibration confidence must be a number")
     return fit_null(counts, n, target_fpr=target_fpr, confidence=float(conf))
+
+
+@dataclass(frozen=True)
+class StatedRule:
+    """A threshold from a fingerprint's own calibration, and the rate it states.
+
+    Attributes:
+        threshold: the matching rate at or above which a suspect is judged pirated.
+        basis: ``calibrated-in-fingerprint`` (the beta-binomial null, for ``target_fpr``)
+            or ``above-every-calibrator`` (just above every calibration model: an
+            independent model exchangeable with the K of them beats all with probability at
+            most ``target_fpr = 1 / (K + 1)``).
+        target_fpr: the false-positive rate the threshold is for.
+        null: the null model (``calibrated-in-fingerprint``), or None.
+    """
+
+    threshold: float
+    basis: str
+    target_fpr: float
+    null: NullModel | None = None
+
+
+def stated_rule(record: Any, n: int, fpr: float | None) -> StatedRule | None:
+    """The rule of a calibration record for ``n`` points: for ``fpr`` when it is given;
+    else the smallest of :data:`FPR_LADDER` the record can state, and where it can state none
+    (few or scattered calibration models) the rank rule above every calibration model.
+    None where no matching rate can reach the asked rate (or be above every model)."""
+    for target in FPR_LADDER if fpr is None else (fpr,):
+        null = null_from_record(record, n, target)
+        if null.reachable:
+            return StatedRule(null.threshold, "calibrated-in-fingerprint", target, null)
+    counts = [int(c) for c in record["negative_matches"]]
+    if fpr is None and counts and max(counts) < n:
+        return StatedRule((max(counts) + 1) / n, "above-every-calibrator", 1 / (len(counts) + 1))
+    return None

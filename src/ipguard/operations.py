@@ -39,7 +39,15 @@ from ipguard.io import check_output
 from ipguard.methods import METHODS, make_method
 from ipguard.methods.base import ProgressFn
 from ipguard.models import LabelOracle, OwnerModel, is_factory_spec, load_module
-from ipguard.null import MIN_NEGATIVES, NullModel, calibration_record, fit_null, null_from_record
+from ipguard.null import (
+    DEFAULT_TARGET_FPR,
+    FPR_LADDER,
+    MIN_NEGATIVES,
+    NullModel,
+    calibration_record,
+    fit_null,
+    stated_rule,
+)
 from ipguard.sequential import (
     DEFAULT_BATCH,
     DEFAULT_FNR,
@@ -91,11 +99,7 @@ Shape = tuple[int, int, int]
 StageProgress = Callable[[str, int, int], None]
 """``progress(what, done, total)``: the stage being worked on, and models done of total."""
 
-DEFAULT_FPR = 0.01
-#: The false-positive rates ``verify`` tries in turn, smallest first, when none is asked
-#: for and the fingerprint carries its calibration: the first it can state. The verdict
-#: states the one used.
-FPR_LADDER = (DEFAULT_FPR, 0.02, 0.05, 0.1)
+DEFAULT_FPR = DEFAULT_TARGET_FPR
 #: The method ``ipguard fingerprint`` uses with the owner's training data and labels
 #: (docs/methods.md, "Catching students"), and the one it falls back to without them.
 DEFAULT_METHOD = "bridges"
@@ -495,16 +499,14 @@ def _rule(
     if fp.calibration is not None:
         # asked: that rate or an error. Not asked: the smallest of FPR_LADDER that this
         # calibration can state (few or scattered calibration models cannot state 1%)
-        for target in FPR_LADDER if fpr is None else (fpr,):
-            null = null_from_record(fp.calibration, fp.n, target)
-            if null.reachable:
-                return _Rule(null.threshold, "calibrated-in-fingerprint", target, null=null)
-        counts = [int(c) for c in fp.calibration.get("negative_matches", [])]
-        models = len(counts)
-        if fpr is None and counts and max(counts) < fp.n:
-            # distribution-free: an independent model exchangeable with the K calibration
-            # models matches more than all of them with probability at most 1 / (K + 1)
-            return _Rule((max(counts) + 1) / fp.n, "above-every-calibrator", 1 / (models + 1))
+        stated = stated_rule(fp.calibration, fp.n, fpr)
+        if stated is not None:
+            basis: ThresholdBasis = (
+                "calibrated-in-fingerprint" if stated.null is not None else "above-every-calibrator"
+            )  # fmt: skip
+            return _Rule(stated.threshold, basis, stated.target_fpr, null=stated.null)
+        models = len(fp.calibration["negative_matches"])
+        target = FPR_LADDER[-1] if fpr is None else fpr
         raise InputError(
             f"no matching rate reaches a false-positive rate of {target:g} with {fp.n} "
             f"points under the fingerprint's calibration ({models} independent models)",

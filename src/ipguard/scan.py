@@ -5,7 +5,8 @@ fingerprint. :func:`scan` loads each suspect once per input convention and answe
 points of every fingerprint that shares it (input shape, bounds, normalisation and number
 of classes; usually one group) in one batched pass over the union of their points, then
 judges each pair as ``ipguard verify`` would: at the fingerprint's calibrated threshold for
-``fpr``, or the uncalibrated default, and says which (``threshold_basis``).
+``fpr`` (without one, the smallest rate its calibration can state), or the uncalibrated
+default, and says which (``threshold_basis``, ``target_fpr``).
 
 Results go to ``OUT``:
 
@@ -38,7 +39,7 @@ from ipguard.adapters import needs_weights, open_suspect, suspect_kind
 from ipguard.errors import InputError, IPGuardError, first_line
 from ipguard.fingerprint import Fingerprint, load_fingerprint
 from ipguard.io import atomic_write_bytes
-from ipguard.null import null_from_record
+from ipguard.null import FPR_LADDER, null_from_record, stated_rule
 from ipguard.verify import DEFAULT_THRESHOLD, query_labels
 
 __all__ = ["ScanPair", "ScanResult", "SuspectEntry", "read_suspect_list", "scan"]
@@ -139,17 +140,22 @@ class _Rule:
     error: str | None = None
 
 
-def _rule(name: str, fp: Fingerprint, fpr: float) -> _Rule:
-    """The fixed-n threshold ``verify`` would use for ``fp``: its calibration's for ``fpr``,
-    or the uncalibrated default. Where no matching rate reaches ``fpr`` with the
-    fingerprint's points, ``verify`` refuses; here the pair gets no verdict and says why."""
+def _rule(name: str, fp: Fingerprint, fpr: float | None) -> _Rule:
+    """The fixed-n threshold ``verify`` would use for ``fp``: its calibration's for ``fpr``
+    (None: the smallest of FPR_LADDER it can state, else just above every calibration
+    model), or the uncalibrated default. Where no matching rate reaches an asked ``fpr``
+    with the fingerprint's points, ``verify`` refuses; here the pair gets no verdict and
+    says why."""
     if fp.calibration is not None:
-        null = null_from_record(fp.calibration, fp.n, fpr)
-        if null.reachable:
-            return _Rule(null.threshold, "calibrated-in-fingerprint", fpr)
-        return _Rule(null.threshold, "unreachable-fpr", fpr,
-                     f"no matching rate reaches a false-positive rate of {fpr:g} with the "
-                     f"{fp.n} points of {name} (give a larger --fpr)")  # fmt: skip
+        stated = stated_rule(fp.calibration, fp.n, fpr)
+        if stated is not None:
+            return _Rule(stated.threshold, stated.basis, stated.target_fpr)
+        target = FPR_LADDER[-1] if fpr is None else fpr
+        hint = "give a larger --fpr" if fpr is not None else "calibrate it with more models"
+        return _Rule(null_from_record(fp.calibration, fp.n, target).threshold,
+                     "unreachable-fpr", target,
+                     f"no matching rate reaches a false-positive rate of {target:g} with the "
+                     f"{fp.n} points of {name} ({hint})")  # fmt: skip
     return _Rule(DEFAULT_THRESHOLD, "uncalibrated-default", None)
 
 
@@ -234,7 +240,8 @@ class ScanResult:
         resumed: pairs taken from the journal of an earlier run (not queried again).
         out: the results folder.
         seconds: wall time of this run.
-        fpr: the target false-positive rate the verdicts are drawn at.
+        fpr: the target false-positive rate the verdicts are drawn at; None: each
+            fingerprint's smallest stated rate (each pair's ``target_fpr``).
     """
 
     suspects: tuple[str, ...]
@@ -243,7 +250,7 @@ class ScanResult:
     resumed: int
     out: Path
     seconds: float
-    fpr: float = 0.01
+    fpr: float | None = None
     _index: dict[tuple[str, str], ScanPair] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -303,7 +310,7 @@ def scan(
     suspects: str | Path | Sequence[SuspectEntry],
     out: str | Path,
     *,
-    fpr: float = 0.01,
+    fpr: float | None = None,
     ray: str | None = None,
     threads: int = 1,
     device: str = "cpu",
@@ -317,15 +324,16 @@ def scan(
         fingerprints: a folder of fingerprint files (``*.safetensors``).
         suspects: a suspects list file (:func:`read_suspect_list`) or its entries.
         out: the results folder (created; its journal resumes an earlier scan).
-        fpr: the target false-positive rate of calibrated fingerprints. The journal keeps
-            only the evidence (matches), so a rerun at another ``fpr`` judges again without
-            asking anything.
+        fpr: the target false-positive rate of calibrated fingerprints; None (default):
+            for each, the smallest of 1/2/5/10% its calibration can state, as ``verify``
+            without ``--fpr``. The journal keeps only the evidence (matches), so a rerun at
+            another ``fpr`` judges again without asking anything.
         ray: a Ray cluster's address: one task per suspect, with ``threads`` CPUs.
         threads: torch threads per suspect (and CPUs per Ray task).
         device, batch_size, trust_pickle: as for ``ipguard verify``.
         progress: called after each suspect.
     """
-    if not (isinstance(fpr, int | float) and 0 < fpr < 1):
+    if fpr is not None and not (isinstance(fpr, int | float) and 0 < fpr < 1):
         raise InputError(f"--fpr must be in (0, 1), got {fpr!r}")
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise InputError(f"--threads must be an integer >= 1, got {threads!r}")
@@ -368,7 +376,8 @@ def scan(
     rules = {n: _rule(n, fp, fpr) for n, fp in fps}  # once per fingerprint, not per pair
     pairs = tuple(judge(done[(e.name, n)], by_name[n], rules[n]) for e in entries for n in by_name)
     result = ScanResult(tuple(e.name for e in entries), tuple(by_name), pairs, resumed, out_dir,
-                        time.perf_counter() - started, float(fpr))  # fmt: skip
+                        time.perf_counter() - started,
+                        None if fpr is None else float(fpr))  # fmt: skip
     _write_tables(result)
     return result
 

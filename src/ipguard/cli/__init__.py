@@ -440,7 +440,7 @@ def verify(
         trust_pickle=trust_pickle, sequential=sequential, fnr=fnr, copy_rate=copy_rate,
         seed=seed,
     )  # fmt: skip
-    print_verification(report, fingerprint_file, as_json)
+    print_verification(report, fingerprint_file, as_json, fpr_asked=fpr is not None)
 
 
 @app.command()
@@ -693,9 +693,14 @@ def scan(
         ),
     ],
     fpr: Annotated[
-        float,
-        typer.Option("--fpr", help="Target false-positive rate of calibrated fingerprints."),
-    ] = 0.01,
+        float | None,
+        typer.Option(
+            "--fpr",
+            help="Target false-positive rate of calibrated fingerprints [default: for each, "
+            "the smallest of 1/2/5/10% its calibration can state, as verify].",
+            show_default=False,
+        ),
+    ] = None,
     ray: RayOpt = None,
     threads: Annotated[
         int, typer.Option("--threads", help="Torch threads per suspect (CPUs per Ray task).")

@@ -203,7 +203,9 @@ def _evidence_caption(evidence: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def print_verification(report: VerificationReport, path: Path, as_json: bool) -> None:
+def print_verification(
+    report: VerificationReport, path: Path, as_json: bool, *, fpr_asked: bool = False
+) -> None:
     rows = report.to_dicts()
     if as_json:
         for row in rows:
@@ -235,7 +237,10 @@ def print_verification(report: VerificationReport, path: Path, as_json: bool) ->
             cells += [f"{row['queries']}/{row['points']}", _stopped(row)]
         table.add_row(*cells, f"[{style}]{row['verdict']}[/]")
     out.print(table)
-    note = threshold_note(report) if report.plan is None else sequential_note(report)
+    if report.plan is None:
+        note = threshold_note(report, fpr_asked=fpr_asked)
+    else:
+        note = sequential_note(report)
     err.print(note, soft_wrap=True)
 
 
@@ -263,8 +268,9 @@ def sequential_note(report: VerificationReport) -> str:
     )
 
 
-def threshold_note(report: VerificationReport) -> str:
-    """One line on what the threshold rests on (stderr, beside the table)."""
+def threshold_note(report: VerificationReport, *, fpr_asked: bool = False) -> str:
+    """One line on what the threshold rests on (stderr, beside the table); where the rate
+    was not asked for (``fpr_asked``) and is above the default, why."""
     cal, null, t = report.calibration, report.null, report.threshold
     if cal is not None:
         basis = "binomial null model" if cal.assumption_ok else "empirical quantile"
@@ -283,7 +289,8 @@ def threshold_note(report: VerificationReport) -> str:
             f"threshold {t:.3f} for a false-positive rate <= {null.target_fpr:g} with "
             f"{null.confidence:.0%} confidence (calibrated in the fingerprint: beta-binomial "
             f"null from {models} {source})"
-            + ("" if null.target_fpr <= DEFAULT_FPR else f"; {models} models cannot state "
+            + ("" if fpr_asked or null.target_fpr <= DEFAULT_FPR
+               else f"; {models} models cannot state "
                f"{DEFAULT_FPR:g}: more lower it (ipguard calibrate FP --independents ...)")
         )  # fmt: skip
     if report.threshold_basis == "above-every-calibrator":

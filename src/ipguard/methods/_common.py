@@ -34,6 +34,13 @@ def _is_real(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
 
 
+def as_tuple(value: Any) -> Any:
+    """Lists (from JSON or TOML) become tuples; one bare value a one-element tuple."""
+    if isinstance(value, list):
+        return tuple(value)
+    return (value,) if isinstance(value, (str, int, float)) else value
+
+
 def check_fraction(name: str, value: object, *, low: float = 0.0, high: float = 1.0) -> None:
     """``value`` is a real number with ``low < value <= high``."""
     if not (_is_real(value) and low < float(value) <= high):  # type: ignore[arg-type]

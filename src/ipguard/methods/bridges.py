@@ -18,7 +18,9 @@ where students learn the owner: on the segments between two of the owner's own i
 
    - ``students``: fresh networks of the owner's architecture on the rows outside the
      pool, alternately extracted (the recipe on the owner's top-1 labels) and distilled
-     (at ``temperature``, as long as the recipe);
+     (at ``temperature``, as long as the recipe); and, for each architecture named in
+     ``student_archs``, one extracted and one distilled student of it (a thief need not
+     keep the owner's architecture);
    - ``independents``: the owner's architecture, re-initialised, with the recipe on all
      the rows and their true labels;
    - ``calibrators``: more independents like these, which never choose a point: their
@@ -53,12 +55,19 @@ from ipguard.attacks._student import SAME_ARCH, reinitialised
 from ipguard.attacks.base import check_real, derive_seeds, model_device, predict_logits
 from ipguard.errors import InputError
 from ipguard.fingerprint import utc_now
-from ipguard.methods._common import check_cache, check_fraction, check_int, merged_recipe
+from ipguard.methods._common import (
+    as_tuple,
+    check_cache,
+    check_fraction,
+    check_int,
+    merged_recipe,
+)
 from ipguard.methods.base import FingerprintMethod, GenerationProgress, ProgressFn
 from ipguard.models import OwnerModel
+from ipguard.nets import ARCHITECTURES, build_arch
 from ipguard.null import MIN_NEGATIVES, calibration_record
 from ipguard.surrogates import InputMap, default_cache, require_trainable, surrogate_spec
-from ipguard.train import Recipe, train
+from ipguard.train import Recipe, seeded, train
 from ipguard.zoo import ModelZoo, zoo_key
 
 __all__ = ["Bridges", "DEFAULT_RECIPE", "bridge_points", "bridge_segments", "on_segments"]
@@ -132,12 +141,14 @@ _ROLES = ("extract", "distill", "independent", "calibrator")
 
 @dataclass(frozen=True)
 class _Plan:
-    """One surrogate to train: its role, name, seed and rows (indices into the data)."""
+    """One surrogate to train: its role, name, seed, rows (indices into the data) and
+    architecture (``"same"``: the owner's, re-initialised)."""
 
     role: str  # "extract", "distill", "independent" or "calibrator"
     name: str
     seed: int
     rows: Tensor
+    arch: str = SAME_ARCH
 
     @property
     def student(self) -> bool:
@@ -157,7 +168,10 @@ class Bridges(FingerprintMethod):
             The owner's own recipe is the right choice. Without ``epochs`` they are
             fitted: the first independent trains for each of :data:`EPOCH_STEPS` in turn
             until it fits the pool's rows within :data:`FIT_GAP` of the owner.
-        students: surrogate students, alternately extracted and distilled.
+        students: surrogate students of the owner's architecture, alternately extracted
+            and distilled.
+        student_archs: registered architectures (``ipguard archs``) of more surrogate
+            students: one extracted and one distilled of each.
         independents: surrogate independents that choose the points.
         calibrators: held-out surrogate independents that calibrate the verdict
             (at least 3; 0 for none).
@@ -179,6 +193,7 @@ class Bridges(FingerprintMethod):
 
     recipe: Mapping[str, Any] | None = None
     students: int = 2
+    student_archs: tuple[str, ...] = ()
     independents: int = 2
     calibrators: int = 3
     temperature: float = 4.0
@@ -191,6 +206,15 @@ class Bridges(FingerprintMethod):
     def __post_init__(self) -> None:
         self.training_recipe()  # validates the keys
         check_int("students", self.students, 1)
+        object.__setattr__(self, "student_archs", as_tuple(self.student_archs))
+        archs = self.student_archs
+        if not isinstance(archs, tuple) or any(a not in ARCHITECTURES for a in archs) or len(
+            set(archs)
+        ) != len(archs):  # fmt: skip
+            raise InputError(
+                f"student_archs must list distinct registered architectures, got {archs!r}",
+                "see ipguard archs (the owner's own architecture is always used)",
+            )
         check_int("independents", self.independents, 1)
         check_int("calibrators", self.calibrators, 0)
         if 0 < self.calibrators < MIN_NEGATIVES:
@@ -237,6 +261,11 @@ class Bridges(FingerprintMethod):
             seed = derive_seeds(base + 7919 * _ROLES.index(role), numbers[role])[-1]
             rows_of = outside if role in ("extract", "distill") else every
             plans.append(_Plan(role, f"{role}-{numbers[role]}", seed % 2**31, rows_of))
+        for i, arch in enumerate(self.student_archs):  # after the others: no seed changes
+            seeds = derive_seeds(base + 7919 * (len(_ROLES) + i), 3)
+            for role, seed in zip(("extract", "distill", "independent"), seeds, strict=True):
+                rows_of = every if role == "independent" else outside
+                plans.append(_Plan(role, f"{role}-{arch}", seed % 2**31, rows_of, arch))
         return pool_rows, plans
 
     def run(
@@ -323,14 +352,21 @@ class Bridges(FingerprintMethod):
         t_surrogates = time.perf_counter() - clock
         report("choosing bridges")
         fits = [float(self._agreement(modules[p.name], x01[pool_rows], y[pool_rows]).mean())
-                for p in plans if not p.student]  # fmt: skip
+                for p in plans if not p.student and p.arch == SAME_ARCH]  # fmt: skip
         fit = {"owner": round(owner_fit, 4), "independents": round(sum(fits) / len(fits), 4)}
 
         clock = time.perf_counter()
         agree = {name: self._agreement(m, c01, owner_labels) for name, m in modules.items()}
+        # per architecture, students' agreement minus independents'; averaged over them
+        scores = []
+        for arch in (SAME_ARCH, *self.student_archs):
+            group = [p for p in plans if p.arch == arch]
+            s_arch = torch.stack([agree[p.name] for p in group if p.student]).mean(0)
+            i_arch = torch.stack([agree[p.name] for p in group if p.role == "independent"])
+            scores.append(s_arch - i_arch.mean(0))
+        score = torch.stack(scores).mean(0)
         students = torch.stack([agree[p.name] for p in plans if p.student]).mean(0)
         independents = torch.stack([agree[p.name] for p in plans if p.role == "independent"])
-        score = students - independents.mean(0)
         chosen = torch.argsort(score, descending=True, stable=True)[:n]
         points = candidates[chosen]
         stats: dict[str, Any] = {
@@ -387,11 +423,17 @@ class Bridges(FingerprintMethod):
                 "recipe": recipe.to_dict(), "seed": plan.seed}  # fmt: skip
         if plan.role == "distill":
             spec["temperature"] = self.temperature
-        template = partial(reinitialised, base, 0)
+        template: Callable[[], nn.Module] = partial(reinitialised, base, 0)
+        if plan.arch != SAME_ARCH:
+            spec["arch"] = plan.arch
+            c, h, w = owner.input_shape
+            template = partial(
+                build_arch, plan.arch, num_classes=owner.num_classes, input_shape=(c, h, w)
+            )  # fmt: skip
         build: Callable[[], nn.Module]
         if plan.role == "distill":
             attack = make_attack(
-                "distill", student=SAME_ARCH, temperature=self.temperature,
+                "distill", student=plan.arch, temperature=self.temperature,
                 epochs=recipe.epochs, batch_size=recipe.batch_size,
             )  # fmt: skip
             build = partial(attack.apply, base, PirateData(xs, ys), seed=plan.seed)
@@ -399,18 +441,24 @@ class Bridges(FingerprintMethod):
             if plan.role == "extract":  # the owner's top-1 labels, in eval mode
                 with torch.no_grad():
                     ys = predict_logits(base, xs).argmax(1).cpu()
+            fresh = partial(reinitialised, base) if plan.arch == SAME_ARCH else partial(
+                _seeded, template)  # fmt: skip
             build = partial(
-                _fresh_trained, base, xs, ys, recipe, plan.seed,
+                _fresh_trained, fresh, base, xs, ys, recipe, plan.seed,
                 zoo.checkpoint_path(zoo_key(spec)), on_epoch,
             )  # fmt: skip
         _, module = zoo.get_or_build(spec, build, template=template)
         return module.to(model_device(base)).eval()
 
 
+def _seeded(factory: Callable[[], nn.Module], seed: int) -> nn.Module:
+    return seeded(factory, seed)
+
+
 def _fresh_trained(
-    base: InputMap, x: Tensor, y: Tensor, recipe: Recipe, seed: int, checkpoint: Any,
-    on_epoch: Callable[[int, float], None],
+    fresh: Callable[[int], nn.Module], base: InputMap, x: Tensor, y: Tensor, recipe: Recipe,
+    seed: int, checkpoint: Any, on_epoch: Callable[[int, float], None],
 ) -> nn.Module:  # fmt: skip
-    module = reinitialised(base, seed)
+    module = fresh(seed).to(model_device(base))
     return train(module, x, y, recipe, seed=seed, checkpoint=checkpoint, device=model_device(base),
                  on_epoch=on_epoch)  # fmt: skip

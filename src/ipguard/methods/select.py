@@ -43,7 +43,13 @@ from ipguard.attacks import ATTACKS
 from ipguard.attacks._student import SAME_ARCH
 from ipguard.attacks.base import check_real
 from ipguard.errors import GenerationError, InputError
-from ipguard.methods._common import check_cache, check_int, merged_recipe, random_targets
+from ipguard.methods._common import (
+    as_tuple,
+    check_cache,
+    check_int,
+    merged_recipe,
+    random_targets,
+)
 from ipguard.methods.base import FingerprintMethod, GenerationProgress, ProgressFn
 from ipguard.methods.ipguard import DEFAULT_LR, IPGuard, ipguard_loss
 from ipguard.models import OwnerModel
@@ -55,13 +61,6 @@ __all__ = ["IPGuardSelect", "ensemble_search", "selection_scores"]
 
 DEFAULT_KS = (1.0, 3.0, 10.0)
 DEFAULT_SEEDS = (1001, 1002, 1003)
-
-
-def _tuple(value: Any) -> Any:
-    """Lists (from JSON or TOML) become tuples; one bare value a one-element tuple."""
-    if isinstance(value, list):
-        return tuple(value)
-    return (value,) if isinstance(value, (str, int, float)) else value
 
 
 def selection_scores(
@@ -207,7 +206,7 @@ class IPGuardSelect(FingerprintMethod):
 
     def __post_init__(self) -> None:
         for name in ("ks", "starts", "attacks", "archs", "seeds"):
-            object.__setattr__(self, name, _tuple(getattr(self, name)))
+            object.__setattr__(self, name, as_tuple(getattr(self, name)))
         if (
             not isinstance(self.ks, tuple)
             or not self.ks
