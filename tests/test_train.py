@@ -235,6 +235,24 @@ def test_bad_training_data() -> None:
     with pytest.raises(InputError, match="training data"):
         train(seeded(digits_cnn, 0), torch.zeros(3, 1, 8, 8), torch.zeros(2, dtype=torch.long),
               Recipe(epochs=1))  # fmt: skip
+    with pytest.raises(InputError, match=r"\(N,\) labels or \(N, K\) probabilities"):
+        train(seeded(digits_cnn, 0), torch.zeros(3, 1, 8, 8), torch.zeros(3, 10, dtype=torch.long),
+              Recipe(epochs=1))  # fmt: skip
+
+
+def test_soft_targets_are_class_probabilities(data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Probabilities ``(N, K)`` train with the same cross-entropy: one-hot rows give the
+    very weights of the labels they encode; softer rows other weights."""
+    x, y = data
+    one = Recipe(**{**SGD.to_dict(), "milestones": SGD.milestones, "epochs": 1})
+    hard = train(seeded(bn_net, 0), x, y, one, seed=3)
+    onehot = train(seeded(bn_net, 0), x, nn.functional.one_hot(y, 10).float(), one, seed=3)
+    assert all(
+        torch.allclose(p, q, atol=1e-5)
+        for p, q in zip(hard.state_dict().values(), onehot.state_dict().values(), strict=True)
+    )
+    soft = nn.functional.one_hot(y, 10).float() * 0.5 + 0.05
+    assert not _same(hard, train(seeded(bn_net, 0), x, soft, one, seed=3))
 
 
 def test_failed_resume_leaves_no_trace_of_the_checkpoint(

@@ -324,7 +324,9 @@ def train(
     checkpoint: str | Path | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> nn.Module:
-    """Train ``module`` in place on ``x`` ``(N, C, H, W)`` and ``y`` ``(N,)`` with ``recipe``.
+    """Train ``module`` in place on ``x`` ``(N, C, H, W)`` and ``y`` with ``recipe``: labels
+    ``(N,)``, or class probabilities ``(N, K)`` (soft targets, as in distillation), with
+    the cross-entropy loss.
 
     Args:
         params: train only these parameters (e.g. the last layer); all by default.
@@ -338,10 +340,11 @@ def train(
     Returns:
         the module, in eval mode.
     """
-    if x.ndim != 4 or y.ndim != 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
+    soft = y.ndim == 2 and y.is_floating_point()
+    if x.ndim != 4 or not (y.ndim == 1 or soft) or x.shape[0] != y.shape[0] or x.shape[0] == 0:
         raise InputError(
-            f"training data must be x (N, C, H, W) and y (N,) with N > 0, got "
-            f"{tuple(x.shape)} and {tuple(y.shape)}"
+            f"training data must be x (N, C, H, W) and y (N,) labels or (N, K) probabilities "
+            f"with N > 0, got {tuple(x.shape)} and {tuple(y.shape)}"
         )
     dev = torch.device(device)
     module.to(dev).train()

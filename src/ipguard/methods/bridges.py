@@ -18,7 +18,7 @@ where students learn the owner: on the segments between two of the owner's own i
 
    - ``students``: fresh networks of the owner's architecture on the rows outside the
      pool, alternately extracted (the recipe on the owner's top-1 labels) and distilled
-     (at ``temperature``, as long as the recipe); and, for each architecture named in
+     (the recipe on the owner's outputs softened at ``temperature``); and, for each architecture named in
      ``student_archs``, one extracted and one distilled student of it (a thief need not
      keep the owner's architecture);
    - ``independents``: the owner's architecture, re-initialised, with the recipe on all
@@ -50,7 +50,6 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ipguard.attacks import PirateData, make_attack
 from ipguard.attacks._student import SAME_ARCH, reinitialised
 from ipguard.attacks.base import check_real, derive_seeds, model_device, predict_logits
 from ipguard.errors import InputError
@@ -421,8 +420,8 @@ class Bridges(FingerprintMethod):
         role = "independent" if plan.role == "calibrator" else plan.role
         spec = {**surrogate_spec(owner, xs, ys), "role": f"bridges-{role}",
                 "recipe": recipe.to_dict(), "seed": plan.seed}  # fmt: skip
-        if plan.role == "distill":
-            spec["temperature"] = self.temperature
+        if plan.role == "distill":  # trained with the recipe on the softened outputs
+            spec |= {"temperature": self.temperature, "targets": "softened-outputs"}
         template: Callable[[], nn.Module] = partial(reinitialised, base, 0)
         if plan.arch != SAME_ARCH:
             spec["arch"] = plan.arch
@@ -430,23 +429,20 @@ class Bridges(FingerprintMethod):
             template = partial(
                 build_arch, plan.arch, num_classes=owner.num_classes, input_shape=(c, h, w)
             )  # fmt: skip
-        build: Callable[[], nn.Module]
-        if plan.role == "distill":
-            attack = make_attack(
-                "distill", student=plan.arch, temperature=self.temperature,
-                epochs=recipe.epochs, batch_size=recipe.batch_size,
-            )  # fmt: skip
-            build = partial(attack.apply, base, PirateData(xs, ys), seed=plan.seed)
-        else:
-            if plan.role == "extract":  # the owner's top-1 labels, in eval mode
-                with torch.no_grad():
-                    ys = predict_logits(base, xs).argmax(1).cpu()
-            fresh = partial(reinitialised, base) if plan.arch == SAME_ARCH else partial(
-                _seeded, template)  # fmt: skip
-            build = partial(
-                _fresh_trained, fresh, base, xs, ys, recipe, plan.seed,
-                zoo.checkpoint_path(zoo_key(spec)), on_epoch,
-            )  # fmt: skip
+        targets: Tensor = ys  # independents: the true labels
+        if plan.student:  # the owner's answers, in eval mode
+            with torch.no_grad():
+                logits = predict_logits(base, xs).cpu()
+            targets = logits.argmax(1)  # extracted: its top-1 labels
+            if plan.role == "distill":  # distilled: its outputs softened at the temperature
+                targets = torch.softmax(logits / self.temperature, dim=1)
+        fresh = partial(reinitialised, base) if plan.arch == SAME_ARCH else partial(
+            _seeded, template)  # fmt: skip
+        build = partial(
+            _fresh_trained, fresh, base, xs, targets, recipe, plan.seed,
+            zoo.checkpoint_path(zoo_key(spec)), on_epoch,
+            self.temperature if plan.role == "distill" else None,
+        )  # fmt: skip
         _, module = zoo.get_or_build(spec, build, template=template)
         return module.to(model_device(base)).eval()
 
@@ -455,10 +451,31 @@ def _seeded(factory: Callable[[], nn.Module], seed: int) -> nn.Module:
     return seeded(factory, seed)
 
 
+class _Softened(nn.Module):
+    """``module``'s logits divided by ``temperature``: a distilled student learns the
+    owner's softened outputs through it, with the recipe's cross-entropy on them."""
+
+    def __init__(self, module: nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.module, self.temperature = module, temperature
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.module(x) / self.temperature
+        return out
+
+
 def _fresh_trained(
     fresh: Callable[[int], nn.Module], base: InputMap, x: Tensor, y: Tensor, recipe: Recipe,
     seed: int, checkpoint: Any, on_epoch: Callable[[int, float], None],
+    temperature: float | None = None,
 ) -> nn.Module:  # fmt: skip
+    """A fresh surrogate trained with ``recipe`` on labels ``y``, or (``temperature``) on
+    the owner's softened outputs ``y``, which is distillation: the cross-entropy to them
+    differs from the KL divergence by a constant."""
     module = fresh(seed).to(model_device(base))
+    if temperature is not None:
+        train(_Softened(module, temperature), x, y, recipe, seed=seed, checkpoint=checkpoint,
+              device=model_device(base), on_epoch=on_epoch)  # fmt: skip
+        return module.eval()
     return train(module, x, y, recipe, seed=seed, checkpoint=checkpoint, device=model_device(base),
                  on_epoch=on_epoch)  # fmt: skip
