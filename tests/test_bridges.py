@@ -208,9 +208,11 @@ def test_calibration_is_honest_about_its_spread(made: tuple) -> None:
     rule = _rule(scattered, None, None, None)
     assert rule.basis == "calibrated-in-fingerprint" and rule.target_fpr == 0.01
     assert rule.threshold == 1.0  # only a perfect match: what six scattered models back
-    zoo = calibrated([51, 38, 40])  # the external zoo's three calibrators, measured
+    zoo = calibrated([51, 38, 40])  # the external zoo's three calibrators, measured before
     rule = _rule(zoo, None, None, None)
     assert rule.target_fpr == 0.05 and rule.threshold == 0.99  # 1% and 2%: out of reach
+    now = _rule(calibrated([53, 39, 35]), None, None, None)  # and with the code as it is
+    assert (now.basis, now.threshold, now.target_fpr) == ("above-every-calibrator", 0.54, 0.25)
     with pytest.raises(InputError, match="false-positive rate of 0.01 "):
         _rule(zoo, None, None, 0.01)  # asked: that rate or an error
     tight = calibrated([30, 32, 29, 31, 30, 28, 33, 30])
@@ -349,7 +351,7 @@ def test_verify_says_why_it_stated_a_larger_rate_only_when_it_chose_it(
     from ipguard.cli import app
 
     _, fp, _, _ = made
-    zoo = {**fp.calibration, "negative_matches": [51, 38, 40],  # the external zoo's
+    zoo = {**fp.calibration, "negative_matches": [51, 38, 40],  # the external zoo's, before
            "independents": ["a", "b", "c"]}  # fmt: skip
     path = dataclasses.replace(fp, calibration=zoo).save(tmp_path / "fp.safetensors")
     weights = tmp_path / "owner.safetensors"

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -292,7 +292,7 @@ class StatedRule:
     """
 
     threshold: float
-    basis: str
+    basis: Literal["calibrated-in-fingerprint", "above-every-calibrator"]
     target_fpr: float
     null: NullModel | None = None
 

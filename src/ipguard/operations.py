@@ -501,10 +501,7 @@ def _rule(
         # calibration can state (few or scattered calibration models cannot state 1%)
         stated = stated_rule(fp.calibration, fp.n, fpr)
         if stated is not None:
-            basis: ThresholdBasis = (
-                "calibrated-in-fingerprint" if stated.null is not None else "above-every-calibrator"
-            )  # fmt: skip
-            return _Rule(stated.threshold, basis, stated.target_fpr, null=stated.null)
+            return _Rule(stated.threshold, stated.basis, stated.target_fpr, null=stated.null)
         models = len(fp.calibration["negative_matches"])
         target = FPR_LADDER[-1] if fpr is None else fpr
         raise InputError(

@@ -18,9 +18,9 @@ where students learn the owner: on the segments between two of the owner's own i
 
    - ``students``: fresh networks of the owner's architecture on the rows outside the
      pool, alternately extracted (the recipe on the owner's top-1 labels) and distilled
-     (the recipe on the owner's outputs softened at ``temperature``); and, for each architecture named in
-     ``student_archs``, one extracted and one distilled student of it (a thief need not
-     keep the owner's architecture);
+     (the recipe on the owner's outputs softened at ``temperature``); and, for each
+     architecture named in ``student_archs``, one extracted and one distilled student of
+     it and one independent of it (a thief need not keep the owner's architecture);
    - ``independents``: the owner's architecture, re-initialised, with the recipe on all
      the rows and their true labels;
    - ``calibrators``: more independents like these, which never choose a point: their
@@ -169,8 +169,9 @@ class Bridges(FingerprintMethod):
             until it fits the pool's rows within :data:`FIT_GAP` of the owner.
         students: surrogate students of the owner's architecture, alternately extracted
             and distilled.
-        student_archs: registered architectures (``ipguard archs``) of more surrogate
-            students: one extracted and one distilled of each.
+        student_archs: registered architectures (``ipguard archs``) of more surrogates:
+            one extracted and one distilled student and one independent of each; the
+            choice averages each architecture's student-minus-independent agreement.
         independents: surrogate independents that choose the points.
         calibrators: held-out surrogate independents that calibrate the verdict
             (at least 3; 0 for none).
@@ -348,7 +349,7 @@ class Bridges(FingerprintMethod):
         modules = {probe.name: module}
         for i, plan in enumerate(p for p in plans if p is not probe):
             modules[plan.name] = make(plan, f"{i + 2}/{len(plans)} {plan.name}", recipe)
-        t_surrogates = time.perf_counter() - clock
+        t_surrogates = time.perf_counter() - clock - t_candidates  # the candidates: choice
         report("choosing bridges")
         fits = [float(self._agreement(modules[p.name], x01[pool_rows], y[pool_rows]).mean())
                 for p in plans if not p.student and p.arch == SAME_ARCH]  # fmt: skip
@@ -437,7 +438,7 @@ class Bridges(FingerprintMethod):
             if plan.role == "distill":  # distilled: its outputs softened at the temperature
                 targets = torch.softmax(logits / self.temperature, dim=1)
         fresh = partial(reinitialised, base) if plan.arch == SAME_ARCH else partial(
-            _seeded, template)  # fmt: skip
+            seeded, template)  # fmt: skip
         build = partial(
             _fresh_trained, fresh, base, xs, targets, recipe, plan.seed,
             zoo.checkpoint_path(zoo_key(spec)), on_epoch,
@@ -445,10 +446,6 @@ class Bridges(FingerprintMethod):
         )  # fmt: skip
         _, module = zoo.get_or_build(spec, build, template=template)
         return module.to(model_device(base)).eval()
-
-
-def _seeded(factory: Callable[[], nn.Module], seed: int) -> nn.Module:
-    return seeded(factory, seed)
 
 
 class _Softened(nn.Module):
