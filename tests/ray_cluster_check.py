@@ -43,7 +43,13 @@ def _dying_build(
         os.close(fd)
 
         def kill_once_heard() -> None:
-            while ray.get(tracker.count.remote([key])) < 1:  # the actor heard the start
+            deadline = time.monotonic() + 60  # should the actor never answer: kill anyway
+            while time.monotonic() < deadline:
+                try:
+                    if ray.get(tracker.count.remote([key]), timeout=5) >= 1:  # heard the start
+                        break
+                except ray.exceptions.GetTimeoutError:
+                    pass
                 time.sleep(0.01)
             time.sleep(0.1)  # let the training run
             os.kill(os.getpid(), signal.SIGKILL)
@@ -80,15 +86,17 @@ def main(work: Path, config: Path) -> None:
         events: list[tuple[int, int, int, int]] = []
         marker = work / "killed.pid"
         ipguard.distributed._build = _dying_build(marker)  # type: ignore[assignment]
-        remote = evaluate_suite(
-            config,
-            zoo=work / "zoo-ray",
-            out=work / "out-ray",
-            threads=1,
-            ray=cluster.address,
-            task_progress=lambda *a: events.append(a),
-        )
-        ipguard.distributed._build = real_build  # type: ignore[assignment]
+        try:
+            remote = evaluate_suite(
+                config,
+                zoo=work / "zoo-ray",
+                out=work / "out-ray",
+                threads=1,
+                ray=cluster.address,
+                task_progress=lambda *a: events.append(a),
+            )
+        finally:
+            ipguard.distributed._build = real_build  # type: ignore[assignment]
         local = evaluate_suite(config, zoo=work / "zoo-local", out=None, threads=1)
         fps = work / "fps"
         fps.mkdir()

@@ -211,7 +211,7 @@ def test_calibration_is_honest_about_its_spread(made: tuple) -> None:
     zoo = calibrated([51, 38, 40])  # the external zoo's three calibrators, measured before
     rule = _rule(zoo, None, None, None)
     assert rule.target_fpr == 0.05 and rule.threshold == 0.99  # 1% and 2%: out of reach
-    now = _rule(calibrated([53, 39, 35]), None, None, None)  # and with the code as it is
+    now = _rule(calibrated([53, 39, 35]), None, None, None)  # another draw's, measured
     assert (now.basis, now.threshold, now.target_fpr) == ("above-every-calibrator", 0.54, 0.25)
     with pytest.raises(InputError, match="false-positive rate of 0.01 "):
         _rule(zoo, None, None, 0.01)  # asked: that rate or an error
@@ -264,6 +264,33 @@ def test_students_of_other_architectures_are_contrasted_with_their_own_independe
         "bridges-distill", "bridges-extract", "bridges-independent"
     ]  # fmt: skip
     assert not torch.equal(fp.points, plain.points)  # they take part in the choice
+
+
+def test_an_architecture_that_cannot_take_the_inputs_is_refused_before_training(
+    owner: OwnerModel, owner_rows: tuple[torch.Tensor, torch.Tensor], tmp_path: Path
+) -> None:
+    x, y = owner_rows
+    method = Bridges(student_archs=["resnet18"], recipe={"epochs": 1}, pool=300,
+                     cache=str(tmp_path))  # fmt: skip
+    with pytest.raises(InputError, match="resnet18"):
+        method.generate(owner, 20, data=x, labels=y, seed=2)
+    assert not list(tmp_path.glob("*.safetensors"))  # nothing was trained first
+
+
+def test_distilled_surrogates_get_the_distillation_gradient() -> None:
+    """The recipe's cross-entropy on the softened outputs, through ``_Softened``, has the
+    gradient of Hinton et al.'s ``T^2 KL(teacher || student)`` at temperature T."""
+    from ipguard.methods.bridges import _Softened
+
+    torch.manual_seed(0)
+    net, x, t = nn.Linear(5, 4), torch.randn(8, 5), 4.0
+    teacher = torch.softmax(torch.randn(8, 4) / t, dim=1)
+    nn.functional.cross_entropy(_Softened(net, t)(x), teacher).backward()
+    ours = net.weight.grad.clone()
+    net.weight.grad = None
+    log_p = nn.functional.log_softmax(net(x) / t, dim=1)
+    (nn.functional.kl_div(log_p, teacher, reduction="batchmean") * t * t).backward()
+    assert torch.allclose(ours, net.weight.grad, atol=1e-6)
 
 
 def test_default_method_and_its_fallback(owner_module: nn.Module) -> None:

@@ -73,7 +73,9 @@ def test_the_cluster_builds_the_local_runs_zoo_despite_a_killed_worker(
     assert sorted(report["tensor_puts"]) == sorted(
         [[300, 1, 8, 8], [300], [150, 1, 8, 8], [150], [150, 1, 8, 8], [150]]
     )
-    assert 1 <= report["max_running"] <= 2  # at most one task per node's CPU
+    # at most one task per node's CPU; the killed task counts as started (running) from its
+    # first start until it finishes, also while it waits to be retried
+    assert 1 <= report["max_running"] <= 2 + len(report["killed"])
     assert report["last_event"] == [0, 0, 7, 7]
 
 

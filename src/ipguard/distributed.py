@@ -49,7 +49,9 @@ __all__ = ["RayRun", "TaskProgress", "connect", "prebuild_suite"]
 MAX_RETRIES = 3
 
 TaskProgress = Callable[[int, int, int, int], None]
-"""``progress(queued, running, done, total)`` of the cluster's tasks."""
+"""``progress(queued, running, done, total)`` of the cluster's tasks. A task counts as
+running from its first start until it finishes, also while it waits to be retried after
+its worker died."""
 
 
 def connect(address: str) -> ModuleType:

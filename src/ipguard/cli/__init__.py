@@ -713,7 +713,8 @@ def scan(
 
     Each suspect is loaded once and answers the points of every fingerprint in batched
     passes; each pair is judged as verify judges it (the fingerprint's calibration for
-    --fpr, else the uncalibrated default) and says so. Finished pairs are journaled, so a
+    --fpr, or without it the smallest of 1/2/5/10% the calibration can state; else the
+    uncalibrated default) and says so. Finished pairs are journaled, so a
     stopped scan resumes without querying them again.
     """
     from ipguard.scan import scan as run_scan

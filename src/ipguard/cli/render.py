@@ -340,7 +340,10 @@ def print_scan(result: ScanResult, as_json: bool) -> None:
         table.caption = f"{shown}: all of them in matrix.csv"
     out.print(table)
     d = result.to_dict()
-    bases = sorted({p.threshold_basis for p in result.pairs})
+    bases = sorted(
+        {p.threshold_basis + ("" if p.target_fpr is None else f" (FPR {p.target_fpr:.2g})")
+         for p in result.pairs}
+    )  # fmt: skip
     err.print(
         f"{len(result.pairs)} pairs ({result.resumed} from the journal), {d['pirated']} "
         f"pirated, {d['errors']} errors; thresholds: {', '.join(bases)}; results in "

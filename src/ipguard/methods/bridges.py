@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -261,8 +262,8 @@ class Bridges(FingerprintMethod):
             seed = derive_seeds(base + 7919 * _ROLES.index(role), numbers[role])[-1]
             rows_of = outside if role in ("extract", "distill") else every
             plans.append(_Plan(role, f"{role}-{numbers[role]}", seed % 2**31, rows_of))
-        for i, arch in enumerate(self.student_archs):  # after the others: no seed changes
-            seeds = derive_seeds(base + 7919 * (len(_ROLES) + i), 3)
+        for arch in self.student_archs:  # seeds from the name: no other seed changes
+            seeds = derive_seeds(base + zlib.crc32(arch.encode()), 3)
             for role, seed in zip(("extract", "distill", "independent"), seeds, strict=True):
                 rows_of = every if role == "independent" else outside
                 plans.append(_Plan(role, f"{role}-{arch}", seed % 2**31, rows_of, arch))
@@ -290,6 +291,8 @@ class Bridges(FingerprintMethod):
                 "give the owner's training data as --data",
             )
         recipe = self.training_recipe()
+        for arch in self.student_archs:  # one that does not fit the inputs: now, not last
+            self._arch_template(model, arch)()
         clock = time.perf_counter()
         pool_rows, plans = self._plans(len(data), generator)
         low, high = model.bounds
@@ -407,6 +410,16 @@ class Bridges(FingerprintMethod):
         return self.recipe is not None and "epochs" in self.recipe
 
     @staticmethod
+    def _arch_template(owner: OwnerModel, arch: str) -> Callable[[], nn.Module]:
+        """A fresh module of registered ``arch`` for the owner's inputs and classes (seeded,
+        so loading a cached surrogate into it leaves the global RNG alone); InputError if
+        ``arch`` cannot take them."""
+        factory = partial(
+            build_arch, arch, num_classes=owner.num_classes, input_shape=owner.input_shape
+        )  # fmt: skip
+        return partial(seeded, factory, 0)
+
+    @staticmethod
     def _agreement(module: nn.Module, x01: Tensor, labels: Tensor) -> Tensor:
         """Per input, 1.0 where ``module`` gives the label in ``labels``, else 0.0."""
         with torch.no_grad():
@@ -422,14 +435,11 @@ class Bridges(FingerprintMethod):
         spec = {**surrogate_spec(owner, xs, ys), "role": f"bridges-{role}",
                 "recipe": recipe.to_dict(), "seed": plan.seed}  # fmt: skip
         if plan.role == "distill":  # trained with the recipe on the softened outputs
-            spec |= {"temperature": self.temperature, "targets": "softened-outputs"}
+            spec |= {"temperature": self.temperature, "targets": "softened-outputs-t2"}
         template: Callable[[], nn.Module] = partial(reinitialised, base, 0)
         if plan.arch != SAME_ARCH:
             spec["arch"] = plan.arch
-            c, h, w = owner.input_shape
-            template = partial(
-                build_arch, plan.arch, num_classes=owner.num_classes, input_shape=(c, h, w)
-            )  # fmt: skip
+            template = self._arch_template(owner, plan.arch)
         targets: Tensor = ys  # independents: the true labels
         if plan.student:  # the owner's answers, in eval mode
             with torch.no_grad():
@@ -438,7 +448,8 @@ class Bridges(FingerprintMethod):
             if plan.role == "distill":  # distilled: its outputs softened at the temperature
                 targets = torch.softmax(logits / self.temperature, dim=1)
         fresh = partial(reinitialised, base) if plan.arch == SAME_ARCH else partial(
-            seeded, template)  # fmt: skip
+            seeded, partial(build_arch, plan.arch, num_classes=owner.num_classes,
+                            input_shape=owner.input_shape))  # fmt: skip
         build = partial(
             _fresh_trained, fresh, base, xs, targets, recipe, plan.seed,
             zoo.checkpoint_path(zoo_key(spec)), on_epoch,
@@ -448,16 +459,32 @@ class Bridges(FingerprintMethod):
         return module.to(model_device(base)).eval()
 
 
+class _ScaledGradient(torch.autograd.Function):
+    """The identity, whose gradient is multiplied by ``scale``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad * ctx.scale, None
+
+
 class _Softened(nn.Module):
     """``module``'s logits divided by ``temperature``: a distilled student learns the
-    owner's softened outputs through it, with the recipe's cross-entropy on them."""
+    owner's softened outputs through it, with the recipe's cross-entropy on them. The
+    gradient is scaled by ``temperature**2``, as in distillation's ``T^2 KL`` loss (Hinton
+    et al.), so that an SGD recipe trains the student at the rate it trains the others."""
 
     def __init__(self, module: nn.Module, temperature: float) -> None:
         super().__init__()
         self.module, self.temperature = module, temperature
 
     def forward(self, x: Tensor) -> Tensor:
-        out: Tensor = self.module(x) / self.temperature
+        t = self.temperature
+        out: Tensor = _ScaledGradient.apply(self.module(x) / t, t * t)  # type: ignore[no-untyped-call]
         return out
 
 
@@ -468,7 +495,9 @@ def _fresh_trained(
 ) -> nn.Module:  # fmt: skip
     """A fresh surrogate trained with ``recipe`` on labels ``y``, or (``temperature``) on
     the owner's softened outputs ``y``, which is distillation: the cross-entropy to them
-    differs from the KL divergence by a constant."""
+    differs from the KL divergence by a constant, and the gradient is ``T^2`` times
+    (:class:`_Softened`). The targets are the owner's outputs on the images as they are,
+    also where the recipe augments them (as labels are)."""
     module = fresh(seed).to(model_device(base))
     if temperature is not None:
         train(_Softened(module, temperature), x, y, recipe, seed=seed, checkpoint=checkpoint,
