@@ -196,7 +196,7 @@ def test_calibration_is_honest_about_its_spread(made: tuple) -> None:
     FPR_LADDER the calibration can state, and states it; asked for a rate, it uses that
     rate or says it cannot."""
     _, fp, _, _ = made
-    # more spread than a binomial's (here 1.5 times its variance: calibrators 37-55 of 100)
+    # more spread than a binomial's: its variance times 1 + (n - 1) rho, above 1.2 here
     assert null_from_record(fp.calibration, fp.n, 0.05).overdispersion > 1.2
 
     def calibrated(counts: list[int]) -> Fingerprint:
