@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 from ipguard.attacks._student import SAME_ARCH, reinitialised
 from ipguard.attacks.base import check_real, derive_seeds, model_device, predict_logits
-from ipguard.errors import InputError
+from ipguard.errors import InputError, first_line
 from ipguard.fingerprint import utc_now
 from ipguard.methods._common import (
     as_tuple,
@@ -291,14 +291,14 @@ class Bridges(FingerprintMethod):
                 "give the owner's training data as --data",
             )
         recipe = self.training_recipe()
-        for arch in self.student_archs:  # one that does not fit the inputs: now, not last
-            self._arch_template(model, arch)()
         clock = time.perf_counter()
         pool_rows, plans = self._plans(len(data), generator)
         low, high = model.bounds
         x01 = ((data.detach().to("cpu", torch.float32) - low) / (high - low)).clamp_(0.0, 1.0)
         y = labels.to("cpu", torch.int64)
         base = InputMap.of(model)
+        for arch in self.student_archs:  # one that does not fit the inputs: now, not last
+            _check_takes(_fresh(model, base, arch)(0), arch, x01[:2])
         zoo = ModelZoo(self.cache if self.cache is not None else default_cache())
         owner_fit = float((model.predict(data[pool_rows]) == y[pool_rows]).float().mean())
         # the candidates first: they need no surrogate, and too few of them is an error
@@ -410,16 +410,6 @@ class Bridges(FingerprintMethod):
         return self.recipe is not None and "epochs" in self.recipe
 
     @staticmethod
-    def _arch_template(owner: OwnerModel, arch: str) -> Callable[[], nn.Module]:
-        """A fresh module of registered ``arch`` for the owner's inputs and classes (seeded,
-        so loading a cached surrogate into it leaves the global RNG alone); InputError if
-        ``arch`` cannot take them."""
-        factory = partial(
-            build_arch, arch, num_classes=owner.num_classes, input_shape=owner.input_shape
-        )  # fmt: skip
-        return partial(seeded, factory, 0)
-
-    @staticmethod
     def _agreement(module: nn.Module, x01: Tensor, labels: Tensor) -> Tensor:
         """Per input, 1.0 where ``module`` gives the label in ``labels``, else 0.0."""
         with torch.no_grad():
@@ -436,10 +426,8 @@ class Bridges(FingerprintMethod):
                 "recipe": recipe.to_dict(), "seed": plan.seed}  # fmt: skip
         if plan.role == "distill":  # trained with the recipe on the softened outputs
             spec |= {"temperature": self.temperature, "targets": "softened-outputs-t2"}
-        template: Callable[[], nn.Module] = partial(reinitialised, base, 0)
         if plan.arch != SAME_ARCH:
             spec["arch"] = plan.arch
-            template = self._arch_template(owner, plan.arch)
         targets: Tensor = ys  # independents: the true labels
         if plan.student:  # the owner's answers, in eval mode
             with torch.no_grad():
@@ -447,15 +435,13 @@ class Bridges(FingerprintMethod):
             targets = logits.argmax(1)  # extracted: its top-1 labels
             if plan.role == "distill":  # distilled: its outputs softened at the temperature
                 targets = torch.softmax(logits / self.temperature, dim=1)
-        fresh = partial(reinitialised, base) if plan.arch == SAME_ARCH else partial(
-            seeded, partial(build_arch, plan.arch, num_classes=owner.num_classes,
-                            input_shape=owner.input_shape))  # fmt: skip
+        fresh = _fresh(owner, base, plan.arch)
         build = partial(
             _fresh_trained, fresh, base, xs, targets, recipe, plan.seed,
             zoo.checkpoint_path(zoo_key(spec)), on_epoch,
             self.temperature if plan.role == "distill" else None,
         )  # fmt: skip
-        _, module = zoo.get_or_build(spec, build, template=template)
+        _, module = zoo.get_or_build(spec, build, template=partial(fresh, 0))
         return module.to(model_device(base)).eval()
 
 
@@ -486,6 +472,30 @@ class _Softened(nn.Module):
         t = self.temperature
         out: Tensor = _ScaledGradient.apply(self.module(x) / t, t * t)  # type: ignore[no-untyped-call]
         return out
+
+
+def _fresh(owner: OwnerModel, base: InputMap, arch: str) -> Callable[[int], nn.Module]:
+    """``fresh(seed)``: a surrogate of ``arch`` with weights drawn from ``seed``: the owner's
+    architecture re-initialised (behind its input map), or a registered architecture for
+    the owner's inputs and classes (InputError if it cannot be built for them)."""
+    if arch == SAME_ARCH:
+        return partial(reinitialised, base)
+    factory = partial(build_arch, arch, num_classes=owner.num_classes,
+                      input_shape=owner.input_shape)  # fmt: skip
+    return partial(seeded, factory)
+
+
+def _check_takes(module: nn.Module, arch: str, x01: Tensor) -> None:
+    """InputError unless ``module`` (of ``arch``) takes inputs like ``x01``."""
+    try:
+        with torch.no_grad():
+            module.eval()(x01)
+    except Exception as err:  # the architecture does not fit these inputs
+        raise InputError(
+            f"student_archs: {arch!r} does not take inputs of shape {tuple(x01.shape[1:])}: "
+            f"{first_line(err)[:120]}",
+            "choose another architecture (ipguard archs) or leave it out",
+        ) from err
 
 
 def _fresh_trained(
