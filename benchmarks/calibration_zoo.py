@@ -1,6 +1,6 @@
 """The calibrated verdict against the external CIFAR-10 zoo: realised error rates.
 
-A fingerprint's calibration (ipguard.null) promises that an independent model is flagged
+A fingerprint's calibration (ipguard.verdict.null) promises that an independent model is flagged
 with probability at most ``--fpr``. This measures what happens on models ipguard did not
 build (../shared/zoo-cifar10: 30 independents, 23 copies), with the default fingerprint
 (IPGuard, n points):
@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from external_zoo import CLASSIC, STUDENTS, load_zoo, matching_rates, owner_data, zoo_parser  # noqa: E402
 
 from ipguard import make_fingerprint  # noqa: E402
-from ipguard.null import fit_null  # noqa: E402
-from ipguard.surrogates import surrogate_calibration  # noqa: E402
-from ipguard.train import Recipe  # noqa: E402
+from ipguard.fingerprint.surrogates import surrogate_calibration  # noqa: E402
+from ipguard.training.train import Recipe  # noqa: E402
+from ipguard.verdict.null import fit_null  # noqa: E402
 
 
 def judged(threshold: float, rates: dict[str, float], names: list[str]) -> float:

@@ -1,6 +1,7 @@
 """A suite profile end to end: stage wall times, and per-family metrics for several k.
 
-Runs :func:`ipguard.evaluate.run_suite` on a suite file (building every model into the zoo,
+Runs :func:`ipguard.evaluation.evaluate.run_suite` on a suite file (building every model into the
+zoo,
 or loading it), then once more for each ``k`` (the models come from the zoo; only the
 fingerprint and the verification are redone). Prints, as markdown tables:
 
@@ -31,10 +32,10 @@ from pathlib import Path
 
 import torch
 
-from ipguard.evaluate import EvaluationResult, run_suite
-from ipguard.methods.ipguard import DEFAULT_K
-from ipguard.suite import Suite
-from ipguard.sweep import load_suite_and_sweep
+from ipguard.evaluation.evaluate import EvaluationResult, run_suite
+from ipguard.evaluation.suite import Suite
+from ipguard.evaluation.sweep import load_suite_and_sweep
+from ipguard.fingerprint.methods.ipguard import DEFAULT_K
 
 
 def _with_k(suite: Suite, k: float) -> Suite:

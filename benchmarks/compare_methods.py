@@ -3,7 +3,7 @@
 Builds (or loads from the zoo) every model of a suite once, then for each method: generates
 a fingerprint of n points on the owner (from the suite's test split where the method starts
 from real inputs), verifies every suspect, and scores the matching rates with
-:func:`ipguard.metrics.summarise`. Prints, as markdown tables:
+:func:`ipguard.evaluation.metrics.summarise`. Prints, as markdown tables:
 
 1. per method: generation time, ARUC, ROC-AUC and TPR at 1% FPR over all copies, the mean
    matching rate of the copies and of the hardest negatives (same architecture, same data);
@@ -35,14 +35,14 @@ import numpy as np
 import torch
 
 from ipguard.errors import IPGuardError
-from ipguard.evaluate import build_suite_models
-from ipguard.methods import make_method
-from ipguard.metrics import SuiteSummary, SuspectRecord, summarise
-from ipguard.models import OwnerModel
-from ipguard.suite import Suite, default_suite
-from ipguard.sweep import load_suite_and_sweep
-from ipguard.verify import verify
-from ipguard.zoo import ModelZoo
+from ipguard.evaluation.evaluate import build_suite_models
+from ipguard.evaluation.metrics import SuiteSummary, SuspectRecord, summarise
+from ipguard.evaluation.suite import Suite, default_suite
+from ipguard.evaluation.sweep import load_suite_and_sweep
+from ipguard.fingerprint.methods import make_method
+from ipguard.models.owner import OwnerModel
+from ipguard.training.zoo import ModelZoo
+from ipguard.verdict.verify import verify
 
 HARDEST = "independent:same-arch-same-data"
 

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from safetensors.torch import save_file
 
-    from ipguard.train import Recipe, seeded, train
+    from ipguard.training.train import Recipe, seeded, train
 
     args.out.mkdir(parents=True, exist_ok=True)
     train_npz, owner_file = args.out / "train.npz", args.out / "owner.safetensors"

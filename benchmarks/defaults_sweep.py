@@ -1,6 +1,7 @@
 """Sweep IPGuard's hyper-parameters on the digits demo, to choose the defaults by measurement.
 
-For every seed, the demo's models are trained once (``ipguard.demo.build_demo_models``); then
+For every seed, the demo's models are trained once (``ipguard.evaluation.demo.build_demo_models``);
+then
 every configuration of the grid ``k x lr x start x target`` fingerprints the owner with 100
 points (generation seed = demo seed) and every suspect is verified. The table has one row per
 configuration, sorted by the gap between the pirated copy's worst matching rate and the best
@@ -34,7 +35,7 @@ from typing import Literal
 import torch
 
 import ipguard
-import ipguard.demo
+import ipguard.evaluation.demo
 from ipguard import IPGuard, OwnerModel
 
 INPUT_SHAPE = (1, 8, 8)
@@ -168,7 +169,7 @@ def grid(quick: bool) -> list[Config]:
 def run_seed(seed: int, configs: Sequence[Config], results: dict[Config, Result]) -> float:
     """Build the demo models for ``seed`` and run every configuration; return build seconds."""
     t0 = time.perf_counter()
-    models = ipguard.demo.build_demo_models(seed)
+    models = ipguard.evaluation.demo.build_demo_models(seed)
     build_s = time.perf_counter() - t0
     owner = OwnerModel(models.owner, input_shape=INPUT_SHAPE)
     suspects = [

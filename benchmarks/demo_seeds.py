@@ -18,8 +18,8 @@ from datetime import datetime, timezone
 import torch
 
 import ipguard
-from ipguard.demo import run_demo
-from ipguard.verify import DEFAULT_THRESHOLD
+from ipguard.evaluation.demo import run_demo
+from ipguard.verdict.verify import DEFAULT_THRESHOLD
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,9 +5,9 @@ someone else's attack code (fine-tuning, pruning, noise, fp16, adversarial fine-
 distilled and label-extracted students) and independent models. It is a *validation* set:
 methods never train on its models or read their weights; the owner is given to each method
 exactly as a user would give it (``zoo_nets:cnn_c`` with ``owner.safetensors``, through
-:func:`ipguard.models.load_module`), with the owner's own training split (``splits.json``)
+:func:`ipguard.models.spec.load_module`), with the owner's own training split (``splits.json``)
 as ``--data``. Suspects are the zoo's TorchScript files, opened by
-:func:`ipguard.adapters.open_suspect` as ``ipguard verify`` opens them.
+:func:`ipguard.suspects.adapters.open_suspect` as ``ipguard verify`` opens them.
 
 Prints markdown tables:
 
@@ -48,15 +48,16 @@ import torch
 from PIL import Image
 
 from ipguard import operations
-from ipguard.adapters import open_suspect
 from ipguard.errors import IPGuardError
-from ipguard.fingerprint import Fingerprint
-from ipguard.methods import METHODS, make_method
-from ipguard.methods.bridges import bridge_points
-from ipguard.methods.ipguard import IPGuard
-from ipguard.metrics import aruc, roc_auc, tpr_at_fpr
-from ipguard.models import LabelOracle, OwnerModel, load_module
-from ipguard.verify import query_labels
+from ipguard.evaluation.metrics import aruc, roc_auc, tpr_at_fpr
+from ipguard.fingerprint.methods import METHODS, make_method
+from ipguard.fingerprint.methods.bridges import bridge_points
+from ipguard.fingerprint.methods.ipguard import IPGuard
+from ipguard.fingerprint.record import Fingerprint
+from ipguard.models.owner import LabelOracle, OwnerModel
+from ipguard.models.spec import load_module
+from ipguard.suspects.adapters import open_suspect
+from ipguard.verdict.verify import query_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSIC = ("owner", "fine-tune", "prune", "noise", "quantize")

@@ -1,12 +1,13 @@
 """Fingerprint generation benchmark: the batched kernel against a per-point Adam loop.
 
-On the digits demo's owner CNN (``ipguard.demo.build_demo_models(0).owner``) it measures:
+On the digits demo's owner CNN (``ipguard.evaluation.demo.build_demo_models(0).owner``) it measures:
 
 1. ``IPGuard().generate(owner, n, seed=0)``: the project's batched generation (all points in
    one batch with a per-point stop mask), package defaults for ``k`` and ``lr``.
 2. A per-point loop of the kind other implementations use: the same ``n`` start points, one
    point at a time, each with its own ``torch.optim.Adam([x], lr=lr)``, the same loss
-   (:func:`ipguard.methods.ipguard.ipguard_loss`), stop at loss 0, at most ``max_iter`` steps,
+   (:func:`ipguard.fingerprint.methods.ipguard.ipguard_loss`), stop at loss 0, at most ``max_iter``
+   steps,
    clamped to the bounds after each step.
 3. One forward+backward pass of the full ``n``-point batch (logits -> loss sum -> gradient
    with respect to the input): what one step of the batched loop would cost at full batch.
@@ -39,10 +40,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ipguard.demo import INPUT_SHAPE, build_demo_models
-from ipguard.methods.base import GenerationProgress
-from ipguard.methods.ipguard import IPGuard, boundary_search, ipguard_loss
-from ipguard.models import OwnerModel
+from ipguard.evaluation.demo import INPUT_SHAPE, build_demo_models
+from ipguard.fingerprint.methods.base import GenerationProgress
+from ipguard.fingerprint.methods.ipguard import IPGuard, boundary_search, ipguard_loss
+from ipguard.models.owner import OwnerModel
 
 MAX_ITER = 1000  # the paper's budget of Adam steps per point
 SEED = 0

@@ -43,11 +43,11 @@ import torch
 from ipguard.attacks import make_attack
 from ipguard.cli.options import parse_params
 from ipguard.errors import IPGuardError
-from ipguard.evaluate import EvaluationResult, suite_size
-from ipguard.methods.ipguard import DEFAULT_K
+from ipguard.evaluation.evaluate import EvaluationResult, suite_size
+from ipguard.evaluation.suite import Suite, read_toml, suite_from_dict
+from ipguard.fingerprint.methods.ipguard import DEFAULT_K
 from ipguard.operations import evaluate_suite
-from ipguard.suite import Suite, read_toml, suite_from_dict
-from ipguard.train import Recipe
+from ipguard.training.train import Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = ("owner", "pirate", "independent", "test")
@@ -116,7 +116,7 @@ def training_flops(
     counted as a full backward pass), for sizing a run and for the throughput it reached."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ipguard.nets import build_arch
+    from ipguard.models.nets import build_arch
 
     per_image: dict[str, int] = {}
 

@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ipguard.fingerprint import Fingerprint
-from ipguard.http_client import HTTPOptions, HTTPSuspect
-from ipguard.models import OwnerModel
-from ipguard.nets import digits_cnn
-from ipguard.verify import verify
+from ipguard.fingerprint.record import Fingerprint
+from ipguard.models.nets import digits_cnn
+from ipguard.models.owner import OwnerModel
+from ipguard.suspects.http_client import HTTPOptions, HTTPSuspect
+from ipguard.verdict.verify import verify
 
 N = 100
 REPEATS = 5
@@ -45,7 +45,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "w.safetensors"
         save_file(module.state_dict(), str(weights))
-        cmd = [sys.executable, "-m", "ipguard.cli", "serve", "ipguard.nets:digits_cnn",
+        cmd = [sys.executable, "-m", "ipguard.cli", "serve", "ipguard.models.nets:digits_cnn",
                "--weights", str(weights), "--input-shape", "1,8,8", "--threads", "1"]  # fmt: skip
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         try:

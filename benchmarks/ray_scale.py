@@ -6,7 +6,7 @@ cores: the figures measure the overhead honestly, not a speed-up a real cluster 
 
 1. **Per-task overhead**: ``--tasks`` jobs that build an untrained model (no training) on
    the cluster, against the same jobs run in-process.
-2. **Digits suite** (``ipguard.suite.default_suite``: 62 models and ipguard-select's
+2. **Digits suite** (``ipguard.evaluation.suite.default_suite``: 62 models and ipguard-select's
    surrogates), from an empty zoo: ``evaluate`` locally, then with ``--ray``; the zoos
    must come out bitwise equal.
 3. **Scan**: every model of the suite as a suspect (``arch:NAME WEIGHTS``) against
@@ -33,12 +33,12 @@ from pathlib import Path
 
 import torch
 
-from ipguard.evaluate import build_suite_models
-from ipguard.nets import build_arch
+from ipguard.evaluation.evaluate import build_suite_models
+from ipguard.evaluation.suite import default_suite
+from ipguard.models.nets import build_arch
 from ipguard.operations import evaluate_suite
-from ipguard.scan import scan
-from ipguard.suite import default_suite
-from ipguard.zoo import BuildJob, ModelZoo, zoo_key
+from ipguard.scale.scan import scan
+from ipguard.training.zoo import BuildJob, ModelZoo, zoo_key
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "IPGUARD_RAY_NETNS"
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray.cluster_utils import Cluster
 
-    from ipguard.distributed import run_jobs
+    from ipguard.scale.distributed import run_jobs
 
     torch.set_num_threads(1)
     if args.out.exists():

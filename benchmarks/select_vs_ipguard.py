@@ -35,13 +35,13 @@ from typing import Any
 import torch
 
 from ipguard.errors import IPGuardError
-from ipguard.evaluate import build_suite_models, check_disjoint, suite_fingerprint
-from ipguard.metrics import aruc, roc_auc, tpr_at_fpr
-from ipguard.models import OwnerModel
-from ipguard.suite import FingerprintSpec, Suite, default_suite, suite_from_dict
-from ipguard.sweep import load_suite_and_sweep
-from ipguard.verify import verify
-from ipguard.zoo import ModelZoo
+from ipguard.evaluation.evaluate import build_suite_models, check_disjoint, suite_fingerprint
+from ipguard.evaluation.metrics import aruc, roc_auc, tpr_at_fpr
+from ipguard.evaluation.suite import FingerprintSpec, Suite, default_suite, suite_from_dict
+from ipguard.evaluation.sweep import load_suite_and_sweep
+from ipguard.models.owner import OwnerModel
+from ipguard.training.zoo import ModelZoo
+from ipguard.verdict.verify import verify
 
 CLASSIC = ("owner", "fine-tune", "prune", "quantize", "noise")
 HARD = ("distill", "extract", "adv-train")

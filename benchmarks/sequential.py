@@ -7,9 +7,10 @@ and whether its verdict differs from the fixed-n verdict on all ``n`` points, sp
 *worse* (a copy that fixed-n catches, cleared; an independent that fixed-n clears, accused)
 and *better* (the other way round). The deterministic models answer a point the same way in
 every order, so one query of every point gives every order's answers; seed 0 is also run
-for real (:func:`ipguard.sequential.verify_sequential`) and must agree with the replay.
+for real (:func:`ipguard.verdict.sequential.verify_sequential`) and must agree with the replay.
 
-1. **Digits suite** (``ipguard.suite.default_suite``: every attack in several variants, 13
+1. **Digits suite** (``ipguard.evaluation.suite.default_suite``: every attack in several variants,
+13
    independents): the default fingerprint (IPGuard, ``-n`` points) calibrated as
    ``ipguard fingerprint --data`` does it, from 8 surrogate independents on the owner's
    split (the default), and from 16 (``--calibration-models 16``): the calibration's size
@@ -41,14 +42,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from external_zoo import agreement, load_zoo  # noqa: E402
 
 from ipguard import make_fingerprint  # noqa: E402
-from ipguard.data import Dataset  # noqa: E402
-from ipguard.evaluate import build_suite_models  # noqa: E402
-from ipguard.fingerprint import Fingerprint  # noqa: E402
-from ipguard.models import OwnerModel  # noqa: E402
-from ipguard.null import fit_null, null_from_record  # noqa: E402
-from ipguard.sequential import SequentialPlan, decide_paths, make_plan, verify_sequential  # noqa: E402
-from ipguard.suite import default_suite  # noqa: E402
-from ipguard.zoo import ModelZoo  # noqa: E402
+from ipguard.data.specs import Dataset  # noqa: E402
+from ipguard.evaluation.evaluate import build_suite_models  # noqa: E402
+from ipguard.evaluation.suite import default_suite  # noqa: E402
+from ipguard.fingerprint.record import Fingerprint  # noqa: E402
+from ipguard.models.owner import OwnerModel  # noqa: E402
+from ipguard.training.zoo import ModelZoo  # noqa: E402
+from ipguard.verdict.null import fit_null, null_from_record  # noqa: E402
+from ipguard.verdict.sequential import SequentialPlan, decide_paths, make_plan, verify_sequential  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

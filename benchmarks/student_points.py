@@ -7,7 +7,7 @@ On the external zoo's owner (see benchmarks/external_zoo.py) and its own trainin
    the owner's architecture, freshly initialised) trained on a random half of the owner's
    split, and surrogate **independents** (the owner's architecture, re-initialised, trained
    on the whole split with true labels, other seeds), all built with
-   :func:`ipguard.surrogates.build_surrogates` (cached);
+   :func:`ipguard.fingerprint.surrogates.build_surrogates` (cached);
 2. candidate pools made from the *other* half (inputs the students never saw, which the
    independents did see, as same-data independents in the wild have): bridges between two
    owner inputs just past the owner's boundary (``offset`` of the segment), and IPGuard's
@@ -43,10 +43,10 @@ from external_zoo import (  # noqa: E402  (a sibling benchmark, not a package)
 )
 
 from ipguard.attacks._student import SAME_ARCH  # noqa: E402
-from ipguard.methods.bridges import bridge_points as bridge_pool  # noqa: E402
-from ipguard.methods.ipguard import IPGuard  # noqa: E402
-from ipguard.surrogates import SurrogateSuite, build_surrogates  # noqa: E402
-from ipguard.train import Recipe  # noqa: E402
+from ipguard.fingerprint.methods.bridges import bridge_points as bridge_pool  # noqa: E402
+from ipguard.fingerprint.methods.ipguard import IPGuard  # noqa: E402
+from ipguard.fingerprint.surrogates import SurrogateSuite, build_surrogates  # noqa: E402
+from ipguard.training.train import Recipe  # noqa: E402
 
 
 def _agree(suite: SurrogateSuite, points: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """The paper's k and n studies on the digits suite: ARUC against k and against n.
 
-Runs :func:`ipguard.sweep.run_sweep` on :func:`ipguard.suite.default_suite` (models built once
+Runs :func:`ipguard.evaluation.sweep.run_sweep` on :func:`ipguard.evaluation.suite.default_suite`
+(models built once
 into the zoo, or loaded from it), prints a markdown table and writes ``sweep.png``,
 ``sweep.svg``, ``sweep.csv`` and ``sweep.json`` to ``--out``.
 
@@ -20,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from ipguard.suite import default_suite
-from ipguard.sweep import run_sweep
+from ipguard.evaluation.suite import default_suite
+from ipguard.evaluation.sweep import run_sweep
 
 KS = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
 NS = (10, 20, 50, 100, 200)

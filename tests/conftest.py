@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from ipguard.data import load_data
-from ipguard.models import OwnerModel
-from ipguard.nets import digits_cnn
-from ipguard.train import seeded, train_classifier
+from ipguard.data.specs import load_data
+from ipguard.models.nets import digits_cnn
+from ipguard.models.owner import OwnerModel
+from ipguard.training.train import seeded, train_classifier
 
 # One thread: these models are tiny, and idle OpenMP workers spin against other jobs.
 torch.set_num_threads(1)

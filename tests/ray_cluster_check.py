@@ -19,10 +19,10 @@ from typing import Any
 import ray
 from ray.cluster_utils import Cluster
 
-import ipguard.distributed
-import ipguard.workers
+import ipguard.scale.distributed
+import ipguard.scale.workers
 from ipguard.operations import evaluate_suite
-from ipguard.scan import scan
+from ipguard.scale.scan import scan
 
 
 def _dying_build(
@@ -32,7 +32,7 @@ def _dying_build(
     worker process killed (SIGKILL) mid-task: once the progress actor has heard it start
     (so its restart counts as a retry), and before it can return a model. Deterministic
     where a killer watching from outside raced the tasks (they can take under a second)."""
-    real = ipguard.distributed._build
+    real = ipguard.scale.distributed._build
 
     def build(job_fn: Callable[[], Any], threads: int, tracker: Any, key: str) -> Any:
         try:
@@ -68,7 +68,7 @@ def _shas(zoo: Path) -> dict[str, str]:
 
 def main(work: Path, config: Path) -> None:
     # every data tensor of a job goes through the object store, once: count the puts
-    ipguard.workers.SHARE_BYTES = 0
+    ipguard.scale.workers.SHARE_BYTES = 0
     puts: list[tuple[int, ...]] = []
     real_put = ray.put
 
@@ -78,14 +78,14 @@ def main(work: Path, config: Path) -> None:
         return real_put(value, **kw)
 
     ray.put = counting_put  # type: ignore[assignment]
-    real_build = ipguard.distributed._build
+    real_build = ipguard.scale.distributed._build
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
     try:
         ray.init(address=cluster.address, log_to_driver=False)
         events: list[tuple[int, int, int, int]] = []
         marker = work / "killed.pid"
-        ipguard.distributed._build = _dying_build(marker)  # type: ignore[assignment]
+        ipguard.scale.distributed._build = _dying_build(marker)  # type: ignore[assignment]
         try:
             remote = evaluate_suite(
                 config,
@@ -96,7 +96,7 @@ def main(work: Path, config: Path) -> None:
                 task_progress=lambda *a: events.append(a),
             )
         finally:
-            ipguard.distributed._build = real_build  # type: ignore[assignment]
+            ipguard.scale.distributed._build = real_build  # type: ignore[assignment]
         local = evaluate_suite(config, zoo=work / "zoo-local", out=None, threads=1)
         fps = work / "fps"
         fps.mkdir()

@@ -16,7 +16,9 @@ from torch import Tensor, nn
 from typer.testing import CliRunner
 
 from ipguard import Fingerprint, InputError, IPGuard, ModelError, OwnerModel, verify
-from ipguard.adapters import (
+from ipguard.cli import app
+from ipguard.models.owner import CallableSuspect
+from ipguard.suspects.adapters import (
     OnnxSuspect,
     Preprocess,
     PreprocessedSuspect,
@@ -24,9 +26,7 @@ from ipguard.adapters import (
     open_suspect,
     suspect_kind,
 )
-from ipguard.cli import app
-from ipguard.http_client import HTTPOptions, HTTPSuspect
-from ipguard.models import CallableSuspect
+from ipguard.suspects.http_client import HTTPOptions, HTTPSuspect
 
 runner = CliRunner()
 
@@ -245,10 +245,10 @@ def test_corrupt_onnx_and_unknown_forms_give_one_line_errors(
         ("model.pts", "torchscript"),
         ("model.torchscript", "torchscript"),
         ("arch:resnet20", "arch"),
-        ("ipguard.nets:digits_cnn", "factory"),
+        ("ipguard.models.nets:digits_cnn", "factory"),
         ("torch.nn:Identity", "factory"),
         ("numpy:argmax", "function"),
-        ("ipguard.demo:nonexistent_attr", None),
+        ("ipguard.evaluation.demo:nonexistent_attr", None),
     ],
 )
 def test_suspect_kind_table(spec: str, kind: str | None) -> None:
@@ -272,7 +272,7 @@ def test_open_suspect_picks_the_adapter(
     table: list[tuple[tuple[str, ...], dict[str, Any], type]] = [
         ((str(setup["owner_onnx"]),), {}, OnnxSuspect),
         ((str(ts),), {}, TorchSuspect),
-        (("ipguard.nets:digits_cnn",), {"weights": weights}, TorchSuspect),
+        (("ipguard.models.nets:digits_cnn",), {"weights": weights}, TorchSuspect),
         ((f"{api}:record",), {}, CallableSuspect),
         ((f"{api}:record",), {"preprocess": pre}, PreprocessedSuspect),
     ]
@@ -280,10 +280,10 @@ def test_open_suspect_picks_the_adapter(
         name, oracle = open_suspect(spec, **kw, **extra)
         assert name == spec and isinstance(oracle, cls), (spec, type(oracle))
     # a local module with no preprocessing is exactly the owner-model path
-    _, local = open_suspect("ipguard.nets:digits_cnn", weights=weights, **kw)
+    _, local = open_suspect("ipguard.models.nets:digits_cnn", weights=weights, **kw)
     assert torch.equal(local.predict(fp.points), setup["owner"].predict(fp.points))
     with pytest.raises(ModelError, match="untrained"):
-        open_suspect("ipguard.nets:digits_cnn", **kw)
+        open_suspect("ipguard.models.nets:digits_cnn", **kw)
     with pytest.raises(InputError, match="does not apply"):
         open_suspect(f"{api}:record", weights=weights, **kw)
 
@@ -329,7 +329,7 @@ def test_preprocess_order_and_types() -> None:
 def test_scaled_local_suspect_does_not_get_the_owners_normalisation(tmp_path: Path) -> None:
     """A model that takes 0..255 values (--scale 255) must not also get the owner's 0..1
     mean/std: that would be applied to 0..255 values and shift everything."""
-    from ipguard.adapters import Preprocess, open_suspect
+    from ipguard.suspects.adapters import Preprocess, open_suspect
 
     class Bright(torch.nn.Module):  # label 1 iff the mean input is in the 0..255 mid-range
         def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -26,13 +26,18 @@ from ipguard import (
     open_server,
     verify_suspects,
 )
-from ipguard.adapters import Preprocess
-from ipguard.calibration import calibrate, load_calibration
 from ipguard.cli import app
-from ipguard.data import load_data
-from ipguard.http_client import HTTPOptions
-from ipguard.nets import digits_cnn
-from ipguard.signing import load_private_key, make_commitment, sign_fingerprint, write_keypair
+from ipguard.data.specs import load_data
+from ipguard.fingerprint.signing import (
+    load_private_key,
+    make_commitment,
+    sign_fingerprint,
+    write_keypair,
+)
+from ipguard.models.nets import digits_cnn
+from ipguard.suspects.adapters import Preprocess
+from ipguard.suspects.http_client import HTTPOptions
+from ipguard.verdict.calibration import calibrate, load_calibration
 from tests.test_evaluate import TINY
 
 runner = CliRunner()
@@ -63,7 +68,7 @@ def files(tmp_path_factory: pytest.TempPathFactory, owner_module: nn.Module,
     save_file(other_module.state_dict(), str(d / "other.safetensors"))
     torch.jit.save(torch.jit.script(owner_module.eval()), str(d / "owner_ts.pt"))
     fp = make_fingerprint(
-        "ipguard.nets:digits_cnn", weights=d / "owner.safetensors", data="digits", n=30,
+        "ipguard.models.nets:digits_cnn", weights=d / "owner.safetensors", data="digits", n=30,
         method="ipguard", params=FAST, output=d / "fp.safetensors", calibration_models=0,
     )  # fmt: skip
     assert fp.n == 30
@@ -97,7 +102,7 @@ def counting_adapter(files: dict[str, Path]) -> Iterator[tuple[str, list[int]]]:
 def test_make_fingerprint_is_the_fingerprint_command(files: dict[str, Path]) -> None:
     out_file = files["dir"] / "cli_fp.safetensors"
     code, out, err = cli(
-        "fingerprint", "ipguard.nets:digits_cnn", "--weights", str(files["owner_w"]),
+        "fingerprint", "ipguard.models.nets:digits_cnn", "--weights", str(files["owner_w"]),
         "--data", "digits", "-n", "30", "--max-iter", "300", "-o", str(out_file), "--json",
         "--method", "ipguard", "--calibration-models", "0",
     )  # fmt: skip
@@ -149,7 +154,7 @@ def test_make_fingerprint_refuses_before_any_work(
 
     monkeypatch.setattr("ipguard.operations.load_module", no_loading)
     with pytest.raises(InputError, match=message):
-        make_fingerprint("ipguard.nets:digits_cnn", weights="w.safetensors", **kwargs)
+        make_fingerprint("ipguard.models.nets:digits_cnn", weights="w.safetensors", **kwargs)
 
 
 # -- verify_suspects ---------------------------------------------------------------------------
@@ -158,7 +163,7 @@ def test_verify_suspects_is_the_verify_command(
 ) -> None:
     spec, calls = counting_adapter
     report = verify_suspects(
-        files["fp"], [str(files["owner_ts"]), "ipguard.nets:digits_cnn"],
+        files["fp"], [str(files["owner_ts"]), "ipguard.models.nets:digits_cnn"],
         weights=[files["other_w"]], adapters=[spec], threshold=0.7,
     )  # fmt: skip
     owner_row, other_row, adapter_row = report.verdicts
@@ -173,7 +178,7 @@ def test_verify_suspects_is_the_verify_command(
     assert other_row.verdict == ("pirated" if expected >= 0.7 else "not pirated")
     assert report.threshold == 0.7 and report.evidence == {"fingerprint_digest": fp.digest}
     code, out, err = cli(
-        "verify", str(files["fp"]), str(files["owner_ts"]), "ipguard.nets:digits_cnn",
+        "verify", str(files["fp"]), str(files["owner_ts"]), "ipguard.models.nets:digits_cnn",
         "--weights", str(files["other_w"]), "--adapter", spec, "--threshold", "0.7", "--json",
     )  # fmt: skip
     assert code == 0, err
@@ -229,7 +234,7 @@ def test_verify_suspects_argument_errors(files: dict[str, Path]) -> None:
     with pytest.raises(InputError, match="no suspect given"):
         verify_suspects(fp)
     with pytest.raises(InputError, match="1 package.module:factory suspect"):
-        verify_suspects(fp, ["ipguard.nets:digits_cnn"])
+        verify_suspects(fp, ["ipguard.models.nets:digits_cnn"])
     with pytest.raises(InputError, match="--retries, --budget only apply to http"):
         verify_suspects(fp, [str(files["owner_ts"])], http={"retries": 2, "budget": 9})
     with pytest.raises(InputError, match="HTTP options only apply to http"):

@@ -23,10 +23,10 @@ from ipguard.attacks import (
     last_linear,
     make_attack,
 )
-from ipguard.data import load_data
+from ipguard.data.specs import load_data
 from ipguard.errors import InputError
-from ipguard.nets import digits_cnn
-from ipguard.train import accuracy, seeded, train_classifier
+from ipguard.models.nets import digits_cnn
+from ipguard.training.train import accuracy, seeded, train_classifier
 
 torch.set_num_threads(1)
 

@@ -17,7 +17,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from ipguard.cli import app
-from ipguard.fingerprint import Fingerprint
+from ipguard.fingerprint.record import Fingerprint
 
 runner = CliRunner()
 
@@ -66,7 +66,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, owner_module: nn.Module) -> di
     files["bad_toml"] = d / "bad.toml"
     files["bad_toml"].write_text("[owner\nthis is not toml\n")
     files["ctrl"] = d / "ctl\x01\x1b[31m\n.pt"
-    from ipguard.signing import write_keypair
+    from ipguard.fingerprint.signing import write_keypair
 
     files["key"], files["pub"], _ = write_keypair(d / "owner")
     return files
@@ -130,7 +130,7 @@ def _cases(env: dict[str, Path]) -> list[tuple[str, list[str], list[str], str]]:
         ("verify-pickle", ["verify", fp, str(env["pickle"])], [], "--trust-pickle"),
         (
             "verify-pickle-weights",
-            ["verify", fp, "ipguard.nets:digits_cnn", "--weights", str(env["pickle"])],
+            ["verify", fp, "ipguard.models.nets:digits_cnn", "--weights", str(env["pickle"])],
             [],
             "--trust-pickle",
         ),  # fmt: skip

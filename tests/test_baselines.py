@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from ipguard import OwnerModel, load_fingerprint, make_method
 from ipguard.cli import app
 from ipguard.errors import InputError
-from ipguard.methods._common import top2_margin
+from ipguard.fingerprint.methods._common import top2_margin
 
 Labelled = tuple[torch.Tensor, torch.Tensor]
 
@@ -149,7 +149,7 @@ def test_cli_param(tmp_path: Path, owner_module: nn.Module) -> None:
     weights = tmp_path / "owner.safetensors"
     save_file(owner_module.state_dict(), str(weights))
     out = tmp_path / "fp.safetensors"
-    base = ["fingerprint", "ipguard.nets:digits_cnn", "--weights", str(weights), "--data",
+    base = ["fingerprint", "ipguard.models.nets:digits_cnn", "--weights", str(weights), "--data",
             "digits", "-n", "20", "--calibration-models", "0", "-o", str(out)]  # fmt: skip
     result = runner.invoke(
         app, [*base, "--method", "pgd", "--param", "eps=0.05", "--param", "targeted=true",

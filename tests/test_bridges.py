@@ -18,9 +18,8 @@ from torch import nn
 from ipguard import OwnerModel, load_fingerprint, make_fingerprint, make_method, verify
 from ipguard.attacks import PirateData, make_attack
 from ipguard.errors import InputError
-from ipguard.fingerprint import Fingerprint
-from ipguard.methods import GenerationProgress
-from ipguard.methods.bridges import (
+from ipguard.fingerprint.methods import GenerationProgress
+from ipguard.fingerprint.methods.bridges import (
     EPOCH_STEPS,
     FIT_GAP,
     Bridges,
@@ -28,11 +27,12 @@ from ipguard.methods.bridges import (
     bridge_segments,
     on_segments,
 )
-from ipguard.nets import digits_cnn
-from ipguard.null import null_from_record
+from ipguard.fingerprint.record import Fingerprint
+from ipguard.models.nets import digits_cnn
 from ipguard.operations import DEFAULT_METHOD, FALLBACK_METHOD, FPR_LADDER, _rule, default_method
-from ipguard.train import seeded, train_classifier
-from ipguard.zoo import ModelZoo
+from ipguard.training.train import seeded, train_classifier
+from ipguard.training.zoo import ModelZoo
+from ipguard.verdict.null import null_from_record
 
 #: The owner fixture's own recipe (tests/conftest.py), as the owner would pass it.
 OWNER_RECIPE = {"epochs": 15, "lr": 1e-3, "batch_size": 64, "schedule": "constant",
@@ -280,7 +280,7 @@ def test_an_architecture_that_cannot_take_the_inputs_is_refused_before_training(
 def test_distilled_surrogates_get_the_distillation_gradient() -> None:
     """The recipe's cross-entropy on the softened outputs, through ``_Softened``, has the
     gradient of Hinton et al.'s ``T^2 KL(teacher || student)`` at temperature T."""
-    from ipguard.methods.bridges import _Softened
+    from ipguard.fingerprint.methods.bridges import _Softened
 
     torch.manual_seed(0)
     net, x, t = nn.Linear(5, 4), torch.randn(8, 5), 4.0
@@ -294,7 +294,7 @@ def test_distilled_surrogates_get_the_distillation_gradient() -> None:
 
 
 def test_default_method_and_its_fallback(owner_module: nn.Module) -> None:
-    from ipguard.data import load_data
+    from ipguard.data.specs import load_data
 
     labelled = load_data("digits")
     assert default_method(labelled, owner_module) == (DEFAULT_METHOD, "")
@@ -304,7 +304,7 @@ def test_default_method_and_its_fallback(owner_module: nn.Module) -> None:
     for owner in (scripted, "owner.pt", "hf:./vit"):
         name, why = default_method(labelled, owner)
         assert name == FALLBACK_METHOD and "TorchScript" in why
-    for spec in ("arch:digits_cnn", "ipguard.nets:digits_cnn"):
+    for spec in ("arch:digits_cnn", "ipguard.models.nets:digits_cnn"):
         assert default_method(labelled, spec) == (DEFAULT_METHOD, "")
 
 
@@ -348,7 +348,7 @@ def test_the_default_command_and_its_fallback(owner_module: nn.Module, tmp_path:
     runner = CliRunner()
     weights, fp_file = tmp_path / "owner.safetensors", tmp_path / "fp.safetensors"
     save_file(owner_module.state_dict(), str(weights))
-    owner = ["ipguard.nets:digits_cnn", "--weights", str(weights)]
+    owner = ["ipguard.models.nets:digits_cnn", "--weights", str(weights)]
     made = runner.invoke(app, ["fingerprint", *owner, "--data", "digits", "-n", "30",
                                "-o", str(fp_file), "--json"])  # fmt: skip
     assert made.exit_code == 0, made.output
@@ -383,7 +383,7 @@ def test_verify_says_why_it_stated_a_larger_rate_only_when_it_chose_it(
     path = dataclasses.replace(fp, calibration=zoo).save(tmp_path / "fp.safetensors")
     weights = tmp_path / "owner.safetensors"
     save_file(owner_module.state_dict(), str(weights))
-    owner = ["ipguard.nets:digits_cnn", "--weights", str(weights)]
+    owner = ["ipguard.models.nets:digits_cnn", "--weights", str(weights)]
     runner = CliRunner()
     chosen = runner.invoke(app, ["verify", str(path), *owner])
     asked = runner.invoke(app, ["verify", str(path), *owner, "--fpr", "0.05"])

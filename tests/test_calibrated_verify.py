@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 from ipguard import calibrate_fingerprint, load_fingerprint, verify_suspects
 from ipguard.cli import app
 from ipguard.errors import FingerprintFileError, InputError
-from ipguard.nets import digits_cnn
-from ipguard.null import null_from_record
-from ipguard.train import seeded, train_classifier
+from ipguard.models.nets import digits_cnn
+from ipguard.training.train import seeded, train_classifier
+from ipguard.verdict.null import null_from_record
 
 runner = CliRunner()
 
@@ -52,7 +52,7 @@ def env(
         m = train_classifier(seeded(digits_cnn, seed), x[1350:], y[1350:], epochs=15, seed=seed)
         torch.jit.save(torch.jit.script(m.eval()), str(d / f"indep{seed}.pt"))
     code, out, err = cli(
-        "fingerprint", "ipguard.nets:digits_cnn", "--weights", str(d / "owner.safetensors"),
+        "fingerprint", "ipguard.models.nets:digits_cnn", "--weights", str(d / "owner.safetensors"),
         "--data", "digits", "-n", "100", "-o", str(d / "fp.safetensors"), "--json",
         "--method", "ipguard",
     )  # fmt: skip
@@ -116,7 +116,7 @@ def test_threshold_and_uncalibrated_bases(env: dict[str, Path], tmp_path: Path) 
     assert code == 1 and "--threshold or --fpr, not both" in err
     bare = tmp_path / "bare.safetensors"
     code, _, err = cli(
-        "fingerprint", "ipguard.nets:digits_cnn", "--weights", str(env["owner_w"]), "--data",
+        "fingerprint", "ipguard.models.nets:digits_cnn", "--weights", str(env["owner_w"]), "--data",
         "digits", "-n", "20", "--method", "ipguard", "--calibration-models", "0", "-o", str(bare),
     )  # fmt: skip
     assert code == 0, err
@@ -160,14 +160,14 @@ def test_calibrate_with_data_needs_the_owners_own_weights(env: dict[str, Path],
                                                           tmp_path: Path) -> None:  # fmt: skip
     fp = load_fingerprint(env["fp"])
     again = calibrate_fingerprint(
-        fp, data="digits", model="ipguard.nets:digits_cnn", model_weights=env["owner_w"]
+        fp, data="digits", model="ipguard.models.nets:digits_cnn", model_weights=env["owner_w"]
     )
     assert again.calibration is not None
     assert again.calibration["negative_matches"] == fp.calibration["negative_matches"]  # cached
     other_w = tmp_path / "other.safetensors"
     save_file(seeded(digits_cnn, 5).state_dict(), str(other_w))
     with pytest.raises(InputError, match="not the owner weights"):
-        calibrate_fingerprint(fp, data="digits", model="ipguard.nets:digits_cnn",
+        calibrate_fingerprint(fp, data="digits", model="ipguard.models.nets:digits_cnn",
                               model_weights=other_w)  # fmt: skip
     with pytest.raises(InputError, match="either independent models or --data"):
         calibrate_fingerprint(fp)
@@ -179,7 +179,7 @@ def test_calibrate_with_data_needs_the_owners_own_weights(env: dict[str, Path],
 
 def test_a_calibration_file_wins_over_the_fingerprints_own(env: dict[str, Path],
                                                            tmp_path: Path) -> None:  # fmt: skip
-    from ipguard.calibration import calibrate
+    from ipguard.verdict.calibration import calibrate
 
     fp = load_fingerprint(env["fp"])
     cal = calibrate([30, 35, 40, 45, 38], fp.n, target_fpr=0.05, fingerprint_digest=fp.digest)
@@ -196,7 +196,12 @@ def test_a_calibration_file_wins_over_the_fingerprints_own(env: dict[str, Path],
 
 
 def test_a_signature_covers_the_calibration(env: dict[str, Path], tmp_path: Path) -> None:
-    from ipguard.signing import check_signature, load_private_key, sign_fingerprint, write_keypair
+    from ipguard.fingerprint.signing import (
+        check_signature,
+        load_private_key,
+        sign_fingerprint,
+        write_keypair,
+    )
 
     key, pub, _ = write_keypair(tmp_path / "k")
     signed = tmp_path / "fp.safetensors"

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ipguard.calibration import (
+from ipguard.errors import InputError
+from ipguard.verdict.calibration import (
     Calibration,
     binomial_p_value,
     calibrate,
@@ -25,7 +26,6 @@ from ipguard.calibration import (
     threshold_for_fpr,
     upper_confidence_bound,
 )
-from ipguard.errors import InputError
 
 N = 100  # fingerprint points
 CREATED = "2025-01-02T03:04:05+00:00"
@@ -127,7 +127,7 @@ def test_overdispersed_negatives_switch_to_the_empirical_threshold(
 ) -> None:
     rng = np.random.default_rng(3)
     negs = beta_binomial_negatives(rng, 30)
-    with caplog.at_level(logging.WARNING, logger="ipguard.calibration"):
+    with caplog.at_level(logging.WARNING, logger="ipguard.verdict.calibration"):
         cal = calibrate(negs, N, target_fpr=0.01, created=CREATED)
     assert "spread" in caplog.text and "empirical" in caplog.text
     assert not cal.assumption_ok and cal.overdispersion > 2
@@ -143,7 +143,7 @@ def test_overdispersed_negatives_switch_to_the_empirical_threshold(
 
 
 def test_no_warning_when_the_assumption_holds(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="ipguard.calibration"):
+    with caplog.at_level(logging.WARNING, logger="ipguard.verdict.calibration"):
         calibrate(binomial_negatives(np.random.default_rng(4), 30), N)
     assert caplog.text == ""
 

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from torch import nn
 from typer.testing import CliRunner
 
-import ipguard.nets
+import ipguard.models.nets
 from ipguard import load_fingerprint
 from ipguard.cli import app
 from ipguard.errors import FingerprintFileError
@@ -40,7 +40,7 @@ def files(tmp_path_factory: pytest.TempPathFactory, owner_module: nn.Module,
     torch.jit.save(torch.jit.script(owner_module.eval()), str(owner_ts))
     fp = d / "fp.safetensors"
     code, out, err = run(
-        "fingerprint", "ipguard.nets:digits_cnn", "--weights", str(owner_w),
+        "fingerprint", "ipguard.models.nets:digits_cnn", "--weights", str(owner_w),
         "--data", "digits", "-n", "40", "-o", str(fp), "--method", "ipguard",
         "--calibration-models", "0",
     )  # fmt: skip
@@ -69,12 +69,12 @@ def test_fingerprint_json_and_input_shape(files: dict[str, Path]) -> None:
 
 def test_verify_table_and_json(files: dict[str, Path]) -> None:
     code, out, _ = run(
-        "verify", str(files["fp"]), str(files["owner_ts"]), "ipguard.nets:digits_cnn",
+        "verify", str(files["fp"]), str(files["owner_ts"]), "ipguard.models.nets:digits_cnn",
         "--weights", str(files["other_pt"]),
     )  # fmt: skip
     assert code == 0 and "pirated" in out and "40/40" in out
     code, out, _ = run(
-        "verify", str(files["fp"]), str(files["owner_ts"]), "ipguard.nets:digits_cnn",
+        "verify", str(files["fp"]), str(files["owner_ts"]), "ipguard.models.nets:digits_cnn",
         "--weights", str(files["other_pt"]), "--json", "--threshold", "0.7",
     )  # fmt: skip
     assert code == 0
@@ -87,7 +87,7 @@ def test_verify_table_and_json(files: dict[str, Path]) -> None:
     assert rows[0]["matches"] == rows[0]["n"] == 40
     # the other model's rate, recomputed here: its own labels on the fingerprint's points
     fp = load_fingerprint(files["fp"])
-    other = ipguard.nets.digits_cnn()
+    other = ipguard.models.nets.digits_cnn()
     other.load_state_dict(torch.load(files["other_pt"], weights_only=True))
     with torch.no_grad():
         matches = int((other.eval()(fp.points).argmax(1) == fp.labels).sum())
@@ -145,7 +145,7 @@ def test_bad_inputs_give_one_line_errors_and_leave_no_file(
     files: dict[str, Path], tmp_path: Path
 ) -> None:
     out_file = tmp_path / "fp.safetensors"
-    owner = ["ipguard.nets:digits_cnn", "--weights", str(files["owner_w"])]
+    owner = ["ipguard.models.nets:digits_cnn", "--weights", str(files["owner_w"])]
     nan = tmp_path / "nan.npz"
     np.savez(nan, x=np.full((5, 8, 8), np.nan, np.float32))
     big = tmp_path / "big.npz"
@@ -167,10 +167,10 @@ def test_bad_inputs_give_one_line_errors_and_leave_no_file(
         ([*owner, "--input-shape", "1,8,8", "--k", "-1"], "k must be >= 0"),
         ([*owner, "--input-shape", "1,8,8", "--method", "nope"], "unknown method"),
         ([*owner, "--data", "cifar99"], "unknown data spec"),
-        (["ipguard.nets:digits_cnn", "--input-shape", "1,8,8"], "pass --weights"),
+        (["ipguard.models.nets:digits_cnn", "--input-shape", "1,8,8"], "pass --weights"),
         (
             [
-                "ipguard.nets:digits_cnn",
+                "ipguard.models.nets:digits_cnn",
                 "--weights",
                 str(files["dir"] / "nope.pt"),
                 "--input-shape",
@@ -222,7 +222,10 @@ def test_verify_and_inspect_errors(files: dict[str, Path], tmp_path: Path) -> No
         (["verify", str(junk), str(files["owner_ts"])], "not a valid fingerprint"),
         (["verify", fp], "no suspect given"),
         (["verify", fp, str(five)], "has 5 classes but the fingerprint has 10"),
-        (["verify", fp, "ipguard.nets:digits_cnn"], "1 package.module:factory suspect(s) but 0"),
+        (
+            ["verify", fp, "ipguard.models.nets:digits_cnn"],
+            "1 package.module:factory suspect(s) but 0",
+        ),
         (["verify", fp, str(files["owner_ts"]), "--threshold", "2"], "threshold must be in"),
         (["verify", fp, "--adapter", "numpy:argmax"], "answered"),
         (["verify", fp, "--adapter", "numpy:pi"], "not callable"),
@@ -243,7 +246,7 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     assert type(debug.exception) is FingerprintFileError and str(debug.exception) == message
     assert debug.exc_info is not None
     frames = traceback.extract_tb(debug.exc_info[2])
-    assert frames[-1].name == "load_fingerprint" and frames[-1].filename.endswith("fingerprint.py")
+    assert frames[-1].name == "load_fingerprint" and frames[-1].filename.endswith("record.py")
     # and a real process prints that traceback (Python's own report of an uncaught error)
     proc = subprocess.run(
         [sys.executable, "-c", "from ipguard.cli import main; main()", "--debug", "inspect",
@@ -252,7 +255,7 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     )  # fmt: skip
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and lines[0] == "Traceback (most recent call last):", proc.stderr
-    assert any(line.strip().startswith("File ") and "fingerprint.py" in line for line in lines)
+    assert any(line.strip().startswith("File ") and "record.py" in line for line in lines)
     assert lines[-1] == f"ipguard.errors.FingerprintFileError: {message}"
     assert not [line for line in lines if line.startswith("error:")]  # not the one-line form
 

@@ -11,10 +11,11 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from ipguard import load_fingerprint, metrics
-from ipguard.calibration import load_calibration
+from ipguard import load_fingerprint
 from ipguard.cli import app
 from ipguard.errors import InputError
+from ipguard.evaluation import metrics
+from ipguard.verdict.calibration import load_calibration
 
 from .test_evaluate import TINY as _TINY
 from .test_evaluate import grid_aruc
@@ -134,7 +135,7 @@ def test_evaluate_config_errors(tmp_path: Path) -> None:
 def test_independents_are_judged_out_of_sample(evaluated: Path) -> None:
     """ "cleared" at the threshold fitted on the same independents is in-sample; each
     independent is also judged at the threshold fitted on the others (leave one out)."""
-    from ipguard.calibration import calibrate
+    from ipguard.verdict.calibration import calibrate
 
     report = json.loads((evaluated / "out" / "results.json").read_text())
     negatives = [r for r in report["suspects"] if not r["pirated"]]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ipguard import InputError
-from ipguard.data import load_data
+from ipguard.data.specs import load_data
 
 
 def test_digits() -> None:

@@ -14,8 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from ipguard import InputError, _imageio
-from ipguard.data import load_data, parse_spec
+from ipguard import InputError
+from ipguard.data import _imageio
+from ipguard.data.specs import load_data, parse_spec
 
 
 @pytest.fixture(autouse=True)

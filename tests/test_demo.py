@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ipguard.cli import app
-from ipguard.demo import run_demo
+from ipguard.evaluation.demo import run_demo
 
 
 @pytest.mark.parametrize("seed", [0, 1])

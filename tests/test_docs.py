@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ipguard.sweep import load_suite_and_sweep
+from ipguard.evaluation.sweep import load_suite_and_sweep
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "evaluation.md"
 

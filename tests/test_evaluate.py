@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from ipguard import metrics
 from ipguard.errors import InputError
-from ipguard.evaluate import EvaluationResult, run_suite
-from ipguard.suite import Suite, default_suite, load_suite, parse_suite
-from ipguard.zoo import ModelZoo
+from ipguard.evaluation import metrics
+from ipguard.evaluation.evaluate import EvaluationResult, run_suite
+from ipguard.evaluation.suite import Suite, default_suite, load_suite, parse_suite
+from ipguard.training.zoo import ModelZoo
 
 torch.set_num_threads(1)
 

@@ -15,7 +15,7 @@ from safetensors.torch import save, save_file
 
 from ipguard import Fingerprint, FingerprintFileError, IPGuard, OwnerModel, load_fingerprint, verify
 from ipguard.errors import IPGuardError
-from ipguard.fingerprint import FORMAT_NAME, fingerprint_from_bytes
+from ipguard.fingerprint.record import FORMAT_NAME, fingerprint_from_bytes
 
 
 @pytest.fixture(scope="module")

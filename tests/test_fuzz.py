@@ -17,14 +17,14 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from ipguard.attacks import ATTACKS
-from ipguard.data import Dataset, load_data, parse_spec
+from ipguard.data.specs import Dataset, load_data, parse_spec
 from ipguard.errors import IPGuardError
-from ipguard.fingerprint import Fingerprint, fingerprint_from_bytes
-from ipguard.http_client import parse_answer, read_journal
-from ipguard.methods import METHODS
-from ipguard.nets import ARCHITECTURES
-from ipguard.suite import Suite, parse_suite, suite_from_dict
-from ipguard.sweep import SweepConfig, sweep_from_dict
+from ipguard.evaluation.suite import Suite, parse_suite, suite_from_dict
+from ipguard.evaluation.sweep import SweepConfig, sweep_from_dict
+from ipguard.fingerprint.methods import METHODS
+from ipguard.fingerprint.record import Fingerprint, fingerprint_from_bytes
+from ipguard.models.nets import ARCHITECTURES
+from ipguard.suspects.http_client import parse_answer, read_journal
 from tests.test_evaluate import TINY
 
 if sys.version_info >= (3, 11):
@@ -199,7 +199,7 @@ def _small_data(folder: Path) -> None:
 
 
 def check_dataset(d: Dataset, spec: str) -> None:
-    """What a loaded data set promises (ipguard.data.Dataset): (N, C, H, W) float32 in
+    """What a loaded data set promises (ipguard.data.specs.Dataset): (N, C, H, W) float32 in
     [0, 1], int64 labels, one per input, in range of the class names, one mean/std value per
     channel, and the size and split the spec asks for."""
     assert isinstance(d, Dataset) and len(d) >= 1

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ipguard import GenerationError, InputError, IPGuard, OwnerModel
-from ipguard.methods.ipguard import boundary_search
+from ipguard.fingerprint.methods.ipguard import boundary_search
 
 
 def test_callers_module_and_tensors_are_untouched(owner_module: nn.Module) -> None:

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ipguard.evaluate import suite_size
-from ipguard.suite import read_toml, suite_from_dict
+from ipguard.evaluation.evaluate import suite_size
+from ipguard.evaluation.suite import read_toml, suite_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -81,7 +81,7 @@ def test_the_plan_counts_the_training_work_without_training(tmp_path: Path) -> N
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ipguard.nets import build_arch
+    from ipguard.models.nets import build_arch
 
     gp = _profile_module()
     obj, _ = read_toml(CONFIGS / "cifar10-gpu.toml")

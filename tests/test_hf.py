@@ -25,12 +25,12 @@ from transformers import (  # noqa: E402
 from typer.testing import CliRunner
 
 from ipguard import InputError, ModelError, load_fingerprint, make_fingerprint, verify_suspects
-from ipguard.adapters import Preprocess
 from ipguard.cli import app
-from ipguard.evaluate import run_suite
-from ipguard.hf import HFImageClassifier, read_hf_folder
-from ipguard.suite import parse_suite
-from ipguard.train import train_classifier
+from ipguard.evaluation.evaluate import run_suite
+from ipguard.evaluation.suite import parse_suite
+from ipguard.models.hf import HFImageClassifier, read_hf_folder
+from ipguard.suspects.adapters import Preprocess
+from ipguard.training.train import train_classifier
 from tests.test_evaluate import TINY
 
 runner = CliRunner()
@@ -275,7 +275,7 @@ def test_without_transformers_the_extra_is_named(
             raise ImportError("No module named 'transformers'")
         return real(name, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("ipguard.hf.importlib.import_module", no_transformers)
+    monkeypatch.setattr("ipguard.models.hf.importlib.import_module", no_transformers)
     with pytest.raises(ModelError, match=r"pip install 'ipguard-fingerprint\[hf\]'"):
         make_fingerprint(f"hf:{folders['owner']}", n=5)
 

@@ -23,9 +23,9 @@ from ipguard import (
     verify,
 )
 from ipguard.cli import app
-from ipguard.data import load_data
-from ipguard.fingerprint import fingerprint_from_bytes
-from ipguard.models import CallableSuspect
+from ipguard.data.specs import load_data
+from ipguard.fingerprint.record import fingerprint_from_bytes
+from ipguard.models.owner import CallableSuspect
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def fp(owner: OwnerModel) -> Fingerprint:
 
 def _with_meta(fp: Fingerprint, **changes: str) -> bytes:
     """A file with edited metadata and a recomputed (valid) digest: only validation stops it."""
-    from ipguard.fingerprint import _content_digest
+    from ipguard.fingerprint.record import _content_digest
 
     meta = fp.metadata() | changes
     meta["digest"] = _content_digest(fp.points, fp.labels, meta)

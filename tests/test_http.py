@@ -21,16 +21,16 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ipguard.data import load_data
+from ipguard.data.specs import load_data
 from ipguard.errors import InputError, SuspectError
-from ipguard.fingerprint import Fingerprint
-from ipguard.http_client import HTTPOptions, HTTPSuspect, point_key, quantise_png
-from ipguard.methods.ipguard import IPGuard
-from ipguard.models import OwnerModel
-from ipguard.nets import digits_cnn
-from ipguard.serve import FaultSpec, make_server
-from ipguard.train import seeded, train_classifier
-from ipguard.verify import verify
+from ipguard.fingerprint.methods.ipguard import IPGuard
+from ipguard.fingerprint.record import Fingerprint
+from ipguard.models.nets import digits_cnn
+from ipguard.models.owner import OwnerModel
+from ipguard.suspects.http_client import HTTPOptions, HTTPSuspect, point_key, quantise_png
+from ipguard.suspects.serve import FaultSpec, make_server
+from ipguard.training.train import seeded, train_classifier
+from ipguard.verdict.verify import verify
 
 torch.set_num_threads(1)
 N_POINTS = 40
@@ -51,7 +51,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def _start(weights: Path, *extra: str) -> subprocess.Popen[str]:
-    cmd = [sys.executable, "-m", "ipguard.cli", "serve", "ipguard.nets:digits_cnn"]
+    cmd = [sys.executable, "-m", "ipguard.cli", "serve", "ipguard.models.nets:digits_cnn"]
     cmd += ["--weights", str(weights), "--input-shape", "1,8,8", "--threads", "1", *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -150,9 +150,9 @@ CLIENT = """
 import json, sys, torch
 torch.set_num_threads(1)
 from pathlib import Path
-from ipguard.fingerprint import load_fingerprint
-from ipguard.http_client import HTTPOptions, HTTPSuspect
-from ipguard.verify import verify
+from ipguard.fingerprint.record import load_fingerprint
+from ipguard.suspects.http_client import HTTPOptions, HTTPSuspect
+from ipguard.verdict.verify import verify
 fp_file, url, journal, rate = sys.argv[1:5]
 opts = HTTPOptions(batch_size=4, concurrency=1, journal=Path(journal),
                    rate_limit=float(rate) if rate != "none" else None)

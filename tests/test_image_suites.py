@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 
 from ipguard.cli import app
 from ipguard.errors import InputError
-from ipguard.evaluate import run_suite
-from ipguard.nets import ARCHITECTURES
-from ipguard.suite import parse_suite
-from ipguard.sweep import load_suite_and_sweep
-from ipguard.train import Recipe
+from ipguard.evaluation.evaluate import run_suite
+from ipguard.evaluation.suite import parse_suite
+from ipguard.evaluation.sweep import load_suite_and_sweep
+from ipguard.models.nets import ARCHITECTURES
+from ipguard.training.train import Recipe
 
 torch.set_num_threads(1)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -153,7 +153,7 @@ def test_tiny_rgb_suite_end_to_end(tmp_path: Path) -> None:
 def test_interrupted_owner_training_resumes_in_the_zoo(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ipguard.train as train_mod
+    import ipguard.training.train as train_mod
 
     path = _images(tmp_path / "x.npz")
     suite = parse_suite(SUITE.format(path=path))
@@ -206,12 +206,12 @@ def test_cli_data_override(tmp_path: Path) -> None:
 def test_cli_registry_architecture_with_weights(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    from ipguard.nets import build_arch
-    from ipguard.train import seeded
+    from ipguard.models.nets import build_arch
+    from ipguard.training.train import seeded
 
     data = _images(tmp_path / "x.npz", n=40)
-    from ipguard.data import load_data
-    from ipguard.train import Recipe, train
+    from ipguard.data.specs import load_data
+    from ipguard.training.train import Recipe, train
 
     model = seeded(lambda: build_arch("cifar_cnn", num_classes=4, input_shape=(3, 16, 16)), 0)
     d = load_data(f"npz:{data}")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ipguard.methods.ipguard import IPGuard, boundary_search, ipguard_loss
-from ipguard.models import OwnerModel
+from ipguard.fingerprint.methods.ipguard import IPGuard, boundary_search, ipguard_loss
+from ipguard.models.owner import OwnerModel
 
 
 def test_loss_matches_the_formula() -> None:

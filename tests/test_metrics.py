@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ipguard.errors import InputError
-from ipguard.metrics import (
+from ipguard.evaluation.metrics import (
     MRStats,
     SuspectRecord,
     ThresholdInterval,

@@ -12,10 +12,12 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-import ipguard.models as models_module
+import ipguard.models.owner as models_module
 from ipguard import InputError, ModelError, OwnerModel
-from ipguard.models import load_module, load_weights, weights_sha256
-from ipguard.nets import digits_cnn
+from ipguard.models.nets import digits_cnn
+from ipguard.models.owner import weights_sha256
+from ipguard.models.spec import load_module
+from ipguard.models.statedict import load_weights
 
 
 def test_mean_std_are_applied_inside(owner_module: nn.Module) -> None:
@@ -97,12 +99,12 @@ def test_load_torchscript_and_factory_with_weights(tmp_path: Path) -> None:
     digest = weights_sha256(module)
     for loaded in (
         load_module(str(ts)),
-        load_module("ipguard.nets:digits_cnn", st),
-        load_module("ipguard.nets:digits_cnn", pt),
+        load_module("ipguard.models.nets:digits_cnn", st),
+        load_module("ipguard.models.nets:digits_cnn", pt),
     ):
         assert weights_sha256(loaded) == digest
     torch.save({"state_dict": module.state_dict(), "epoch": 3}, str(pt))
-    assert weights_sha256(load_module("ipguard.nets:digits_cnn", pt)) == digest
+    assert weights_sha256(load_module("ipguard.models.nets:digits_cnn", pt)) == digest
 
 
 class _Payload:
@@ -128,10 +130,10 @@ def test_a_pickled_module_is_refused_and_never_executed(tmp_path: Path) -> None:
     ("spec", "weights", "message"),
     [
         ("no/such/file.pt", None, "does not exist"),
-        ("ipguard.nets:digits_cnn", None, "pass --weights"),
-        ("ipguard.nets:nope", None, "has no attribute"),
+        ("ipguard.models.nets:digits_cnn", None, "pass --weights"),
+        ("ipguard.models.nets:nope", None, "has no attribute"),
         ("no_such_package_xyz:f", None, "cannot import"),
-        ("ipguard.nets:ARCHITECTURES", None, "neither an nn.Module nor a factory"),
+        ("ipguard.models.nets:ARCHITECTURES", None, "neither an nn.Module nor a factory"),
     ],
 )
 def test_model_loading_errors(spec: str, weights: str | None, message: str) -> None:
@@ -142,8 +144,8 @@ def test_model_loading_errors(spec: str, weights: str | None, message: str) -> N
 def test_weights_that_do_not_fit_are_named(tmp_path: Path) -> None:
     w = tmp_path / "w.safetensors"
     save_file({"fc.weight": torch.zeros(2, 2)}, str(w))
-    with pytest.raises(ModelError, match="do not fit ipguard.nets:digits_cnn: Missing key"):
-        load_module("ipguard.nets:digits_cnn", w)
+    with pytest.raises(ModelError, match="do not fit ipguard.models.nets:digits_cnn: Missing key"):
+        load_module("ipguard.models.nets:digits_cnn", w)
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00" * 40)
     with pytest.raises(ModelError, match="not valid safetensors"):

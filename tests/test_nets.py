@@ -18,14 +18,14 @@ from torch import nn
 
 from ipguard.attacks import last_linear
 from ipguard.errors import InputError, ModelError
-from ipguard.nets import (
+from ipguard.models.nets import (
     ARCHITECTURES,
     build_arch,
     describe_architectures,
     load_pretrained,
     native_input_shape,
 )
-from ipguard.train import seeded
+from ipguard.training.train import seeded
 
 torch.set_num_threads(1)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ipguard.errors import InputError
-from ipguard.null import betabinomial_sf, binomial_threshold, fit_null, moments
+from ipguard.verdict.null import betabinomial_sf, binomial_threshold, fit_null, moments
 
 N = 100
 REPS = 300

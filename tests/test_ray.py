@@ -87,8 +87,8 @@ def test_a_scan_on_the_cluster_equals_the_local_scan(report: dict[str, Any]) -> 
 
 
 def test_the_plain_install_does_not_import_ray() -> None:
-    code = ("import sys, ipguard, ipguard.cli, ipguard.operations, ipguard.scan, "
-            "ipguard.distributed; print('ray' in sys.modules)")  # fmt: skip
+    code = ("import sys, ipguard, ipguard.cli, ipguard.operations, ipguard.scale.scan, "
+            "ipguard.scale.distributed; print('ray' in sys.modules)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -96,7 +96,7 @@ def test_the_plain_install_does_not_import_ray() -> None:
 def test_ray_without_the_extra_is_a_one_line_error(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from ipguard.distributed import connect
+    from ipguard.scale.distributed import connect
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
     with pytest.raises(InputError, match=r"--ray needs Ray.*pip install"):
@@ -116,7 +116,7 @@ def test_large_tensors_are_shared_once_and_rebuilt_on_the_worker() -> None:
     import torch
 
     from ipguard.attacks.base import PirateData
-    from ipguard.workers import SHARE_BYTES, resolve, share  # the Ray path's too
+    from ipguard.scale.workers import SHARE_BYTES, resolve, share  # the Ray path's too
 
     big = torch.rand(SHARE_BYTES // 4 + 1)
     labels = torch.zeros(big.numel(), dtype=torch.int64)
@@ -140,7 +140,7 @@ def test_large_tensors_are_shared_once_and_rebuilt_on_the_worker() -> None:
 
 
 def test_a_task_that_fails_is_the_one_line_error_it_raised() -> None:
-    from ipguard.distributed import _result
+    from ipguard.scale.distributed import _result
 
     class RayTaskError(Exception):
         def __init__(self, cause: BaseException) -> None:

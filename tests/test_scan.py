@@ -16,12 +16,12 @@ from safetensors.torch import save_file
 from torch import nn
 from typer.testing import CliRunner
 
-import ipguard.scan as scan_module
+import ipguard.scale.scan as scan_module
 from ipguard import IPGuard, OwnerModel, load_fingerprint, verify_suspects
 from ipguard.cli import app
 from ipguard.errors import InputError
-from ipguard.null import calibration_record, null_from_record
-from ipguard.scan import read_suspect_list, scan
+from ipguard.scale.scan import read_suspect_list, scan
+from ipguard.verdict.null import calibration_record, null_from_record
 
 N = 30
 
@@ -41,7 +41,7 @@ def fleet(
     save_file(owner_module.state_dict(), str(d / "owner.safetensors"))
     (d / "suspects.txt").write_text(
         f"# the fleet\n{d / 'copy.pt'}\n\n{d / 'other.pt'}   # an independent\n"
-        f"ipguard.nets:digits_cnn {d / 'owner.safetensors'}\n"
+        f"ipguard.models.nets:digits_cnn {d / 'owner.safetensors'}\n"
     )
     return {"dir": d, "fps": fps}
 
@@ -59,7 +59,7 @@ def test_pairs_are_judged_as_verify_judges_them(fleet: dict[str, Any], tmp_path:
             assert p.threshold_basis == "uncalibrated-default" == v.threshold_basis
     assert result.pair(str(d / "copy.pt"), "owner-s0.safetensors").verdict == "pirated"
     assert result.pair(str(d / "other.pt"), "owner-s1.safetensors").verdict == "not pirated"
-    factory = f"ipguard.nets:digits_cnn {d / 'owner.safetensors'}"
+    factory = f"ipguard.models.nets:digits_cnn {d / 'owner.safetensors'}"
     assert result.pair(factory, "owner-s1.safetensors").matching_rate == 1.0
     matrix = (tmp_path / "out" / "matrix.csv").read_text().splitlines()
     assert matrix[0] == "suspect,owner-s0.safetensors,owner-s1.safetensors"
@@ -142,7 +142,7 @@ def test_a_suspect_that_fails_is_an_error_row_and_tried_again(
     [
         ("", "names no suspect"),
         ("a.pt b.pt c.pt\n", "expected SPEC or SPEC WEIGHTS"),
-        ("ipguard.nets:digits_cnn\n", "needs a weights file after it"),
+        ("ipguard.models.nets:digits_cnn\n", "needs a weights file after it"),
         ("model.onnx weights.safetensors\n", "takes no weights file"),
         ("a.pt\na.pt\n", "names a suspect twice"),
     ],

@@ -22,7 +22,7 @@ from ipguard import IPGuardSelect, OwnerModel, make_method, verify
 from ipguard.attacks import make_attack
 from ipguard.attacks._student import reinitialised
 from ipguard.errors import InputError
-from ipguard.evaluate import (
+from ipguard.evaluation.evaluate import (
     BuiltSuspect,
     SuiteModels,
     build_suite_models,
@@ -30,11 +30,11 @@ from ipguard.evaluate import (
     run_suite,
     suite_fingerprint,
 )
-from ipguard.methods.select import ensemble_search, selection_scores
-from ipguard.models import weights_sha256
-from ipguard.suite import Suite, parse_suite
-from ipguard.surrogates import InputMap, build_surrogates
-from ipguard.zoo import ModelZoo
+from ipguard.evaluation.suite import Suite, parse_suite
+from ipguard.fingerprint.methods.select import ensemble_search, selection_scores
+from ipguard.fingerprint.surrogates import InputMap, build_surrogates
+from ipguard.models.owner import weights_sha256
+from ipguard.training.zoo import ModelZoo
 from tests.test_evaluate import TINY
 
 # Cheap surrogates: three copies, two same-architecture independents, 4-epoch recipe.

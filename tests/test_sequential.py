@@ -21,15 +21,15 @@ from torch import nn
 from typer.testing import CliRunner
 
 from ipguard import calibrate_fingerprint, load_fingerprint, make_fingerprint, verify_suspects
-from ipguard.calibration import calibrate
 from ipguard.cli import app
 from ipguard.errors import InputError, SuspectError
-from ipguard.fingerprint import Fingerprint
-from ipguard.nets import digits_mlp
-from ipguard.null import NullModel, fit_null
-from ipguard.sequential import SequentialPlan, decide_paths, make_plan, verify_sequential
-from ipguard.serve import FaultSpec, make_server
-from ipguard.train import seeded, train_classifier
+from ipguard.fingerprint.record import Fingerprint
+from ipguard.models.nets import digits_mlp
+from ipguard.suspects.serve import FaultSpec, make_server
+from ipguard.training.train import seeded, train_classifier
+from ipguard.verdict.calibration import calibrate
+from ipguard.verdict.null import NullModel, fit_null
+from ipguard.verdict.sequential import SequentialPlan, decide_paths, make_plan, verify_sequential
 
 runner = CliRunner()
 N = 100

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from ipguard.fingerprint import Fingerprint
-from ipguard.methods.natural import Natural
-from ipguard.models import OwnerModel
-from ipguard.null import fit_null
-from ipguard.sequential import make_plan, verify_sequential
+from ipguard.fingerprint.methods.natural import Natural
+from ipguard.fingerprint.record import Fingerprint
+from ipguard.models.owner import OwnerModel
+from ipguard.verdict.null import fit_null
+from ipguard.verdict.sequential import make_plan, verify_sequential
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,10 +17,8 @@ from typer.testing import CliRunner
 
 from ipguard.cli import app
 from ipguard.errors import InputError, IPGuardError
-from ipguard.fingerprint import Fingerprint
-from ipguard.models import weights_sha256
-from ipguard.nets import digits_cnn
-from ipguard.signing import (
+from ipguard.fingerprint.record import Fingerprint
+from ipguard.fingerprint.signing import (
     check_commitment,
     check_signature,
     load_private_key,
@@ -30,6 +28,8 @@ from ipguard.signing import (
     signature_path,
     write_keypair,
 )
+from ipguard.models.nets import digits_cnn
+from ipguard.models.owner import weights_sha256
 
 runner = CliRunner()
 SECRETS: set[str] = set()  # private key material that must never be printed
@@ -265,8 +265,8 @@ def test_wrong_key_and_missing_signature(env: dict[str, Path], tmp_path: Path) -
 # -- verify with --pubkey and --commitment -----------------------------------------------------
 def _verify(env: dict[str, Path], *extra: str) -> tuple[int, str, str]:
     return run(
-        "verify", str(env["fp"]), "ipguard.nets:digits_cnn", "--weights", str(env["weights"]),
-        *extra,
+        "verify", str(env["fp"]), "ipguard.models.nets:digits_cnn",
+        "--weights", str(env["weights"]), *extra,
     )  # fmt: skip
 
 

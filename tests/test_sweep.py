@@ -1,4 +1,5 @@
-"""The k and n sweeps (ipguard.sweep): rows, nested n fingerprints, zoo reuse, outputs, errors."""
+"""The k and n sweeps (ipguard.evaluation.sweep): rows, nested n fingerprints, zoo reuse,
+outputs, errors."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ipguard import metrics
 from ipguard.errors import InputError
-from ipguard.evaluate import run_suite
-from ipguard.suite import Suite, parse_suite
-from ipguard.sweep import (
+from ipguard.evaluation import metrics
+from ipguard.evaluation.evaluate import run_suite
+from ipguard.evaluation.suite import Suite, parse_suite
+from ipguard.evaluation.sweep import (
     SweepConfig,
     SweepResult,
     load_suite_and_sweep,

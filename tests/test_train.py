@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from ipguard import InputError
-from ipguard.data import load_data
-from ipguard.nets import digits_cnn
-from ipguard.train import CIFAR_RECIPE, Recipe, augment_crop_flip, seeded, train
+from ipguard.data.specs import load_data
+from ipguard.models.nets import digits_cnn
+from ipguard.training.train import CIFAR_RECIPE, Recipe, augment_crop_flip, seeded, train
 
 SGD = Recipe(
     epochs=4, lr=0.05, optimizer="sgd", batch_size=32, weight_decay=5e-4, schedule="cosine",
@@ -157,7 +157,7 @@ def test_label_smoothing_trains_differently_and_channels_last_is_a_gpu_setting(
 
 
 def test_an_epochs_augmentation_is_drawn_as_batch_by_batch_draws_would_be() -> None:
-    from ipguard.train import _crop_flip, _epoch_augment
+    from ipguard.training.train import _crop_flip, _epoch_augment
 
     x = torch.rand(37, 3, 6, 6, generator=torch.Generator().manual_seed(0))
     flip, dy, dx = _epoch_augment(37, 10, 2, torch.Generator().manual_seed(5), x.device)
@@ -287,7 +287,7 @@ def test_checkpoint_of_a_run_on_other_parameters_is_not_used(
 def test_the_gpu_path_trains_in_mixed_precision_and_channels_last(
     data: tuple[torch.Tensor, torch.Tensor],
 ) -> None:  # pragma: no cover - runs on GPU machines only
-    from ipguard.zoo import state_blob
+    from ipguard.training.zoo import state_blob
 
     fast = Recipe(
         epochs=3, lr=0.05, optimizer="sgd", batch_size=64, augment=True, schedule="linear",

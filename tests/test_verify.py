@@ -18,7 +18,7 @@ from ipguard import (
     SuspectError,
     verify,
 )
-from ipguard.train import train_classifier
+from ipguard.training.train import train_classifier
 
 
 @pytest.fixture(scope="module")

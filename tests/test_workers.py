@@ -13,11 +13,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ipguard import workers
 from ipguard.cli import app
 from ipguard.errors import InputError
+from ipguard.evaluation.suite import parse_suite
 from ipguard.operations import evaluate_suite
-from ipguard.suite import parse_suite
+from ipguard.scale import workers
 
 from .test_evaluate import TINY
 

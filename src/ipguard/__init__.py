@@ -5,7 +5,7 @@ Implements IPGuard (Cao, Jia, Gong, AsiaCCS 2021). The commands are library call
 
     from ipguard import make_fingerprint, verify_suspects
 
-    fp = make_fingerprint("ipguard.nets:digits_cnn", weights="owner.safetensors",
+    fp = make_fingerprint("ipguard.models.nets:digits_cnn", weights="owner.safetensors",
                           data="digits", output="owner.fp.safetensors")
     report = verify_suspects("owner.fp.safetensors", ["suspect.onnx"])
 
@@ -20,8 +20,7 @@ and the building blocks are exported too::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ipguard._version import __version__
 from ipguard.errors import (
     FingerprintFileError,
     GenerationError,
@@ -30,11 +29,12 @@ from ipguard.errors import (
     ModelError,
     SuspectError,
 )
-from ipguard.fingerprint import Fingerprint, load_fingerprint
-from ipguard.methods import METHODS, FingerprintMethod, make_method
-from ipguard.methods.ipguard import IPGuard
-from ipguard.methods.select import IPGuardSelect
-from ipguard.models import CallableSuspect, LabelOracle, OwnerModel, load_module
+from ipguard.fingerprint.methods import METHODS, FingerprintMethod, make_method
+from ipguard.fingerprint.methods.ipguard import IPGuard
+from ipguard.fingerprint.methods.select import IPGuardSelect
+from ipguard.fingerprint.record import Fingerprint, load_fingerprint
+from ipguard.models.owner import CallableSuspect, LabelOracle, OwnerModel
+from ipguard.models.spec import load_module
 from ipguard.operations import (
     EvaluationRun,
     Inspection,
@@ -47,8 +47,8 @@ from ipguard.operations import (
     open_server,
     verify_suspects,
 )
-from ipguard.sequential import SequentialPlan, SequentialResult, verify_sequential
-from ipguard.verify import DEFAULT_THRESHOLD, VerificationResult, verify
+from ipguard.verdict.sequential import SequentialPlan, SequentialResult, verify_sequential
+from ipguard.verdict.verify import DEFAULT_THRESHOLD, VerificationResult, verify
 
 __all__ = [
     "__version__",

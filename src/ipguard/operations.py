@@ -7,7 +7,7 @@ directly::
 
     from ipguard import make_fingerprint, verify_suspects
 
-    fp = make_fingerprint("ipguard.nets:digits_cnn", weights="owner.safetensors",
+    fp = make_fingerprint("ipguard.models.nets:digits_cnn", weights="owner.safetensors",
                           data="digits", n=100, output="owner.fp.safetensors")
     report = verify_suspects("owner.fp.safetensors", ["suspect.onnx"])
     report.verdicts[0].verdict          # "pirated" or "not pirated"
@@ -28,18 +28,28 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
-from ipguard.adapters import Preprocess, needs_weights, open_suspect, suspect_kind
-from ipguard.calibration import CalibratedVerdict, Calibration, decide, load_calibration
-from ipguard.data import Dataset, load_data
+from ipguard.data.specs import Dataset, load_data
 from ipguard.errors import InputError, IPGuardError
-from ipguard.fingerprint import Fingerprint, load_fingerprint, utc_now
-from ipguard.hf import HFFolder, is_hf_spec, read_hf_folder
-from ipguard.http_client import HTTPOptions
+from ipguard.fingerprint.methods import METHODS, make_method
+from ipguard.fingerprint.methods.base import ProgressFn
+from ipguard.fingerprint.record import Fingerprint, load_fingerprint, utc_now
+from ipguard.fingerprint.signing import (
+    CommitmentCheck,
+    SignatureCheck,
+    check_commitment,
+    check_signature,
+    load_public_key,
+    signature_path,
+)
+from ipguard.fingerprint.surrogates import CALIBRATION_MODELS, surrogate_calibration
 from ipguard.io import check_output
-from ipguard.methods import METHODS, make_method
-from ipguard.methods.base import ProgressFn
-from ipguard.models import LabelOracle, OwnerModel, is_factory_spec, load_module
-from ipguard.null import (
+from ipguard.models.hf import HFFolder, is_hf_spec, read_hf_folder
+from ipguard.models.owner import LabelOracle, OwnerModel
+from ipguard.models.spec import is_factory_spec, load_module
+from ipguard.suspects.adapters import Preprocess, needs_weights, open_suspect, suspect_kind
+from ipguard.suspects.http_client import HTTPOptions
+from ipguard.verdict.calibration import CalibratedVerdict, Calibration, decide, load_calibration
+from ipguard.verdict.null import (
     DEFAULT_TARGET_FPR,
     FPR_LADDER,
     MIN_NEGATIVES,
@@ -48,7 +58,7 @@ from ipguard.null import (
     fit_null,
     stated_rule,
 )
-from ipguard.sequential import (
+from ipguard.verdict.sequential import (
     DEFAULT_BATCH,
     DEFAULT_FNR,
     SequentialPlan,
@@ -56,24 +66,15 @@ from ipguard.sequential import (
     make_plan,
     verify_sequential,
 )
-from ipguard.signing import (
-    CommitmentCheck,
-    SignatureCheck,
-    check_commitment,
-    check_signature,
-    load_public_key,
-    signature_path,
-)
-from ipguard.surrogates import CALIBRATION_MODELS, surrogate_calibration
-from ipguard.verify import DEFAULT_THRESHOLD, VerificationResult, check_threshold, verify
+from ipguard.verdict.verify import DEFAULT_THRESHOLD, VerificationResult, check_threshold, verify
 
 if TYPE_CHECKING:
-    from ipguard.distributed import RayRun, TaskProgress
-    from ipguard.evaluate import EvaluationResult
-    from ipguard.serve import FaultSpec, LabelServer
-    from ipguard.suite import Suite
-    from ipguard.sweep import SweepConfig, SweepResult
-    from ipguard.workers import LocalRun
+    from ipguard.evaluation.evaluate import EvaluationResult
+    from ipguard.evaluation.suite import Suite
+    from ipguard.evaluation.sweep import SweepConfig, SweepResult
+    from ipguard.scale.distributed import RayRun, TaskProgress
+    from ipguard.scale.workers import LocalRun
+    from ipguard.suspects.serve import FaultSpec, LabelServer
 
 __all__ = [
     "DEFAULT_FPR",
@@ -141,23 +142,23 @@ def make_fingerprint(
             ``arch:NAME``, the last two with ``weights``), or a module already built.
         weights: the owner's weights for a factory or ``arch:`` spec.
         data: a data spec (``digits``, ``npz:PATH``, ``cifar10:PATH``, ...) or a loaded
-            :class:`~ipguard.data.Dataset`; gives the input shape, and the start points or
+            :class:`~ipguard.data.specs.Dataset`; gives the input shape, and the start points or
             training data of methods that need them.
         input_shape: ``(C, H, W)`` of one input, when no ``data`` is given (else it must agree).
-        method: a name of :data:`~ipguard.methods.METHODS`; None for the default,
+        method: a name of :data:`~ipguard.fingerprint.methods.METHODS`; None for the default,
             :data:`DEFAULT_METHOD` when ``data`` has labels and the owner is a PyTorch
             module (it trains surrogates on them), else :data:`FALLBACK_METHOD`, which needs
             neither (``warn`` is told why).
         n: number of fingerprinting points.
         params: the method's hyper-parameters (unknown names are refused, naming the known).
         seed: seed of all randomness of the method.
-        bounds, mean, std, device: see :class:`~ipguard.models.OwnerModel`.
+        bounds, mean, std, device: see :class:`~ipguard.models.owner.OwnerModel`.
         trust_pickle: allow a pickled whole-module file (it can run code).
         output: write the fingerprint here too (checked before any work).
-        progress: called with each :class:`~ipguard.methods.base.GenerationProgress`.
+        progress: called with each :class:`~ipguard.fingerprint.methods.base.GenerationProgress`.
         calibration_models: how many held-out surrogate independents (the owner's
             architecture trained on ``data`` with other seeds) calibrate the verdict; the
-            match counts are stored in the fingerprint (:mod:`ipguard.null`). None: 8 when
+            match counts are stored in the fingerprint (:mod:`ipguard.verdict.null`). None: 8 when
             ``data`` has labels and the owner is a PyTorch module, else none. 0: none.
         note: called with a line as each surrogate is trained or loaded.
         warn: called with a line when the default method falls back to
@@ -616,7 +617,8 @@ def verify_suspects(
     Args:
         fingerprint: the fingerprint file (or a loaded :class:`Fingerprint`, without
             ``pubkey``).
-        suspects: suspect specs, each opened by its form (:func:`ipguard.adapters.open_suspect`):
+        suspects: suspect specs, each opened by its form
+        (:func:`ipguard.suspects.adapters.open_suspect`):
             an ``http(s)://`` label API, ``model.onnx``, a TorchScript archive,
             ``package.module:factory`` or ``arch:NAME`` (each takes the next of ``weights``),
             or ``package.module:function`` returning labels.
@@ -628,11 +630,11 @@ def verify_suspects(
             threshold decides, and each verdict gets a p-value.
         fpr: the target false-positive rate of the fingerprint's own calibration (default
             1%). Without ``threshold``, ``calibration`` or a calibrated fingerprint the
-            threshold is :data:`~ipguard.verify.DEFAULT_THRESHOLD`, with no error rate
+            threshold is :data:`~ipguard.verdict.verify.DEFAULT_THRESHOLD`, with no error rate
             (``threshold_basis`` says which).
         preprocess: what the suspects expect (size, scale, mean/std, layout, dtype); local
             models get the owner's recorded mean/std unless it says otherwise.
-        http: :class:`~ipguard.http_client.HTTPOptions`, or a mapping of its fields (None
+        http: :class:`~ipguard.suspects.http_client.HTTPOptions`, or a mapping of its fields (None
             values ignored), for URL suspects; refused when no suspect is a URL.
         pubkey: require a valid signature ``FILE.sig`` by this public key (checked before
             any suspect is queried).
@@ -641,7 +643,7 @@ def verify_suspects(
             (default 256, or 10 per step with ``sequential``), and whether a pickled module
             file may be loaded.
         sequential: ask the points in a random order, a batch at a time, and stop as soon as
-            the answers decide at the stated error rates (:mod:`ipguard.sequential`); needs
+            the answers decide at the stated error rates (:mod:`ipguard.verdict.sequential`); needs
             a null model (a calibrated fingerprint or ``calibration``).
         fnr: with ``sequential``, the chance that a copy matching at least ``copy_rate`` is
             cleared by evidence before the end (default 0.05).
@@ -786,7 +788,8 @@ def calibrate_fingerprint(
     (opened and queried as :func:`verify_suspects` does; at least 3), or ``data``, the
     owner's labelled training data, with ``model`` and ``model_weights`` (the owner, whose
     weights must be the ones the fingerprint was made from): ``models`` held-out surrogate
-    independents are then trained on it (:func:`ipguard.surrogates.surrogate_calibration`).
+    independents are then trained on it
+    (:func:`ipguard.fingerprint.surrogates.surrogate_calibration`).
     Returns the new fingerprint (new digest: sign it again) and writes it to ``output``.
     """
     if output is not None:
@@ -892,8 +895,8 @@ def _suite_for(
     method: str | None,
     params: Mapping[str, Any] | None,
 ) -> tuple[Suite, SweepConfig | None]:
-    from ipguard.suite import Suite, default_suite, suite_from_dict
-    from ipguard.sweep import load_suite_and_sweep
+    from ipguard.evaluation.suite import Suite, default_suite, suite_from_dict
+    from ipguard.evaluation.sweep import load_suite_and_sweep
 
     if isinstance(config, Suite):
         suite, sweep_config = config, None
@@ -932,7 +935,8 @@ def evaluate_suite(
     """Measure a fingerprint on a suite of copies and independents, as ``ipguard evaluate``.
 
     Args:
-        config: a suite TOML file (its ``[sweep]`` table too), a :class:`~ipguard.suite.Suite`,
+        config: a suite TOML file (its ``[sweep]`` table too), a
+        :class:`~ipguard.evaluation.suite.Suite`,
             or None for the built-in digits suite.
         zoo: the model cache; finished models are never retrained, so a rerun resumes.
         out: where to write ``results.json``, ``suspects.csv``, the plots, the fingerprint
@@ -948,17 +952,17 @@ def evaluate_suite(
         ray: a Ray cluster's address (``auto``, ``host:port``, ``ray://host:port``, or
             ``local``): every model the zoo lacks is built there first, one task per model
             with ``threads`` CPUs (1 if unset), then the evaluation runs here as always
-            (:mod:`ipguard.distributed`). Needs the ``ray`` extra.
+            (:mod:`ipguard.scale.distributed`). Needs the ``ray`` extra.
         task_progress: ``(queued, running, done, total)`` of the cluster's or the workers'
             jobs.
         device: where models are trained, fingerprinted and queried (``cuda``: the data on
-            the GPU, mixed precision; see :func:`ipguard.train.train`).
+            the GPU, mixed precision; see :func:`ipguard.training.train.train`).
         workers: build every model the zoo lacks first with this many local processes, each
             with ``threads`` torch threads (1 if unset) and ``device``, sharing it
-            (:mod:`ipguard.workers`); not with ``ray``.
+            (:mod:`ipguard.scale.workers`); not with ``ray``.
     """
-    from ipguard.evaluate import run_suite
-    from ipguard.sweep import SweepConfig, check_k_sweep, run_sweep
+    from ipguard.evaluation.evaluate import run_suite
+    from ipguard.evaluation.sweep import SweepConfig, check_k_sweep, run_sweep
 
     suite, sweep_config = _suite_for(config, data, method, params)
     if isinstance(sweep, SweepConfig):
@@ -985,11 +989,11 @@ def evaluate_suite(
         )
     ray_run = local_run = None
     if ray is not None:
-        from ipguard.distributed import prebuild_suite
+        from ipguard.scale.distributed import prebuild_suite
 
         ray_run = prebuild_suite(suite, zoo, ray, threads=threads or 1, progress=task_progress)
     if workers is not None:
-        from ipguard.workers import prebuild_local
+        from ipguard.scale.workers import prebuild_local
 
         local_run = prebuild_local(
             suite, zoo, workers=workers, threads=threads or 1, device=device,
@@ -1040,7 +1044,7 @@ def open_server(
     ``server.url`` is its address (``port=0`` picks a free port). ``class_names`` makes it
     answer names instead of indices; ``faults`` makes it misbehave on purpose (tests).
     """
-    from ipguard.serve import FaultSpec, make_server
+    from ipguard.suspects.serve import FaultSpec, make_server
 
     if threads is not None:
         if threads < 1:

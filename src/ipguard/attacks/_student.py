@@ -12,8 +12,8 @@ from torch import nn
 
 from ipguard.attacks.base import PirateData, TrainingAttack, model_device
 from ipguard.errors import InputError
-from ipguard.nets import ARCHITECTURES, build_arch
-from ipguard.train import seeded
+from ipguard.models.nets import ARCHITECTURES, build_arch
+from ipguard.training.train import seeded
 
 __all__ = ["SAME_ARCH", "StudentAttack", "reinitialised"]
 
@@ -57,7 +57,7 @@ def reinitialised(module: nn.Module, seed: int) -> nn.Module:
 
 @dataclass(frozen=True, kw_only=True)
 class StudentAttack(TrainingAttack):
-    """Train a new ``student`` from scratch: a name in :data:`ipguard.nets.ARCHITECTURES`, or
+    """Train a new ``student`` from scratch: a name in :data:`ipguard.models.nets.ARCHITECTURES`, or
     ``"same"`` for the stolen model's own architecture with fresh weights (a pirate who has
     the model knows its architecture)."""
 

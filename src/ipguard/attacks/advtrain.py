@@ -25,7 +25,7 @@ from ipguard.attacks.base import (
     fit,
     model_device,
 )
-from ipguard.models import eval_mode
+from ipguard.models.owner import eval_mode
 
 __all__ = ["AdvFinetune", "adversarial_examples"]
 

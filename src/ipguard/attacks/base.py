@@ -22,8 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from ipguard.errors import InputError, ModelError
-from ipguard.models import eval_mode
-from ipguard.train import cuda_precision
+from ipguard.models.owner import eval_mode
+from ipguard.training.train import cuda_precision
 
 __all__ = [
     "Attack",
@@ -215,7 +215,8 @@ def fit(
     ``after_step()`` runs after every optimiser step (e.g. to re-apply a pruning mask).
     Gradients are cleared at the end. Returns the module in eval mode.
 
-    :func:`ipguard.train.train_classifier` covers cross-entropy on labels only; attacks need
+    :func:`ipguard.training.train.train_classifier` covers cross-entropy on labels only; attacks
+    need
     other losses (distillation, adversarial mixes) and a hook after each step.
     """
     everything = list(module.parameters())

@@ -23,7 +23,7 @@ class Distill(StudentAttack):
     """Distil the stolen model into a fresh ``student``.
 
     Args:
-        student: architecture name in :data:`ipguard.nets.ARCHITECTURES`.
+        student: architecture name in :data:`ipguard.models.nets.ARCHITECTURES`.
         temperature: softening temperature ``T > 0`` of both teacher and student.
         epochs, lr, batch_size: Adam training of the student.
     """

@@ -23,7 +23,7 @@ class Extract(StudentAttack):
     """Train a fresh ``student`` on the stolen model's argmax labels of the pirate's inputs.
 
     Args:
-        student: architecture name in :data:`ipguard.nets.ARCHITECTURES`.
+        student: architecture name in :data:`ipguard.models.nets.ARCHITECTURES`.
         epochs, lr, batch_size: Adam training of the student.
     """
 

@@ -28,7 +28,7 @@ from ipguard.attacks.base import (
     model_device,
 )
 from ipguard.errors import InputError
-from ipguard.train import seeded
+from ipguard.training.train import seeded
 
 __all__ = ["FTLL", "FTAL", "RTLL", "RTAL"]
 

@@ -1,7 +1,8 @@
 """The ``ipguard`` command: a thin layer that parses, calls the library and prints.
 
 Each command parses its options (:mod:`ipguard.cli.options`), calls one library operation
-(:mod:`ipguard.operations`, or :mod:`ipguard.signing` and :mod:`ipguard.demo`) and prints
+(:mod:`ipguard.operations`, or :mod:`ipguard.fingerprint.signing` and
+:mod:`ipguard.evaluation.demo`) and prints
 the result (:mod:`ipguard.cli.render`). Results go to stdout (a table, or JSON with
 ``--json``); progress and diagnostics go to stderr. Every error a user can cause is printed
 as one line, ``error: ...``, with a non-zero exit and no traceback (``ipguard --debug ...``
@@ -20,7 +21,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ipguard import __version__
+from ipguard._version import __version__
 from ipguard.cli.options import (
     AuthEnvOpt,
     BudgetOpt,
@@ -74,10 +75,10 @@ from ipguard.cli.render import (
     progress,
 )
 from ipguard.errors import IPGuardError
+from ipguard.fingerprint.methods.base import GenerationProgress
+from ipguard.fingerprint.methods.ipguard import DEFAULT_K, DEFAULT_LR
 from ipguard.io import check_output
-from ipguard.methods.base import GenerationProgress
-from ipguard.methods.ipguard import DEFAULT_K, DEFAULT_LR
-from ipguard.verify import DEFAULT_THRESHOLD
+from ipguard.verdict.verify import DEFAULT_THRESHOLD
 
 app = typer.Typer(
     name="ipguard",
@@ -230,7 +231,7 @@ def fingerprint(
 ) -> None:
     """Fingerprint an owner model and write the fingerprint file.
 
-    Example: ipguard fingerprint ipguard.nets:digits_cnn --weights owner.safetensors
+    Example: ipguard fingerprint ipguard.models.nets:digits_cnn --weights owner.safetensors
     --data digits -o owner.fp.safetensors
     """
     from ipguard.operations import make_fingerprint
@@ -417,9 +418,9 @@ def verify(
     signature (FILE.sig) by that key, and with --commitment it must match the commitment;
     otherwise the exit status is 1 and no suspect is queried.
     """
-    from ipguard.adapters import Preprocess
-    from ipguard.http_client import read_class_names
     from ipguard.operations import verify_suspects
+    from ipguard.suspects.adapters import Preprocess
+    from ipguard.suspects.http_client import read_class_names
 
     http = {
         "batch_size": http_batch_size, "concurrency": concurrency, "timeout": timeout,
@@ -547,7 +548,7 @@ def archs(as_json: JsonOpt = False) -> None:
     Example: ipguard fingerprint arch:resnet20 --weights owner.safetensors --data
     cifar10:cifar-10-python.tar.gz -o owner.fp.safetensors
     """
-    from ipguard.nets import describe_architectures, native_input_shape
+    from ipguard.models.nets import describe_architectures, native_input_shape
 
     described = describe_architectures()
     if as_json:
@@ -556,7 +557,7 @@ def archs(as_json: JsonOpt = False) -> None:
             for name, text in described.items()
         ])  # fmt: skip
         return
-    table = Table(title="Built-in architectures (ipguard.nets.ARCHITECTURES)")
+    table = Table(title="Built-in architectures (ipguard.models.nets.ARCHITECTURES)")
     for column in ("name", "native input C,H,W", "description"):
         table.add_column(column)
     for name, text in described.items():
@@ -717,7 +718,7 @@ def scan(
     uncalibrated default) and says so. Finished pairs are journaled, so a
     stopped scan resumes without querying them again.
     """
-    from ipguard.scan import scan as run_scan
+    from ipguard.scale.scan import scan as run_scan
 
     with progress("scanning", 1) as bar:
         result = run_scan(
@@ -750,9 +751,9 @@ def demo(
     models (an MLP on other data, and a twin: the same CNN on the same data with another
     seed, the hardest negative); fingerprints the owner with IPGuard and verifies them all.
     """
-    from ipguard.demo import run_demo
-    from ipguard.methods.ipguard import IPGuard
-    from ipguard.verify import check_threshold
+    from ipguard.evaluation.demo import run_demo
+    from ipguard.fingerprint.methods.ipguard import IPGuard
+    from ipguard.verdict.verify import check_threshold
 
     tau = check_threshold(DEFAULT_THRESHOLD if threshold is None else threshold)
     method = IPGuard() if k is None else IPGuard(k=k)
@@ -814,7 +815,7 @@ def serve(
     demos, not production traffic; the --fault-* options make it misbehave on purpose.
     """
     from ipguard.operations import open_server
-    from ipguard.serve import FaultSpec
+    from ipguard.suspects.serve import FaultSpec
 
     if input_shape is None and not model.startswith("hf:"):
         raise typer.BadParameter("required unless MODEL is hf:FOLDER", param_hint="--input-shape")
@@ -862,7 +863,7 @@ def keygen(
     Keep NAME.key secret (encrypt it with --passphrase-env); publish NAME.pub.
     Example: ipguard keygen -o owner
     """  # fmt: skip
-    from ipguard.signing import key_paths, passphrase_from_env, write_keypair
+    from ipguard.fingerprint.signing import key_paths, passphrase_from_env, write_keypair
 
     key_path, _ = key_paths(output)
     check_output(key_path)
@@ -902,7 +903,7 @@ def sign(
 
     ipguard inspect FILE and ipguard verify FILE --pubkey NAME.pub check it.
     """
-    from ipguard.signing import load_private_key, passphrase_from_env, sign_fingerprint
+    from ipguard.fingerprint.signing import load_private_key, passphrase_from_env, sign_fingerprint
 
     if output is not None:
         check_output(output)
@@ -951,7 +952,7 @@ def commit(
     dict (checked against the fingerprint's owner_sha256), the method and its parameters.
     ipguard verify FILE --commitment C.json checks a fingerprint against it.
     """  # fmt: skip
-    from ipguard.signing import load_private_key, make_commitment, passphrase_from_env
+    from ipguard.fingerprint.signing import load_private_key, make_commitment, passphrase_from_env
 
     target = output if output is not None else Path(f"{fingerprint_file}.commit.json")
     check_output(target)

@@ -25,15 +25,15 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from ipguard.methods.base import GenerationProgress
-from ipguard.null import null_from_record
+from ipguard.fingerprint.methods.base import GenerationProgress
+from ipguard.verdict.null import null_from_record
 
 if TYPE_CHECKING:
-    from ipguard.demo import DemoResult
-    from ipguard.evaluate import EvaluationResult
-    from ipguard.fingerprint import Fingerprint
+    from ipguard.evaluation.demo import DemoResult
+    from ipguard.evaluation.evaluate import EvaluationResult
+    from ipguard.fingerprint.record import Fingerprint
     from ipguard.operations import EvaluationRun, Inspection, VerificationReport
-    from ipguard.scan import ScanResult
+    from ipguard.scale.scan import ScanResult
 
 # Piped output (files, CI logs) gets 120 columns instead of Rich's 80, so tables do not wrap.
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)

@@ -1,0 +1,1 @@
+"""Evaluation: suites of pirated and independent models, sweeps, metrics, plots and the demo."""

@@ -1,0 +1,188 @@
+"""The interface every fingerprinting method implements.
+
+A method is a frozen dataclass of keyword-only hyper-parameters, validated on construction.
+:meth:`FingerprintMethod.generate` is the final entry point: it checks the inputs, runs the
+subclass's :meth:`~FingerprintMethod.run`, clips the points to the bounds, recomputes the
+owner's labels itself (it does not trust the method's bookkeeping) and builds the
+:class:`~ipguard.fingerprint.record.Fingerprint` with full provenance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from ipguard.errors import InputError
+from ipguard.fingerprint.record import Fingerprint
+from ipguard.models.owner import OwnerModel
+
+__all__ = ["FingerprintMethod", "GenerationProgress", "ProgressFn"]
+
+
+@dataclass(frozen=True)
+class GenerationProgress:
+    """A progress report: ``converged`` usable points of ``n`` so far."""
+
+    round: int
+    iteration: int
+    max_iter: int
+    converged: int
+    n: int
+    #: what is being done, for methods that report more than a count (e.g. which
+    #: surrogate is training); empty otherwise
+    stage: str = ""
+
+
+ProgressFn = Callable[[GenerationProgress], None]
+
+
+class FingerprintMethod(ABC):
+    """Base class. Subclasses are ``@dataclass(frozen=True, kw_only=True)`` with a ``name``."""
+
+    name: ClassVar[str]
+
+    #: Subclasses that always start from real inputs set this; those that do only with some
+    #: settings override :attr:`needs_data`.
+    data_required: ClassVar[bool] = False
+
+    #: ``"inputs"``: ``data`` are any real inputs (start points; an evaluation passes its
+    #: held-out test split). ``"training"``: ``data`` must be the owner's own training data
+    #: (an evaluation passes the owner's split), e.g. to train surrogate models on.
+    data_role: ClassVar[str] = "inputs"
+
+    #: Methods that train held-out surrogate independents themselves set this: they return
+    #: the calibration record (:func:`ipguard.verdict.null.calibration_record`) of the points as
+    #: ``stats["calibration"]``, and :meth:`generate` stores it in the fingerprint.
+    calibrates: ClassVar[bool] = False
+
+    @property
+    def needs_data(self) -> bool:
+        """True if, with these settings, the method starts from real inputs (``data``)."""
+        return self.data_required
+
+    @property
+    def needs_labels(self) -> bool:
+        """True if the method needs the true labels of ``data`` (``labels``)."""
+        return False
+
+    def params(self) -> dict[str, Any]:
+        """All hyper-parameters, JSON-serialisable."""
+        assert dataclasses.is_dataclass(self)
+        return dataclasses.asdict(self)
+
+    @abstractmethod
+    def run(
+        self,
+        model: OwnerModel,
+        n: int,
+        *,
+        data: Tensor | None,
+        generator: torch.Generator,
+        progress: ProgressFn | None,
+        labels: Tensor | None = None,
+    ) -> tuple[Tensor, dict[str, Any]]:
+        """Return ``n`` points ``(n, C, H, W)`` and JSON-serialisable statistics.
+
+        ``labels`` are the true labels of ``data`` (int64 ``(M,)``, validated), or ``None``.
+        """
+
+    def generate(
+        self,
+        model: OwnerModel,
+        n: int = 100,
+        *,
+        data: Tensor | None = None,
+        labels: Tensor | None = None,
+        seed: int = 0,
+        progress: ProgressFn | None = None,
+    ) -> Fingerprint:
+        """Make a fingerprint of ``n`` points for ``model``.
+
+        Args:
+            model: the owner's classifier.
+            n: number of fingerprinting points.
+            data: optional real inputs ``(M, C, H, W)`` in the model's bounds (start points
+                for methods that use them). Never modified.
+            labels: optional true labels of ``data``, integers ``(M,)`` in
+                ``0..num_classes-1`` (for methods that need them). Never modified.
+            seed: all randomness comes from a generator seeded with it.
+            progress: called with a :class:`GenerationProgress` as work proceeds.
+        """
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise InputError(f"n must be a positive integer, got {n!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+            raise InputError(f"seed must be an integer in 0..2**63-1, got {seed!r}")
+        if data is not None:
+            model.check_inputs(data)
+        elif self.needs_data:
+            raise InputError(
+                f"method {self.name!r} with these settings starts from real inputs",
+                "pass --data SPEC",
+            )
+        labels = _check_labels(labels, data, model.num_classes)
+        if labels is None and self.needs_labels:
+            raise InputError(
+                f"method {self.name!r} needs the true labels of the data",
+                "pass a data spec with labels",
+            )
+        generator = torch.Generator().manual_seed(seed)
+        started = time.perf_counter()
+        points, stats = self.run(
+            model, n, data=data, labels=labels, generator=generator, progress=progress
+        )
+        if points.shape != (n, *model.input_shape):
+            raise AssertionError(f"{self.name} returned {tuple(points.shape)}, expected n={n}")
+        low, high = model.bounds
+        points = points.detach().clamp(low, high).to("cpu", torch.float32)
+        labels = model.predict(points)
+        # a method that calibrates itself (``calibrates``) returns the record in its stats
+        stats = dict(stats)
+        calibration = stats.pop("calibration", None)
+        stats["seconds"] = round(time.perf_counter() - started, 4)
+        return Fingerprint(
+            points=points,
+            labels=labels,
+            method=self.name,
+            params={**self.params(), "n": n, "seed": seed},
+            input_shape=model.input_shape,
+            bounds=model.bounds,
+            num_classes=model.num_classes,
+            owner_sha256=model.sha256(),
+            preprocessing={
+                "mean": None if model.mean is None else list(model.mean),
+                "std": None if model.std is None else list(model.std),
+            },
+            stats=stats,
+            calibration=calibration,
+        )
+
+
+def _check_labels(labels: Tensor | None, data: Tensor | None, classes: int) -> Tensor | None:
+    """Validate the true labels of ``data``; return them as int64 on the CPU (a copy if cast)."""
+    if labels is None:
+        return None
+    if data is None:
+        raise InputError("labels were given without data", "pass the inputs they label as data")
+    if not isinstance(labels, Tensor):
+        raise InputError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise InputError(f"labels must be integers, got {labels.dtype}")
+    if tuple(labels.shape) != (data.shape[0],):
+        raise InputError(
+            f"labels have shape {tuple(labels.shape)}, expected ({data.shape[0]},): one per "
+            "data input"
+        )
+    labels = labels.detach().to("cpu", torch.int64)
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        raise InputError(
+            f"labels span {int(labels.min())}..{int(labels.max())}, the model has classes "
+            f"0..{classes - 1}"
+        )
+    return labels

@@ -1,0 +1,65 @@
+"""Misclassified baseline: ``n`` real inputs that the owner labels wrongly.
+
+Owner-specific mistakes are a classic fingerprint (a copy tends to repeat them, an
+independent model tends not to). Needs the data and its true labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from ipguard.errors import InputError
+from ipguard.fingerprint.methods.base import FingerprintMethod, ProgressFn
+from ipguard.models.owner import OwnerModel
+
+__all__ = ["Misclassified"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Misclassified(FingerprintMethod):
+    """``n`` distinct data rows with owner prediction != true label, drawn with the seed.
+
+    Statistics: ``misclassified_available`` (wrong rows in the data), ``data_size``,
+    ``owner_error_rate`` on the whole data, and ``rows`` (the data row of each point).
+    """
+
+    name: ClassVar[str] = "misclassified"
+
+    data_required: ClassVar[bool] = True
+
+    @property
+    def needs_labels(self) -> bool:
+        return True
+
+    def run(
+        self,
+        model: OwnerModel,
+        n: int,
+        *,
+        data: Tensor | None,
+        generator: torch.Generator,
+        progress: ProgressFn | None,
+        labels: Tensor | None = None,
+    ) -> tuple[Tensor, dict[str, Any]]:
+        assert data is not None and labels is not None
+        wrong = (model.predict(data) != labels).nonzero().flatten()
+        count, size = int(wrong.numel()), int(data.shape[0])
+        if count < n:
+            raise InputError(
+                f"the owner misclassifies only {count} of the {size} data inputs, "
+                f"{n} needed for method {self.name!r}",
+                "give more data or a smaller n",
+            )
+        rows = wrong[torch.randperm(count, generator=generator)[:n]]
+        points = data[rows].to("cpu", torch.float32, copy=True)
+        stats = {
+            "misclassified_available": count,
+            "data_size": size,
+            "owner_error_rate": round(count / size, 4) if size else 0.0,
+            "rows": [int(r) for r in rows],
+        }
+        return points, stats

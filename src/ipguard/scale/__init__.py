@@ -1,0 +1,1 @@
+"""Scale: local worker processes, Ray, and fleet scans."""
