@@ -1,7 +1,9 @@
 """ipguard scan: many fingerprints against many suspects. Each pair is judged as verify
 judges it (two-sided: copies caught, an independent cleared); one load and one batched pass
 per suspect and input convention; a stopped scan resumes from its journal without asking a
-finished pair again; bad lists are one-line errors."""
+finished pair again, while a suspect file replaced at its path is asked again and an edited
+journal row is refused (and asked again); a bad line of the list is an error row naming its
+FILE:LINE, an unreadable list or results folder is one line."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import ipguard.scale.scan as scan_module
 from ipguard import IPGuard, OwnerModel, load_fingerprint, verify_suspects
 from ipguard.cli import app
 from ipguard.errors import InputError
-from ipguard.scale.scan import read_suspect_list, scan
+from ipguard.scale.scan import SuspectEntry, read_suspect_list, scan, suspect_digest
 from ipguard.verdict.null import calibration_record, null_from_record
 
 N = 30
@@ -39,6 +41,7 @@ def fleet(
     torch.jit.save(torch.jit.script(owner_module.eval()), str(d / "copy.pt"))
     torch.jit.save(torch.jit.script(other_module.eval()), str(d / "other.pt"))
     save_file(owner_module.state_dict(), str(d / "owner.safetensors"))
+    save_file(other_module.state_dict(), str(d / "other.safetensors"))
     (d / "suspects.txt").write_text(
         f"# the fleet\n{d / 'copy.pt'}\n\n{d / 'other.pt'}   # an independent\n"
         f"ipguard.models.nets:digits_cnn {d / 'owner.safetensors'}\n"
@@ -140,18 +143,199 @@ def test_a_suspect_that_fails_is_an_error_row_and_tried_again(
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("", "names no suspect"),
-        ("a.pt b.pt c.pt\n", "expected SPEC or SPEC WEIGHTS"),
-        ("ipguard.models.nets:digits_cnn\n", "needs a weights file after it"),
-        ("model.onnx weights.safetensors\n", "takes no weights file"),
-        ("a.pt\na.pt\n", "names a suspect twice"),
+        ("", r"suspects file .*s\.txt names no suspect \(write one spec per line\)$"),
+        ("# nothing\n\n", "names no suspect"),
+        ("a.pt\nb.pt\na.pt\n", r"s\.txt:3: suspect a\.pt is listed twice \(first on line 1\)"),
+        ("a.pt\n\xff.pt\n", r"s\.txt:2: the suspects file is not UTF-8 text"),
     ],
 )
-def test_bad_suspect_lists(tmp_path: Path, text: str, message: str) -> None:
+def test_a_list_that_cannot_be_read_is_one_error_with_its_line(
+    tmp_path: Path, text: str, message: str
+) -> None:
     listing = tmp_path / "s.txt"
-    listing.write_text(text)
+    listing.write_bytes(text.encode("latin-1"))
     with pytest.raises(InputError, match=message):
         read_suspect_list(listing)
+    with pytest.raises(InputError, match=r"cannot read suspects file .*: Is a directory"):
+        read_suspect_list(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("a.pt b.pt c.pt", "expected SPEC or SPEC WEIGHTS, got 3 fields"),
+        (
+            "ipguard.models.nets:digits_cnn",
+            "suspect ipguard.models.nets:digits_cnn needs a weights file after it",
+        ),
+        ("model.onnx weights.safetensors", "suspect model.onnx takes no weights file"),
+        ("no_such_pkg.mod:f", "cannot import 'no_such_pkg.mod': ModuleNotFoundError"),
+        ("ipguard.models.nets:no_such_net w.safetensors", "has no attribute 'no_such_net'"),
+        ("just-a-word", "cannot tell what kind of suspect 'just-a-word' is (give http(s)://URL"),
+        ("ftp://host/m.onnx", "only http:// and https:// URLs are supported"),
+    ],
+)
+def test_a_bad_line_is_an_entry_with_its_file_and_line(
+    tmp_path: Path, line: str, message: str
+) -> None:
+    listing = tmp_path / "s.txt"
+    listing.write_text(f"# the fleet\ngood.pt\n{line}  # a comment\nother.pt\n")
+    entries = read_suspect_list(listing)
+    assert [e.name for e in entries] == ["good.pt", line, "other.pt"]
+    assert entries[0].error is None and entries[2].error is None
+    assert entries[1].error is not None and entries[1].error.startswith(f"{listing}:3: ")
+    assert message in entries[1].error
+
+
+def test_bad_lines_are_error_rows_and_the_other_suspects_are_scanned(
+    fleet: dict[str, Any], tmp_path: Path
+) -> None:
+    d = fleet["dir"]
+    listing = tmp_path / "s.txt"
+    listing.write_text(f"{d / 'copy.pt'}\nno_such_pkg.mod:f\na b c\n{d / 'other.pt'}\n")
+    out = tmp_path / "out"
+    result = scan(fleet["fps"], listing, out)
+    assert result.suspects == (
+        str(d / "copy.pt"),
+        "no_such_pkg.mod:f",
+        "a b c",
+        str(d / "other.pt"),
+    )
+    for fp_name in result.fingerprints:
+        assert result.pair(str(d / "copy.pt"), fp_name).verdict == "pirated"
+        assert result.pair(str(d / "other.pt"), fp_name).verdict == "not pirated"
+        bad, malformed = result.pair("no_such_pkg.mod:f", fp_name), result.pair("a b c", fp_name)
+        assert bad.error is not None and bad.error.startswith(f"{listing}:2: cannot import")
+        assert malformed.error == f"{listing}:3: expected SPEC or SPEC WEIGHTS, got 3 fields"
+        assert bad.verdict is None and bad.matches is None and bad.n == N
+    assert result.to_dict()["errors"] == 4
+    journaled = [json.loads(line)["suspect"] for line in (out / "pairs.jsonl").open()]
+    assert set(journaled) == {str(d / "copy.pt"), str(d / "other.pt")}  # nothing was asked
+    cli = CliRunner().invoke(app, ["scan", "--fingerprints", str(fleet["fps"]), "--suspects",
+                                   str(listing), "--out", str(out)])  # fmt: skip
+    assert cli.exit_code == 0, cli.stderr
+    assert f"first error: no_such_pkg.mod:f: {listing}:2: cannot import" in cli.stderr
+
+
+def _counting_scans(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records ``suspect|fingerprint`` for every pair the scan asks."""
+    asked: list[str] = []
+    real = scan_module.scan_suspect
+
+    def counting(entry: Any, fps: Any, *a: Any, **kw: Any) -> Any:
+        asked.extend(f"{entry.name}|{name}" for name, _ in fps)
+        return real(entry, fps, *a, **kw)
+
+    monkeypatch.setattr(scan_module, "scan_suspect", counting)
+    return asked
+
+
+def test_a_replaced_suspect_is_asked_again_and_an_unchanged_one_is_not(
+    fleet: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = fleet["dir"]
+    model, weights = tmp_path / "upload.pt", tmp_path / "upload.safetensors"
+    model.write_bytes((d / "copy.pt").read_bytes())
+    weights.write_bytes((d / "owner.safetensors").read_bytes())
+    factory = f"ipguard.models.nets:digits_cnn {weights}"
+    listing = tmp_path / "s.txt"
+    listing.write_text(f"{model}\n{factory}\n{d / 'other.pt'}\n")
+    out = tmp_path / "out"
+    first = scan(fleet["fps"], listing, out)
+    assert {p.verdict for p in first.pairs if p.suspect != str(d / "other.pt")} == {"pirated"}
+    asked = _counting_scans(monkeypatch)
+    model.write_bytes(model.read_bytes())  # rewritten, same bytes: nothing to ask
+    unchanged = scan(fleet["fps"], listing, out)
+    assert asked == [] and unchanged.resumed == 6
+    model.write_bytes((d / "other.pt").read_bytes())  # replaced at the same path
+    weights.write_bytes((d / "other.safetensors").read_bytes())
+    replaced = scan(fleet["fps"], listing, out)
+    assert sorted(asked) == sorted(f"{s}|{f}" for s in (str(model), factory)
+                                   for f in first.fingerprints)  # fmt: skip
+    assert replaced.resumed == 2  # only other.pt's pairs
+    assert {p.verdict for p in replaced.pairs} == {"not pirated"}
+    asked.clear()
+    again = scan(fleet["fps"], listing, out)  # the new contents are journaled in turn
+    assert asked == [] and again.resumed == 6
+    assert [p.to_dict() for p in again.pairs] == [p.to_dict() for p in replaced.pairs]
+
+
+def test_a_suspect_is_keyed_by_its_content_and_a_url_by_its_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "vit"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "sub" / "model.safetensors").write_bytes(b"weights")
+    hf = SuspectEntry(f"hf:{folder}")
+    before = suspect_digest(hf)
+    assert before is not None and suspect_digest(hf) == before
+    (folder / "sub" / "model.safetensors").write_bytes(b"other weights")
+    assert suspect_digest(hf) not in (None, before)
+    (folder / "sub" / "model.safetensors").write_bytes(b"weights")
+    assert suspect_digest(hf) == before  # the same files again: the same key
+    (folder / "sub" / "model.safetensors").rename(folder / "sub" / "renamed.safetensors")
+    assert suspect_digest(hf) != before
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "scan_fn_suspect.py").write_text("def f(x):\n    return x.sum((1, 2, 3))\n")
+    fn = SuspectEntry("scan_fn_suspect:f")
+    code = suspect_digest(fn)
+    (tmp_path / "scan_fn_suspect.py").write_text("def f(x):\n    return x.amax((1, 2, 3))\n")
+    assert suspect_digest(fn) != code  # the function's module changed
+    arch = SuspectEntry("arch:resnet18", str(tmp_path / "w.safetensors"))
+    absent = suspect_digest(arch)
+    (tmp_path / "w.safetensors").write_bytes(b"w")
+    assert suspect_digest(arch) != absent
+    assert suspect_digest(SuspectEntry("https://api.example.com/predict")) is None
+
+
+def test_edited_journal_rows_are_refused_and_asked_again_and_intact_rows_kept(
+    fleet: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    out = tmp_path / "out"
+    first = scan(fleet["fps"], fleet["dir"] / "suspects.txt", out)
+    journal = out / "pairs.jsonl"
+    rows = [json.loads(line) for line in journal.read_text().splitlines()]
+    edits: list[tuple[str, Any]] = [("matches", 999), ("n", 31), ("matches", "12"),
+                                    ("matches", True), ("matches", -1)]  # fmt: skip
+    lines = [
+        json.dumps({**row, key: value}) for row, (key, value) in zip(rows, edits, strict=False)
+    ]
+    lines += [json.dumps(rows[5]), "not json", "", json.dumps(rows[5]["suspect"])]
+    journal.write_text("\n".join(lines) + "\n")
+    asked = _counting_scans(monkeypatch)
+    with caplog.at_level("WARNING", logger="ipguard.scale.scan"):
+        again = scan(fleet["fps"], fleet["dir"] / "suspects.txt", out)
+    assert again.resumed == 1 and len(asked) == 5  # the intact row kept, the edited ones asked
+    assert [p.to_dict() for p in again.pairs] == [p.to_dict() for p in first.pairs]
+    assert all(p.matching_rate is not None and p.matching_rate <= 1 for p in again.pairs)
+    fp0 = first.fingerprints[0]
+    assert list(again.journal_dropped) == [
+        f"{journal}:1: matches 999 is not in 0..{N} (the points of {fp0})",
+        f"{journal}:2: n 31 is not the {N} points of {first.fingerprints[1]}",
+        f'{journal}:3: matches "12" is not an integer or null',
+        f"{journal}:4: matches true is not an integer or null",
+        f"{journal}:5: matches -1 is not in 0..{N} (the points of {fp0})",
+        f"{journal}:7: not a line of JSON",
+        f"{journal}:9: not a JSON object",
+    ]
+    warned = [r.getMessage() for r in caplog.records]
+    moved = ": moved to pairs.dropped.jsonl, its pair is asked again"
+    assert warned[:5] == [f"journal row {line}{moved}" for line in again.journal_dropped[:5]]
+    assert warned[5:] == ["2 more journal rows refused (all in scan.json)"]
+    saved = json.loads((out / "scan.json").read_text())
+    assert saved["journal_dropped"] == list(again.journal_dropped)
+    dropped = (out / "pairs.dropped.jsonl").read_text().splitlines()
+    assert dropped == [*lines[:5], "not json", lines[8]]  # kept aside, not lost
+    assert not set(dropped) & set(journal.read_text().splitlines())
+    caplog.clear()
+    asked.clear()
+    third = scan(fleet["fps"], fleet["dir"] / "suspects.txt", out)
+    assert asked == [] and third.resumed == 6 and third.journal_dropped == ()
+    assert not caplog.records  # refused once, not warned of on every run
 
 
 def test_cli_scan(fleet: dict[str, Any], tmp_path: Path) -> None:
@@ -195,7 +379,7 @@ def test_calibrated_fingerprints_are_judged_at_the_fpr_and_rejudged_without_aski
     )
     assert p.error is not None and "give a larger --fpr" in p.error
     assert "no verdict" in (tmp_path / "out" / "matrix.csv").read_text()
-    with pytest.raises(InputError, match="--threads must be an integer >= 1"):
+    with pytest.raises(InputError, match="`threads` must be an integer >= 1"):
         scan(fps, listing, tmp_path / "out", threads=0)
 
 
@@ -231,3 +415,45 @@ def test_a_hash_inside_a_field_is_not_a_comment(tmp_path: Path) -> None:
     listing = tmp_path / "s.txt"
     listing.write_text("http://127.0.0.1:9/predict#v2 # the v2 endpoint\n#all of this\n")
     assert [e.spec for e in read_suspect_list(listing)] == ["http://127.0.0.1:9/predict#v2"]
+
+
+@pytest.mark.parametrize(
+    ("make", "message", "hint"),
+    [
+        (lambda d: (d / "out").write_text("x"), r"`out` \S+out is a file, not a folder",
+         "give a folder for the results (it is created if missing)"),
+        (lambda d: (d / "out" / "pairs.jsonl").mkdir(parents=True),
+         r"`out` \S+out holds a folder pairs\.jsonl where the scan writes its journal",
+         "move that folder away, or give another results folder"),
+        (lambda d: (d / "out" / "scan.json").mkdir(parents=True),
+         r"`out` \S+out holds a folder scan\.json where the scan writes its summary",
+         "move that folder away, or give another results folder"),
+        (lambda d: (d / "file").write_text("x"), r"`out` \S+ cannot be created: Not a directory",
+         "give a folder you can write to"),
+        (None, r"`out` has a name of 300 bytes \(x{24}\.\.\.\), over the 255 a file system allows",
+         "give a shorter results folder"),
+    ],
+)  # fmt: skip
+def test_an_out_that_cannot_hold_the_results_is_one_line_before_any_work(
+    fleet: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    make: Any,
+    message: str,
+    hint: str,
+) -> None:
+    if make is None:
+        out = tmp_path / ("x" * 300) / "out"
+    else:
+        make(tmp_path)
+        out = tmp_path / ("file/out" if "Not a directory" in message else "out")
+    asked = _counting_scans(monkeypatch)
+    with pytest.raises(InputError, match=message) as caught:
+        scan(fleet["fps"], fleet["dir"] / "suspects.txt", out)
+    assert caught.value.hint == hint and asked == []
+    args = ["scan", "--fingerprints", str(fleet["fps"]), "--suspects",
+            str(fleet["dir"] / "suspects.txt"), "--out", str(out)]  # fmt: skip
+    cli = CliRunner().invoke(app, args)
+    assert cli.exit_code == 1 and cli.stderr.count("\n") == 1, cli.stderr
+    assert cli.stderr.startswith("error: --out ") and "internal error" not in cli.stderr
+    assert cli.stderr.rstrip().endswith(f"({hint})")

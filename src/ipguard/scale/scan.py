@@ -12,7 +12,11 @@ Results go to ``OUT``:
 
 * ``pairs.jsonl``: the journal, one line per finished pair, appended and fsynced after each
   suspect. A scan that stops (crash, kill, Ctrl-C) resumes from it: finished pairs are
-  never queried again, and a new fingerprint or suspect adds only its own pairs.
+  never queried again, and a new fingerprint or suspect adds only its own pairs. Rows are
+  keyed by the fingerprint's digest and the suspect's content (:func:`suspect_digest`), so
+  a fingerprint or a suspect file replaced under the same name is asked again. Every row is
+  checked when read; one that is not what a scan writes (an edited or damaged journal) is
+  moved to ``pairs.dropped.jsonl`` with a warning naming its line, and its pair asked again.
 * ``pairs.csv``: one row per pair; ``matrix.csv``: suspects x fingerprints, each cell the
   matching rate and verdict; ``scan.json``: all of it, with the fingerprints' digests.
 
@@ -25,11 +29,14 @@ object-store path, or a URL).
 from __future__ import annotations
 
 import csv
+import hashlib
+import importlib.util
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +45,16 @@ import torch
 from ipguard.errors import InputError, IPGuardError, first_line
 from ipguard.fingerprint.record import Fingerprint, load_fingerprint
 from ipguard.io import atomic_write_bytes
+from ipguard.models.hf import PREFIX as HF_PREFIX
 from ipguard.suspects.adapters import needs_weights, open_suspect, suspect_kind
 from ipguard.verdict.null import FPR_LADDER, null_from_record, stated_rule
 from ipguard.verdict.verify import DEFAULT_THRESHOLD, query_labels
 
-__all__ = ["ScanPair", "ScanResult", "SuspectEntry", "read_suspect_list", "scan"]
+__all__ = [
+    "ScanPair", "ScanResult", "SuspectEntry", "read_suspect_list", "scan", "suspect_digest",
+]  # fmt: skip
+
+log = logging.getLogger(__name__)
 
 ScanProgress = Callable[[str, int, int], None]
 """``progress(suspect, done, total)`` after each suspect."""
@@ -50,10 +62,12 @@ ScanProgress = Callable[[str, int, int], None]
 
 @dataclass(frozen=True)
 class SuspectEntry:
-    """One line of a suspects file: ``SPEC`` or ``SPEC WEIGHTS``."""
+    """One line of a suspects file: ``SPEC`` or ``SPEC WEIGHTS``. ``error``: why the line
+    cannot be scanned (``FILE:LINE: reason``); its pairs are then error rows."""
 
     spec: str
     weights: str | None = None
+    error: str | None = None
 
     @property
     def name(self) -> str:
@@ -66,16 +80,18 @@ def read_suspect_list(path: str | Path) -> list[SuspectEntry]:
     ``arch:NAME`` suspect and its weights file); blank lines skipped, and a field that starts
     with ``#`` starts a comment.
 
+    A line that cannot be scanned (more than two fields, a weights file missing or out of
+    place, a form that is no suspect, a module that does not import) is an entry with its
+    ``error`` (``FILE:LINE: reason``): its pairs are error rows, the others are scanned.
+
     Raises:
-        InputError: an unreadable file, a malformed line, a repeated suspect, or none.
+        InputError: an unreadable file, a repeated suspect, or none (with FILE:LINE where
+            there is a line to name).
     """
     p = Path(path)
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"cannot read suspects file {p}: {err}") from None
     out: list[SuspectEntry] = []
-    for i, line in enumerate(lines, 1):
+    seen: dict[str, int] = {}
+    for i, line in enumerate(_read_list_text(p).splitlines(), 1):
         fields = line.split()
         for j, f in enumerate(fields):
             if f.startswith("#"):  # a comment (a URL may hold a # inside a field)
@@ -83,22 +99,118 @@ def read_suspect_list(path: str | Path) -> list[SuspectEntry]:
                 break
         if not fields:
             continue
-        if len(fields) > 2:
-            raise InputError(f"{p}:{i}: expected SPEC or SPEC WEIGHTS, got {len(fields)} fields")
-        entry = SuspectEntry(fields[0], fields[1] if len(fields) == 2 else None)
-        wants = needs_weights(suspect_kind(entry.spec))
-        if wants != (entry.weights is not None):
+        entry = _list_entry(fields, f"{p}:{i}")
+        if entry.name in seen:
             raise InputError(
-                f"{p}:{i}: suspect {entry.spec} "
-                + ("needs a weights file after it" if wants else "takes no weights file")
+                f"{p}:{i}: suspect {entry.name} is listed twice (first on line {seen[entry.name]})",
+                "list each suspect once",
             )
+        seen[entry.name] = i
         out.append(entry)
     if not out:
         raise InputError(f"suspects file {p} names no suspect", "write one spec per line")
-    names = [e.name for e in out]
-    if len(set(names)) != len(names):
-        raise InputError(f"suspects file {p} names a suspect twice")
     return out
+
+
+def _read_list_text(p: Path) -> str:
+    try:
+        data = p.read_bytes()
+    except OSError as err:
+        raise InputError(f"cannot read suspects file {p}: {err.strerror or err}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise InputError(
+            f"{p}:{line}: the suspects file is not UTF-8 text", "write one spec per line, in UTF-8"
+        ) from None
+
+
+def _list_entry(fields: list[str], where: str) -> SuspectEntry:
+    """The entry of one list line's ``fields``, with an ``error`` if it cannot be scanned."""
+    if len(fields) > 2:
+        return SuspectEntry(
+            " ".join(fields),
+            error=f"{where}: expected SPEC or SPEC WEIGHTS, got {len(fields)} fields",
+        )
+    entry = SuspectEntry(fields[0], fields[1] if len(fields) == 2 else None)
+    try:
+        wants = needs_weights(suspect_kind(entry.spec))  # imports package.module:attr specs
+    except IPGuardError as err:
+        return replace(entry, error=f"{where}: {first_line(err)}")
+    if wants != (entry.weights is not None):
+        why = "needs a weights file after it" if wants else "takes no weights file"
+        return replace(entry, error=f"{where}: suspect {entry.spec} {why}")
+    return entry
+
+
+def suspect_digest(entry: SuspectEntry) -> str | None:
+    """What a suspect's journal rows are keyed by besides its name: a SHA-256 of its
+    content, so a file replaced at the same path is asked again and an unchanged one is not.
+
+    The content is a file's bytes; a folder's files, by relative name and bytes (``hf:``
+    folders); for ``package.module:attr`` the module's source file (not what it imports);
+    then the weights file, if any. None for a URL: it is keyed by its address. A path that is
+    missing or unreadable here is hashed as such (opening it fails, and failed pairs are
+    asked again anyway); with Ray, files are hashed where the driver runs.
+    """
+    if entry.spec.lower().startswith(("http://", "https://")):
+        return None
+    weights = None if entry.weights is None else _path_digest(Path(entry.weights))
+    h = hashlib.sha256()
+    for part in (_spec_content(entry.spec), weights or "-"):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()
+
+
+def _spec_content(spec: str) -> str:
+    if spec.startswith(HF_PREFIX):
+        return _path_digest(Path(spec[len(HF_PREFIX) :]).expanduser())
+    if spec.startswith("arch:"):
+        return "arch"  # ipguard builds it; its weights file is the content
+    path = Path(spec)
+    if ":" in spec and not _exists(path):  # package.module:attr
+        return "module " + _path_digest(_module_file(spec.partition(":")[0]))
+    return _path_digest(path)
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long, a loop of links
+        return False
+
+
+def _module_file(module: str) -> Path | None:
+    try:
+        found = importlib.util.find_spec(module)
+    except Exception:  # noqa: BLE001 - a module that does not import: its rows say why
+        return None
+    origin = None if found is None else found.origin
+    return Path(origin) if origin and _exists(Path(origin)) else None
+
+
+def _path_digest(path: Path | None) -> str:
+    """SHA-256 of a file's bytes, or of a folder's files (relative names and bytes)."""
+    try:
+        if path is None or not path.exists():
+            return "absent"
+        if not path.is_dir():
+            return _file_sha256(path)
+        h = hashlib.sha256()
+        for f in sorted(f for f in path.rglob("*") if f.is_file()):
+            h.update(f"{f.relative_to(path).as_posix()}\0{_file_sha256(f)}\0".encode())
+        return "folder " + h.hexdigest()
+    except OSError:
+        return "unreadable"
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def load_fingerprints(folder: str | Path) -> list[tuple[str, Fingerprint]]:
@@ -185,6 +297,8 @@ def scan_suspect(
     """The evidence of one suspect against ``fingerprints`` (journal rows: its matches on
     each, or the error that stopped it): one load and one batched pass per input
     convention. The verdicts are drawn from the rows later (:func:`judge`)."""
+    if entry.error is not None:  # a line of the list that cannot be scanned
+        return [_evidence(entry, name, fp, None, entry.error) for name, fp in fingerprints]
     if threads:
         torch.set_num_threads(threads)
     groups: dict[tuple[Any, ...], list[tuple[str, Fingerprint]]] = {}
@@ -215,7 +329,7 @@ def scan_suspect(
 
 def _evidence(
     entry: SuspectEntry, name: str, fp: Fingerprint, matches: int | None, error: str | None
-) -> dict[str, Any]:
+) -> Row:
     return {"suspect": entry.name, "fingerprint": name, "fingerprint_digest": fp.digest,
             "matches": matches, "n": fp.n, "error": error}  # fmt: skip
 
@@ -242,6 +356,8 @@ class ScanResult:
         seconds: wall time of this run.
         fpr: the target false-positive rate the verdicts are drawn at; None: each
             fingerprint's smallest stated rate (each pair's ``target_fpr``).
+        journal_dropped: journal rows refused when read (``FILE:LINE: reason``), moved to
+            ``pairs.dropped.jsonl``; their pairs were asked again.
     """
 
     suspects: tuple[str, ...]
@@ -251,6 +367,7 @@ class ScanResult:
     out: Path
     seconds: float
     fpr: float | None = None
+    journal_dropped: tuple[str, ...] = ()
     _index: dict[tuple[str, str], ScanPair] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -266,43 +383,157 @@ class ScanResult:
             "pairs": [p.to_dict() for p in self.pairs], "resumed": self.resumed,
             "pirated": sum(p.verdict == "pirated" for p in self.pairs),
             "errors": sum(p.error is not None for p in self.pairs),
+            "journal_dropped": list(self.journal_dropped),
         }  # fmt: skip
 
 
 JOURNAL = "pairs.jsonl"
+DROPPED = "pairs.dropped.jsonl"
+OUTPUTS = {JOURNAL: "journal", DROPPED: "refused journal rows", "pairs.csv": "pairs table",
+           "matrix.csv": "matrix", "scan.json": "summary"}  # fmt: skip
+NAME_MAX = 255  # bytes in one path component, on the usual file systems
+WARNED_ROWS = 5  # refused journal rows warned of one by one; scan.json lists them all
+
+_ROW_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "suspect": ((str,), "a string"), "fingerprint": ((str,), "a string"),
+    "fingerprint_digest": ((str,), "a string"),
+    "matches": ((int, type(None)), "an integer or null"), "n": ((int,), "an integer"),
+    "error": ((str, type(None)), "a string or null"),
+}  # fmt: skip
+Row = dict[str, Any]
 
 
-def _read_journal(path: Path, digests: dict[str, str]) -> dict[tuple[str, str], dict[str, Any]]:
-    """The evidence of earlier runs (pairs with matches) for fingerprints whose digest is
-    unchanged. A torn last line (a crash mid-write) is cut; rows of another form and error
-    rows are skipped, so those pairs are asked again."""
-    done: dict[tuple[str, str], dict[str, Any]] = {}
-    if not path.exists():
-        return done
-    text = path.read_text(encoding="utf-8")
-    if text and not text.endswith("\n"):  # a torn last line: cut it, so appends stay whole
-        text = text[: text.rfind("\n") + 1]
-        atomic_write_bytes(path, text.encode("utf-8"))
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
+def _row_problem(row: object) -> str | None:
+    """Why a journal line is not a row of the form a scan writes (None: it is)."""
+    if not isinstance(row, dict):
+        return "not a JSON object"
+    for key, (types, what) in _ROW_TYPES.items():
+        if key not in row:
+            return f"no {key}"
+        value = row[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            return f"{key} {json.dumps(value)[:40]} is not {what}"
+    digest = row.get("suspect_digest")
+    if digest is not None and not isinstance(digest, str):
+        return f"suspect_digest {json.dumps(digest)[:40]} is not a string or null"
+    if row["matches"] is None and not row["error"]:
+        return "neither matches nor an error"
+    return None
+
+
+def _judge_row(
+    raw: bytes, fps: dict[str, Fingerprint], keys: dict[str, str | None]
+) -> tuple[Row | None, str | None]:
+    """One journal line: ``(row, None)`` for evidence this scan can reuse, ``(None, None)``
+    for a row it cannot (another fingerprint or suspect content, an error row: kept, the
+    pair asked again), ``(None, reason)`` for a line that is not a row a scan writes."""
+    try:
+        row = json.loads(raw.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError included
+        return None, "not a line of JSON"
+    problem = _row_problem(row)
+    if problem is not None:
+        return None, problem
+    fp = fps.get(row["fingerprint"])
+    if fp is None or fp.digest != row["fingerprint_digest"]:
+        return None, None  # a fingerprint gone or changed since
+    if row["n"] != fp.n:
+        return None, f"n {row['n']} is not the {fp.n} points of {row['fingerprint']}"
+    matches = row["matches"]
+    if matches is not None and not 0 <= matches <= fp.n:
+        return None, f"matches {matches} is not in 0..{fp.n} (the points of {row['fingerprint']})"
+    suspect = row["suspect"]
+    if matches is None or suspect not in keys or keys[suspect] != row.get("suspect_digest"):
+        return None, None  # an error row, or a suspect gone or replaced since
+    return row, None
+
+
+def _read_journal(
+    path: Path, fps: dict[str, Fingerprint], keys: dict[str, str | None]
+) -> tuple[dict[tuple[str, str], Row], list[str]]:
+    """The evidence of earlier runs that this scan can reuse (:func:`_judge_row`), and the
+    lines refused (``FILE:LINE: reason``). A torn last line (a crash mid-write) is cut;
+    refused lines are moved to ``pairs.dropped.jsonl`` (so a rerun does not warn again), with
+    a warning: their pairs are asked again."""
+    done: dict[tuple[str, str], Row] = {}
+    try:
+        data = path.read_bytes() if path.exists() else b""
+    except OSError as err:
+        raise InputError(f"cannot read the journal {path}: {err.strerror or err}") from None
+    lines = data.split(b"\n")
+    torn = lines.pop()  # empty when the file ends with a newline
+    kept: list[bytes] = []
+    refused: list[bytes] = []
+    dropped: list[str] = []
+    for i, raw in enumerate(lines, 1):
+        row, problem = _judge_row(raw, fps, keys) if raw.strip() else (None, None)
+        if problem is not None:
+            dropped.append(f"{path}:{i}: {problem}")
+            refused.append(raw)
             continue
-        if not isinstance(row, dict) or not isinstance(row.get("matches"), int):
-            continue
-        suspect, fingerprint = row.get("suspect"), row.get("fingerprint")
-        if isinstance(suspect, str) and digests.get(str(fingerprint)) == row.get(
-            "fingerprint_digest"
-        ):
-            done[(suspect, str(fingerprint))] = row
-    return done
+        kept.append(raw)
+        if row is not None:
+            done[(row["suspect"], row["fingerprint"])] = row
+    if refused:  # kept before the journal loses them
+        _append_lines(path.with_name(DROPPED), refused)
+    if torn or refused:
+        atomic_write_bytes(path, b"".join(line + b"\n" for line in kept))
+    for line in dropped[:WARNED_ROWS]:
+        log.warning("journal row %s: moved to %s, its pair is asked again", line, DROPPED)
+    if len(dropped) > WARNED_ROWS:
+        log.warning("%d more journal rows refused (all in scan.json)", len(dropped) - WARNED_ROWS)
+    return done, dropped
 
 
-def _append(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write("".join(json.dumps(r) + "\n" for r in rows))
-        fh.flush()
-        os.fsync(fh.fileno())
+def _append_lines(path: Path, lines: list[bytes]) -> None:
+    try:
+        with path.open("ab") as fh:
+            fh.write(b"".join(line + b"\n" for line in lines))
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as err:
+        raise InputError(f"cannot write {path}: {err.strerror or err}") from None
+
+
+def _append(path: Path, rows: list[Row]) -> None:
+    _append_lines(path, [json.dumps(r).encode("utf-8") for r in rows])
+
+
+def _results_folder(out: str | Path) -> Path:
+    """``out`` checked before any work (nothing is created yet): a folder, or a path where
+    one can be made, with no folder where a result file goes. InputError naming ``out``."""
+    d = Path(out)
+    for part in d.parts:
+        size = len(os.fsencode(part))
+        if size > NAME_MAX:
+            raise InputError(
+                f"`out` has a name of {size} bytes ({part[:24]}...), over the {NAME_MAX} a file "
+                "system allows", "give a shorter results folder",
+            )  # fmt: skip
+    try:
+        if d.exists() and not d.is_dir():
+            raise InputError(
+                f"`out` {d} is a file, not a folder",
+                "give a folder for the results (it is created if missing)",
+            )
+        for name, what in OUTPUTS.items():
+            if (d / name).is_dir():
+                raise InputError(
+                    f"`out` {d} holds a folder {name} where the scan writes its {what}",
+                    "move that folder away, or give another results folder",
+                )
+    except OSError as err:
+        raise InputError(f"`out` {d} cannot be read: {err.strerror or err}") from None
+    return d
+
+
+def _make_folder(d: Path) -> None:
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(
+            f"`out` {d} cannot be created: {err.strerror or err}", "give a folder you can write to"
+        ) from None
 
 
 def scan(
@@ -323,7 +554,9 @@ def scan(
     Args:
         fingerprints: a folder of fingerprint files (``*.safetensors``).
         suspects: a suspects list file (:func:`read_suspect_list`) or its entries.
-        out: the results folder (created; its journal resumes an earlier scan).
+        out: the results folder (created; its journal resumes an earlier scan). Refused
+            before any work if it is a file, holds a folder where a result file goes, or
+            has a name too long for a file system.
         fpr: the target false-positive rate of calibrated fingerprints; None (default):
             for each, the smallest of 1/2/5/10% its calibration can state, as ``verify``
             without ``--fpr``. The journal keeps only the evidence (matches), so a rerun at
@@ -334,30 +567,31 @@ def scan(
         progress: called after each suspect.
     """
     if fpr is not None and not (isinstance(fpr, int | float) and 0 < fpr < 1):
-        raise InputError(f"--fpr must be in (0, 1), got {fpr!r}")
+        raise InputError(f"`fpr` must be in (0, 1), got {fpr!r}")
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise InputError(f"--threads must be an integer >= 1, got {threads!r}")
+        raise InputError(f"`threads` must be an integer >= 1, got {threads!r}")
     started = time.perf_counter()
+    out_dir = _results_folder(out)
     fps = load_fingerprints(fingerprints)
     entries = list(suspects) if not isinstance(suspects, str | Path) else read_suspect_list(
         suspects
     )  # fmt: skip
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _make_folder(out_dir)
     journal = out_dir / JOURNAL
-    digests = {name: fp.digest for name, fp in fps}
-    done = _read_journal(journal, digests)
+    keys = {e.name: suspect_digest(e) for e in entries if e.error is None}
+    done, dropped = _read_journal(journal, dict(fps), keys)
     resumed = sum(1 for e in entries for name, _ in fps if (e.name, name) in done)
-    todo = [(e, [(n, fp) for n, fp in fps if (e.name, n) not in done]) for e in entries]
-    todo = [(e, pending) for e, pending in todo if pending]
+    todo = _pending(entries, fps, done)
     total, finished = len(entries), len(entries) - len(todo)
     options: dict[str, Any] = {
         "device": device, "batch_size": batch_size, "trust_pickle": trust_pickle,
         "threads": threads,
     }  # fmt: skip
 
-    def record(rows: list[dict[str, Any]]) -> None:
+    def record(rows: list[Row]) -> None:
         nonlocal finished
+        # keyed by the suspect's content as hashed before it was asked
+        rows = [{"suspect": r["suspect"], "suspect_digest": keys[r["suspect"]], **r} for r in rows]
         _append(journal, rows)
         for r in rows:
             done[(r["suspect"], r["fingerprint"])] = r
@@ -376,13 +610,39 @@ def scan(
     rules = {n: _rule(n, fp, fpr) for n, fp in fps}  # once per fingerprint, not per pair
     pairs = tuple(judge(done[(e.name, n)], by_name[n], rules[n]) for e in entries for n in by_name)
     result = ScanResult(tuple(e.name for e in entries), tuple(by_name), pairs, resumed, out_dir,
-                        time.perf_counter() - started,
-                        None if fpr is None else float(fpr))  # fmt: skip
+                        time.perf_counter() - started, None if fpr is None else float(fpr),
+                        tuple(dropped))  # fmt: skip
     _write_tables(result)
     return result
 
 
+def _pending(
+    entries: list[SuspectEntry], fps: list[tuple[str, Fingerprint]],
+    done: dict[tuple[str, str], Row],
+) -> list[tuple[SuspectEntry, list[tuple[str, Fingerprint]]]]:  # fmt: skip
+    """Each suspect with the fingerprints it has yet to answer. Lines of the list that
+    cannot be scanned get their error rows in ``done`` instead (not journaled: nothing was
+    asked)."""
+    for e in entries:
+        if e.error is not None:
+            done.update({(e.name, n): _evidence(e, n, fp, None, e.error) for n, fp in fps})
+    todo = [(e, [(n, fp) for n, fp in fps if (e.name, n) not in done]) for e in entries]
+    return [(e, pending) for e, pending in todo if pending]
+
+
 def _write_tables(result: ScanResult) -> None:
+    try:
+        _write_csvs(result)
+        atomic_write_bytes(
+            result.out / "scan.json", (json.dumps(result.to_dict(), indent=1) + "\n").encode()
+        )
+    except OSError as err:
+        raise InputError(
+            f"cannot write the results in {result.out}: {err.strerror or err}"
+        ) from None
+
+
+def _write_csvs(result: ScanResult) -> None:
     out = result.out
     fields = list(ScanPair.__dataclass_fields__)
     with (out / "pairs.csv").open("w", newline="", encoding="utf-8") as fh:
@@ -400,4 +660,3 @@ def _write_tables(result: ScanResult) -> None:
                 cells.append("error" if p.matching_rate is None
                              else f"{p.matching_rate:.3f} {p.verdict or 'no verdict'}")  # fmt: skip
             w2.writerow([s, *cells])
-    (out / "scan.json").write_text(json.dumps(result.to_dict(), indent=1) + "\n", encoding="utf-8")
