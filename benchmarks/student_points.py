@@ -42,10 +42,10 @@ from external_zoo import (  # noqa: E402  (a sibling benchmark, not a package)
     zoo_parser,
 )
 
-from ipguard.attacks._student import SAME_ARCH  # noqa: E402
 from ipguard.fingerprint.methods.bridges import bridge_points as bridge_pool  # noqa: E402
 from ipguard.fingerprint.methods.ipguard import IPGuard  # noqa: E402
 from ipguard.fingerprint.surrogates import SurrogateSuite, build_surrogates  # noqa: E402
+from ipguard.training.fresh import SAME_ARCH  # noqa: E402
 from ipguard.training.train import Recipe  # noqa: E402
 
 

@@ -73,12 +73,12 @@ from external_zoo import (  # noqa: E402  (a sibling benchmark, not a package)
 )
 
 from ipguard.attacks import PirateData, make_attack  # noqa: E402
-from ipguard.attacks._student import reinitialised  # noqa: E402
 from ipguard.attacks.base import predict_logits  # noqa: E402
 from ipguard.fingerprint.methods.bridges import bridge_points as bridge_pool  # noqa: E402
 from ipguard.fingerprint.methods.ipguard import IPGuard  # noqa: E402
 from ipguard.models.nets import build_arch  # noqa: E402
 from ipguard.models.owner import OwnerModel  # noqa: E402
+from ipguard.training.fresh import reinitialised  # noqa: E402
 from ipguard.training.train import Recipe, seeded, train  # noqa: E402
 from ipguard.training.zoo import ModelZoo  # noqa: E402
 from ipguard.verdict.null import fit_null  # noqa: E402

@@ -278,14 +278,14 @@ def test_an_architecture_that_cannot_take_the_inputs_is_refused_before_training(
 
 
 def test_distilled_surrogates_get_the_distillation_gradient() -> None:
-    """The recipe's cross-entropy on the softened outputs, through ``_Softened``, has the
+    """The recipe's cross-entropy on the softened outputs, through ``Softened``, has the
     gradient of Hinton et al.'s ``T^2 KL(teacher || student)`` at temperature T."""
-    from ipguard.fingerprint.methods.bridges import _Softened
+    from ipguard.training.fresh import Softened
 
     torch.manual_seed(0)
     net, x, t = nn.Linear(5, 4), torch.randn(8, 5), 4.0
     teacher = torch.softmax(torch.randn(8, 4) / t, dim=1)
-    nn.functional.cross_entropy(_Softened(net, t)(x), teacher).backward()
+    nn.functional.cross_entropy(Softened(net, t)(x), teacher).backward()
     ours = net.weight.grad.clone()
     net.weight.grad = None
     log_p = nn.functional.log_softmax(net(x) / t, dim=1)

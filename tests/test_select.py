@@ -20,7 +20,6 @@ from torch.nn.modules.module import register_module_forward_pre_hook
 
 from ipguard import IPGuardSelect, OwnerModel, make_method, verify
 from ipguard.attacks import make_attack
-from ipguard.attacks._student import reinitialised
 from ipguard.errors import InputError
 from ipguard.evaluation.evaluate import (
     BuiltSuspect,
@@ -34,6 +33,7 @@ from ipguard.evaluation.suite import Suite, parse_suite
 from ipguard.fingerprint.methods.select import ensemble_search, selection_scores
 from ipguard.fingerprint.surrogates import InputMap, build_surrogates
 from ipguard.models.owner import weights_sha256
+from ipguard.training.fresh import reinitialised
 from ipguard.training.zoo import ModelZoo
 from tests.test_evaluate import TINY
 

@@ -30,7 +30,6 @@ import torch
 from torch import Tensor, nn
 
 from ipguard.attacks import ATTACKS, PirateData, make_attack
-from ipguard.attacks._student import SAME_ARCH
 from ipguard.attacks.base import Attack, model_device
 from ipguard.data.specs import load_data
 from ipguard.errors import InputError
@@ -41,14 +40,15 @@ from ipguard.evaluation.metrics import (
     summarise,
     uniqueness,
 )
-from ipguard.evaluation.suite import Suite
+from ipguard.evaluation.suite import AttackSpec, IndependentSpec, OwnerSpec, Suite
 from ipguard.fingerprint.methods import METHODS, FingerprintMethod, make_method
 from ipguard.fingerprint.record import Fingerprint
 from ipguard.io import atomic_write_bytes, write_json
 from ipguard.models.hf import folder_digest, is_hf_spec, read_hf_folder
 from ipguard.models.nets import build_arch
 from ipguard.models.owner import OwnerModel, resolve_device, weights_sha256
-from ipguard.training.train import Recipe, accuracy, seeded, train
+from ipguard.training.fresh import SAME_ARCH, train_fresh
+from ipguard.training.train import Recipe, accuracy, seeded
 from ipguard.training.zoo import ModelZoo, no_note, zoo_key
 from ipguard.verdict.calibration import Calibration, calibrate
 from ipguard.verdict.verify import DEFAULT_THRESHOLD, verify
@@ -263,11 +263,13 @@ def _train(
     device: str = "cpu",
 ) -> nn.Module:  # fmt: skip
     """A fresh model with weights drawn from ``init + seed``, trained with ``seed`` on
-    ``device``; the run checkpoints after every epoch, so an interrupted one resumes where
-    it stopped."""
-    return train(
-        seeded(factory, init + seed), x, y, recipe, seed=seed, checkpoint=checkpoint,
-        device=device,
+    ``device`` (:func:`ipguard.training.fresh.train_fresh`); the run checkpoints after every
+    epoch, so an interrupted one resumes where it stopped. A suite's owner has ``init`` 0,
+    its independents 10,000 (the suite's seeds are the suite file's; surrogates of the owner
+    take theirs from :data:`ipguard.fingerprint.surrogates.SURROGATE_SEEDS`)."""
+    return train_fresh(
+        partial(seeded, factory), x, y, recipe, init_seed=init + seed, seed=seed,
+        device=device, checkpoint=checkpoint,
         on_epoch=lambda e, loss: note(f"epoch {e}/{recipe.epochs}, loss {loss:.3f}"),
     )  # fmt: skip
 
@@ -370,74 +372,102 @@ def build_suite_models(
         clock = now
 
     splits = _split(suite)
-    xo, yo = splits["owner"]
-    c, h, w = (int(v) for v in xo.shape[1:])
+    c, h, w = (int(v) for v in splits["owner"][0].shape[1:])
     num_classes = int(max(int(v[1].max()) for v in splits.values())) + 1
-    data_spec = suite.data.to_dict()
+    build = _SuiteBuilder(zoo, splits, suite.data.to_dict(), (c, h, w), num_classes, device,
+                          step, note)  # fmt: skip
     lap("data")
-
-    # -- the owner
-    o = suite.owner
-    owner_factory = _factory(o.arch, (c, h, w), num_classes)
-    owner_spec = {"kind": "owner", "data": data_spec, "split": "owner", **o.to_dict(),
-                  "num_classes": num_classes, **_arch_files(o.arch)}  # fmt: skip
-    owner_key, owner = _trained(
-        zoo, owner_spec, owner_factory, xo, yo, recipe=o.recipe, seed=o.seed, name="owner",
-        note=note, init=0, device=device,
-    )  # fmt: skip
-    step("owner")
+    owner = build.owner(suite.owner)
     lap("owner")
-    suspects = [BuiltSuspect("owner", "owner", True, owner_key, owner)]
-
-    # -- attacked copies (positives)
-    xp, yp = splits["pirate"]
-    PirateData(xp, yp)  # checked once, before any attack
-    for a in suite.attacks:
-        family = ATTACKS[a.name].family
-        for params in a.variants:
-            attack = make_attack(a.name, **params)
-            student = getattr(attack, "student", None)
-            template: Callable[[], nn.Module]
-            if (
-                a.name in ("distill", "extract")
-                and isinstance(student, str)
-                and student != SAME_ARCH
-            ):
-                template = _factory(student, (c, h, w), num_classes)
-            else:  # the attacked model has the owner's structure
-                template = partial(copy.deepcopy, owner)
-            for seed in a.seeds:
-                spec = {"kind": "attack", "attack": a.name, "params": attack.params(),
-                        "seed": seed, "parent": owner_key, "data": data_spec,
-                        "split": "pirate"}  # fmt: skip
-                build = partial(_attacked, attack, owner, xp, yp, seed=seed, device=device)
-                key, module = zoo.get_or_build(spec, build, template=template)
-                name = _variant_name(a.name, dict(params), seed)
-                suspects.append(BuiltSuspect(name, family, True, key, module))
-                step(name)
+    copies = build.copies(suite.attacks, owner)
     lap("attacks")
-
-    # -- independent models (negatives)
-    for ind in suite.independents:
-        x, y = splits["owner"] if ind.data == "owner" else splits["independent"]
-        factory = _factory(ind.arch, (c, h, w), num_classes)
-        family = _independent_family(ind.arch, ind.data, o.arch)
-        for seed in ind.seeds:
-            name = f"{ind.arch}-{ind.data}-data-s{seed}"
-            spec = {"kind": "independent", "data": data_spec, "split": ind.data,
-                    "arch": ind.arch, **ind.recipe.to_dict(), "seed": seed,
-                    "num_classes": num_classes, **_arch_files(ind.arch)}  # fmt: skip
-            key, module = _trained(
-                zoo, spec, factory, x, y, recipe=ind.recipe, seed=seed, name=name, note=note,
-                device=device,
-            )  # fmt: skip
-            suspects.append(BuiltSuspect(name, family, False, key, module))
-            step(name)
+    independents = build.independents(suite.independents, suite.owner.arch)
     lap("independents")
     return SuiteModels(
-        owner, tuple(suspects), (c, h, w), splits["test"], seconds, owner_data=splits["owner"],
-        device=device,
+        owner.module, (owner, *copies, *independents), (c, h, w), splits["test"], seconds,
+        owner_data=splits["owner"], device=device,
     )  # fmt: skip
+
+
+@dataclass(frozen=True, eq=False)
+class _SuiteBuilder:
+    """What building a suite's models shares: the zoo, the data splits and the data's spec,
+    the inputs' shape and classes, where to train, and the progress callbacks."""
+
+    zoo: ModelZoo
+    splits: dict[str, tuple[Tensor, Tensor]]
+    data_spec: dict[str, Any]
+    shape: tuple[int, int, int]
+    num_classes: int
+    device: str
+    step: Callable[[str], None]
+    note: Callable[[str], None]
+
+    def owner(self, o: OwnerSpec) -> BuiltSuspect:
+        """The owner, trained on the owner's split."""
+        xo, yo = self.splits["owner"]
+        spec = {"kind": "owner", "data": self.data_spec, "split": "owner", **o.to_dict(),
+                "num_classes": self.num_classes, **_arch_files(o.arch)}  # fmt: skip
+        key, owner = _trained(
+            self.zoo, spec, _factory(o.arch, self.shape, self.num_classes), xo, yo,
+            recipe=o.recipe, seed=o.seed, name="owner", note=self.note, init=0,
+            device=self.device,
+        )  # fmt: skip
+        self.step("owner")
+        return BuiltSuspect("owner", "owner", True, key, owner)
+
+    def copies(self, attacks: tuple[AttackSpec, ...], owner: BuiltSuspect) -> list[BuiltSuspect]:
+        """Every attacked copy of ``owner`` (the positives), on the pirate's split."""
+        xp, yp = self.splits["pirate"]
+        PirateData(xp, yp)  # checked once, before any attack
+        out = []
+        for a in attacks:
+            family = ATTACKS[a.name].family
+            for params in a.variants:
+                attack = make_attack(a.name, **params)
+                student = getattr(attack, "student", None)
+                template: Callable[[], nn.Module]
+                if (
+                    a.name in ("distill", "extract")
+                    and isinstance(student, str)
+                    and student != SAME_ARCH
+                ):
+                    template = _factory(student, self.shape, self.num_classes)
+                else:  # the attacked model has the owner's structure
+                    template = partial(copy.deepcopy, owner.module)
+                for seed in a.seeds:
+                    spec = {"kind": "attack", "attack": a.name, "params": attack.params(),
+                            "seed": seed, "parent": owner.key, "data": self.data_spec,
+                            "split": "pirate"}  # fmt: skip
+                    build = partial(_attacked, attack, owner.module, xp, yp, seed=seed,
+                                    device=self.device)  # fmt: skip
+                    key, module = self.zoo.get_or_build(spec, build, template=template)
+                    name = _variant_name(a.name, dict(params), seed)
+                    out.append(BuiltSuspect(name, family, True, key, module))
+                    self.step(name)
+        return out
+
+    def independents(
+        self, independents: tuple[IndependentSpec, ...], owner_arch: str
+    ) -> list[BuiltSuspect]:
+        """Every independent model (the negatives), on the owner's or its own split."""
+        out = []
+        for ind in independents:
+            x, y = self.splits["owner"] if ind.data == "owner" else self.splits["independent"]
+            factory = _factory(ind.arch, self.shape, self.num_classes)
+            family = _independent_family(ind.arch, ind.data, owner_arch)
+            for seed in ind.seeds:
+                name = f"{ind.arch}-{ind.data}-data-s{seed}"
+                spec = {"kind": "independent", "data": self.data_spec, "split": ind.data,
+                        "arch": ind.arch, **ind.recipe.to_dict(), "seed": seed,
+                        "num_classes": self.num_classes, **_arch_files(ind.arch)}  # fmt: skip
+                key, module = _trained(
+                    self.zoo, spec, factory, x, y, recipe=ind.recipe, seed=seed, name=name,
+                    note=self.note, device=self.device,
+                )  # fmt: skip
+                out.append(BuiltSuspect(name, family, False, key, module))
+                self.step(name)
+        return out
 
 
 def suite_method(suite: Suite, zoo_dir: str | Path) -> FingerprintMethod:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ipguard.errors import InputError
-from ipguard.fingerprint.methods.base import GenerationProgress, ProgressFn
+from ipguard.fingerprint.methods.base import Generated, GenerationProgress, ProgressFn
 from ipguard.models.owner import OwnerModel
 from ipguard.training.train import Recipe
 
@@ -182,7 +182,7 @@ def linf_from_data(
     model: OwnerModel, data: Tensor, n: int, generator: torch.Generator, *, method: str,
     eps: float, step_size: float, steps: int, random_start: bool, targeted: bool,
     progress: ProgressFn | None,
-) -> tuple[Tensor, dict[str, Any]]:  # fmt: skip
+) -> Generated:  # fmt: skip
     """What fgsm and pgd share: ``n`` distinct data rows, attacked in the L-inf ball.
 
     ``eps`` and ``step_size`` are fractions of the bound range. Returns the points and the
@@ -203,4 +203,4 @@ def linf_from_data(
         "step_size_abs": step_abs,
         **attack_stats(model, points, x0, source, target, rows),
     }
-    return points, stats
+    return Generated(points, stats)

@@ -1,9 +1,10 @@
 """The interface every fingerprinting method implements.
 
 A method is a frozen dataclass of keyword-only hyper-parameters, validated on construction.
-:meth:`FingerprintMethod.generate` is the final entry point: it checks the inputs, runs the
-subclass's :meth:`~FingerprintMethod.run`, clips the points to the bounds, recomputes the
-owner's labels itself (it does not trust the method's bookkeeping) and builds the
+:meth:`FingerprintMethod.generate` is the final entry point: it checks the inputs, hands
+them to the subclass's :meth:`~FingerprintMethod.run` as a :class:`MethodData`, clips the
+points it returns (a :class:`Generated`) to the bounds, recomputes the owner's labels itself
+(it does not trust the method's bookkeeping) and builds the
 :class:`~ipguard.fingerprint.record.Fingerprint` with full provenance.
 """
 
@@ -12,9 +13,9 @@ from __future__ import annotations
 import dataclasses
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, final
 
 import torch
 from torch import Tensor
@@ -23,7 +24,7 @@ from ipguard.errors import InputError
 from ipguard.fingerprint.record import Fingerprint
 from ipguard.models.owner import OwnerModel
 
-__all__ = ["FingerprintMethod", "GenerationProgress", "ProgressFn"]
+__all__ = ["FingerprintMethod", "Generated", "GenerationProgress", "MethodData", "ProgressFn"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,45 @@ class GenerationProgress:
 ProgressFn = Callable[[GenerationProgress], None]
 
 
+@dataclass(frozen=True, eq=False)
+class MethodData:
+    """The real inputs :meth:`FingerprintMethod.generate` hands to ``run``, already checked:
+    ``x`` ``(M, C, H, W)`` in the owner's bounds and ``labels`` int64 ``(M,)`` on the CPU in
+    ``0..num_classes-1``. Each is there whenever the method's :attr:`~FingerprintMethod.needs_data`
+    (``x``) or :attr:`~FingerprintMethod.needs_labels` (both) says so; otherwise it may be None.
+    Never modify them."""
+
+    x: Tensor | None = None
+    labels: Tensor | None = None
+
+    def inputs(self) -> Tensor:
+        """``x``, for a method that needs data (generate() refuses to run it without)."""
+        if self.x is None:
+            raise InputError("this method starts from real inputs", "pass --data SPEC")
+        return self.x
+
+    def labelled(self) -> tuple[Tensor, Tensor]:
+        """``(x, labels)``, for a method that needs labels (generate() refuses to run it
+        without)."""
+        if self.labels is None:
+            raise InputError(
+                "this method needs the true labels of the data", "pass a data spec with labels"
+            )
+        return self.inputs(), self.labels
+
+
+@dataclass(frozen=True, eq=False)
+class Generated:
+    """What a method's ``run`` returns: ``points`` ``(n, C, H, W)``, JSON-serialisable
+    ``stats``, and, from a method that :attr:`~FingerprintMethod.calibrates`, the calibration
+    record of the points (:func:`ipguard.verdict.null.calibration_record`) or None (it was
+    asked for no calibration models)."""
+
+    points: Tensor
+    stats: Mapping[str, Any]
+    calibration: Mapping[str, Any] | None = None
+
+
 class FingerprintMethod(ABC):
     """Base class. Subclasses are ``@dataclass(frozen=True, kw_only=True)`` with a ``name``."""
 
@@ -58,8 +98,8 @@ class FingerprintMethod(ABC):
     data_role: ClassVar[str] = "inputs"
 
     #: Methods that train held-out surrogate independents themselves set this: they return
-    #: the calibration record (:func:`ipguard.verdict.null.calibration_record`) of the points as
-    #: ``stats["calibration"]``, and :meth:`generate` stores it in the fingerprint.
+    #: the calibration record of the points as :attr:`Generated.calibration`, and
+    #: :meth:`generate` stores it in the fingerprint.
     calibrates: ClassVar[bool] = False
 
     @property
@@ -83,16 +123,17 @@ class FingerprintMethod(ABC):
         model: OwnerModel,
         n: int,
         *,
-        data: Tensor | None,
+        data: MethodData,
         generator: torch.Generator,
         progress: ProgressFn | None,
-        labels: Tensor | None = None,
-    ) -> tuple[Tensor, dict[str, Any]]:
+    ) -> Generated:
         """Return ``n`` points ``(n, C, H, W)`` and JSON-serialisable statistics.
 
-        ``labels`` are the true labels of ``data`` (int64 ``(M,)``, validated), or ``None``.
+        ``data`` holds the inputs and their true labels as :meth:`generate` checked them;
+        ``generator`` is the only source of randomness.
         """
 
+    @final
     def generate(
         self,
         model: OwnerModel,
@@ -134,18 +175,20 @@ class FingerprintMethod(ABC):
             )
         generator = torch.Generator().manual_seed(seed)
         started = time.perf_counter()
-        points, stats = self.run(
-            model, n, data=data, labels=labels, generator=generator, progress=progress
+        made = self.run(
+            model, n, data=MethodData(data, labels), generator=generator, progress=progress
         )
-        if points.shape != (n, *model.input_shape):
-            raise AssertionError(f"{self.name} returned {tuple(points.shape)}, expected n={n}")
+        if made.points.shape != (n, *model.input_shape):
+            raise AssertionError(
+                f"{self.name} returned {tuple(made.points.shape)}, expected n={n}"
+            )  # fmt: skip
         low, high = model.bounds
-        points = points.detach().clamp(low, high).to("cpu", torch.float32)
+        points = made.points.detach().clamp(low, high).to("cpu", torch.float32)
         labels = model.predict(points)
-        # a method that calibrates itself (``calibrates``) returns the record in its stats
-        stats = dict(stats)
-        calibration = stats.pop("calibration", None)
-        stats["seconds"] = round(time.perf_counter() - started, 4)
+        stats = {**made.stats, "seconds": round(time.perf_counter() - started, 4)}
+        if made.calibration is not None and not self.calibrates:
+            raise AssertionError(f"{self.name} returned a calibration but does not calibrate")
+        calibration = None if made.calibration is None else dict(made.calibration)
         return Fingerprint(
             points=points,
             labels=labels,

@@ -22,7 +22,13 @@ from torch import Tensor
 
 from ipguard.errors import InputError
 from ipguard.fingerprint.methods._common import check_int, pick_rows, predict_raw, top2_margin
-from ipguard.fingerprint.methods.base import FingerprintMethod, GenerationProgress, ProgressFn
+from ipguard.fingerprint.methods.base import (
+    FingerprintMethod,
+    Generated,
+    GenerationProgress,
+    MethodData,
+    ProgressFn,
+)
 from ipguard.models.owner import OwnerModel
 
 __all__ = ["Boundary", "deepfool"]
@@ -137,17 +143,16 @@ class Boundary(FingerprintMethod):
         model: OwnerModel,
         n: int,
         *,
-        data: Tensor | None,
+        data: MethodData,
         generator: torch.Generator,
         progress: ProgressFn | None,
-        labels: Tensor | None = None,
-    ) -> tuple[Tensor, dict[str, Any]]:
+    ) -> Generated:
         low, high = model.bounds
         rows: Tensor | None = None
         if self.start == "data":
-            assert data is not None
-            rows = pick_rows(data, n, generator, self.name)
-            x0 = data[rows].to("cpu", torch.float32)
+            starts = data.inputs()
+            rows = pick_rows(starts, n, generator, self.name)
+            x0 = starts[rows].to("cpu", torch.float32)
         else:
             x0 = low + (high - low) * torch.rand((n, *model.input_shape), generator=generator)
         x, _, crossed, iters = deepfool(
@@ -171,4 +176,4 @@ class Boundary(FingerprintMethod):
         }
         if rows is not None:
             stats["start_rows"] = [int(r) for r in rows]
-        return points, stats
+        return Generated(points, stats)

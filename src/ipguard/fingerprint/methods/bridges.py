@@ -42,17 +42,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from ipguard.attacks._student import SAME_ARCH, reinitialised
-from ipguard.attacks.base import check_real, derive_seeds, model_device, predict_logits
+from ipguard.attacks.base import check_real, predict_logits
 from ipguard.errors import InputError, first_line
 from ipguard.fingerprint.methods._common import (
     as_tuple,
@@ -61,18 +58,29 @@ from ipguard.fingerprint.methods._common import (
     check_int,
     merged_recipe,
 )
-from ipguard.fingerprint.methods.base import FingerprintMethod, GenerationProgress, ProgressFn
+from ipguard.fingerprint.methods.base import (
+    FingerprintMethod,
+    Generated,
+    GenerationProgress,
+    MethodData,
+    ProgressFn,
+)
 from ipguard.fingerprint.record import utc_now
 from ipguard.fingerprint.surrogates import (
-    InputMap,
+    Role,
+    SurrogateData,
+    SurrogateSpec,
+    bridges_arch_seeds,
+    bridges_seed,
+    build_surrogate,
     default_cache,
     require_trainable,
-    surrogate_spec,
 )
-from ipguard.models.nets import ARCHITECTURES, build_arch
+from ipguard.models.nets import ARCHITECTURES
 from ipguard.models.owner import OwnerModel
-from ipguard.training.train import Recipe, seeded, train
-from ipguard.training.zoo import ModelZoo, zoo_key
+from ipguard.training.fresh import SAME_ARCH
+from ipguard.training.train import Recipe
+from ipguard.training.zoo import ModelZoo
 from ipguard.verdict.null import MIN_NEGATIVES, calibration_record
 
 __all__ = ["Bridges", "DEFAULT_RECIPE", "bridge_points", "bridge_segments", "on_segments"]
@@ -141,23 +149,39 @@ def bridge_points(
     return on_segments(x, first, second, flip + offset)
 
 
-_ROLES = ("extract", "distill", "independent", "calibrator")
+_ROLES: tuple[Role, ...] = ("extract", "distill", "independent", "calibrator")
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """One surrogate to train: its role, name, seed, rows (indices into the data) and
-    architecture (``"same"``: the owner's, re-initialised)."""
+@dataclass
+class _Trainer:
+    """Builds bridges' surrogates with the engine one after another, and reports each
+    epoch to ``progress``: ``done`` of ``total`` surrogate epochs so far."""
 
-    role: str  # "extract", "distill", "independent" or "calibrator"
-    name: str
-    seed: int
-    rows: Tensor
-    arch: str = SAME_ARCH
+    data: SurrogateData
+    zoo: ModelZoo
+    progress: ProgressFn | None
+    n: int
+    total: int
+    done: int = 0
 
-    @property
-    def student(self) -> bool:
-        return self.role in ("extract", "distill")
+    def report(self, text: str, extra: int = 0) -> None:
+        if self.progress is not None:
+            done = self.done + extra
+            self.progress(GenerationProgress(0, done, max(self.total, done), 0, self.n,
+                                             stage=text))  # fmt: skip
+
+    def make(self, spec: SurrogateSpec, what: str) -> nn.Module:
+        """The surrogate of ``spec``, trained (or loaded) while ``what`` is reported."""
+        assert spec.recipe is not None
+        epochs = spec.recipe.epochs
+        self.report(what)
+
+        def epoch(e: int, _loss: float) -> None:
+            self.report(f"{what} ep. {e}/{epochs}", e)
+
+        module = build_surrogate(self.data, spec, self.zoo, on_epoch=epoch).module
+        self.done += epochs
+        return module
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -250,136 +274,89 @@ class Bridges(FingerprintMethod):
         out["recipe"] = None if self.recipe is None else dict(self.recipe)
         return out
 
-    def _plans(self, rows: int, generator: torch.Generator) -> tuple[Tensor, list[_Plan]]:
-        """The pool's rows and every surrogate's plan, drawn with ``generator``. Each
-        surrogate's seed depends on the draw, its role and its number only, so that more
-        or fewer surrogates of one role change no other surrogate (nor the bridges)."""
+    def plan_surrogates(
+        self, rows: int, generator: torch.Generator, recipe: Recipe
+    ) -> tuple[Tensor, list[SurrogateSpec]]:
+        """The pool's rows (indices into ``rows`` rows of data) and the spec of every
+        surrogate, trained with ``recipe``, drawn with ``generator``. Each surrogate's seed
+        depends on the draw, its role and its number only (:func:`bridges_seed`,
+        :func:`bridges_arch_seeds`), so that more or fewer surrogates of one role change no
+        other surrogate (nor the bridges)."""
         used = torch.randperm(rows, generator=generator)[: self.max_rows]
         cut = max(1, round(len(used) * self.held_out))
         pool_rows, outside = used[:cut], used[cut:].sort().values
         every = used.sort().values
-        base = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        roles = ["extract" if i % 2 == 0 else "distill" for i in range(self.students)]
-        roles += ["independent"] * self.independents + ["calibrator"] * self.calibrators
-        plans, numbers = [], dict.fromkeys(_ROLES, 0)
+        drawn = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        roles: list[Role] = ["extract" if i % 2 == 0 else "distill" for i in range(self.students)]
+        roles += ["independent"] * self.independents
+        roles += ["calibrator"] * self.calibrators
+        specs, numbers = [], dict.fromkeys(_ROLES, 0)
         for role in roles:
             numbers[role] += 1
-            seed = derive_seeds(base + 7919 * _ROLES.index(role), numbers[role])[-1]
+            seed = bridges_seed(drawn, role, numbers[role])
             rows_of = outside if role in ("extract", "distill") else every
-            plans.append(_Plan(role, f"{role}-{numbers[role]}", seed % 2**31, rows_of))
-        for arch in self.student_archs:  # seeds from the name: no other seed changes
-            seeds = derive_seeds(base + zlib.crc32(arch.encode()), 3)
-            for role, seed in zip(("extract", "distill", "independent"), seeds, strict=True):
+            specs.append(self._spec(role, f"{role}-{numbers[role]}", seed, rows_of, recipe))
+        for arch in self.student_archs:
+            arch_roles: tuple[Role, ...] = ("extract", "distill", "independent")
+            for role, seed in zip(arch_roles, bridges_arch_seeds(drawn, arch), strict=True):
                 rows_of = every if role == "independent" else outside
-                plans.append(_Plan(role, f"{role}-{arch}", seed % 2**31, rows_of, arch))
-        return pool_rows, plans
+                specs.append(self._spec(role, f"{role}-{arch}", seed, rows_of, recipe, arch))
+        return pool_rows, specs
+
+    def _spec(
+        self, role: Role, name: str, seed: int, rows: Tensor, recipe: Recipe,
+        arch: str = SAME_ARCH,
+    ) -> SurrogateSpec:  # fmt: skip
+        return SurrogateSpec(
+            role=role, name=name, seed=seed, arch=arch, recipe=recipe, rows=rows,
+            temperature=self.temperature if role == "distill" else None, planner="bridges",
+        )  # fmt: skip
 
     def run(
         self,
         model: OwnerModel,
         n: int,
         *,
-        data: Tensor | None,
+        data: MethodData,
         generator: torch.Generator,
         progress: ProgressFn | None,
-        labels: Tensor | None = None,
-    ) -> tuple[Tensor, dict[str, Any]]:
-        assert data is not None and labels is not None
-        require_trainable(model)
-        if self.pool < n:
-            raise InputError(
-                f"pool ({self.pool}) must be at least n ({n})", "raise pool or lower n"
-            )
-        if len(data) < 8:
-            raise InputError(
-                f"method 'bridges' needs at least 8 rows of data, got {len(data)}",
-                "give the owner's training data as --data",
-            )
-        recipe = self.training_recipe()
+    ) -> Generated:
+        x, labels = data.labelled()
+        self._check(model, n, x)
         clock = time.perf_counter()
-        pool_rows, plans = self._plans(len(data), generator)
-        low, high = model.bounds
-        x01 = ((data.detach().to("cpu", torch.float32) - low) / (high - low)).clamp_(0.0, 1.0)
-        y = labels.to("cpu", torch.int64)
-        base = InputMap.of(model)
+        pool_rows, specs = self.plan_surrogates(len(x), generator, self.training_recipe())
+        sdata = SurrogateData.of(model, x, labels)
         for arch in self.student_archs:  # one that does not fit the inputs: now, not last
-            _check_takes(_fresh(model, base, arch)(0), arch, x01[:2])
-        zoo = ModelZoo(self.cache if self.cache is not None else default_cache())
-        owner_fit = float((model.predict(data[pool_rows]) == y[pool_rows]).float().mean())
+            _check_takes(sdata.fresh(arch)(0), arch, sdata.x01[:2])
+        pool_x01, pool_y = sdata.x01[pool_rows], sdata.y[pool_rows]
+        owner_fit = float((model.predict(x[pool_rows]) == pool_y).float().mean())
         # the candidates first: they need no surrogate, and too few of them is an error
         # better found before hours of training
         started = time.perf_counter()
-        candidates = bridge_points(model, data[pool_rows], self.pool, generator, offset=self.offset)
-        if len(candidates) < n:
-            raise InputError(
-                f"only {len(candidates)} distinct pairs of held-out data rows with different "
-                f"owner labels, for {n} points",
-                "give more data, a smaller n, or a larger held_out",
-            )
+        candidates = self._candidates(model, x[pool_rows], n, generator)
         owner_labels = model.predict(candidates)
+        low, high = model.bounds
         c01 = ((candidates - low) / (high - low)).clamp(0.0, 1.0)
         t_candidates = time.perf_counter() - started
-        progress_state = {"done": 0, "total": len(plans) * recipe.epochs}  # surrogate epochs
-        built = 0
-
-        def report(text: str, extra: int = 0) -> None:
-            if progress is not None:
-                done, total = progress_state["done"] + extra, progress_state["total"]
-                progress(GenerationProgress(0, done, max(total, done), 0, n, stage=text))
-
-        def make(plan: _Plan, what: str, recipe: Recipe) -> nn.Module:
-            nonlocal built
-            report(what)
-
-            def epoch(e: int, _loss: float) -> None:
-                report(f"{what} ep. {e}/{recipe.epochs}", e)
-
-            count = len(zoo.built)
-            module = self._surrogate(model, plan, base, x01, y, recipe, zoo, epoch)
-            built += len(zoo.built) - count
-            progress_state["done"] += recipe.epochs
-            return module
-
-        # as long as the owner: unless the owner gave the epochs, the first independent is
-        # trained longer until it fits the pool's rows as well as the owner does (or the
-        # longest of EPOCH_STEPS); every surrogate then trains that long
-        probe = next(p for p in plans if p.role == "independent")
-        trials = []
-        while True:
-            module = make(probe, f"1/{len(plans)} {probe.name} (fit check)", recipe)
-            probe_fit = float(self._agreement(module, x01[pool_rows], y[pool_rows]).mean())
-            trials.append({"epochs": recipe.epochs, "fit": round(probe_fit, 4)})
-            longer = [e for e in EPOCH_STEPS if e > recipe.epochs]
-            if self.fixed_epochs or owner_fit - probe_fit <= FIT_GAP or not longer:
-                break
-            recipe = dataclasses.replace(recipe, epochs=longer[0])
-            progress_state["total"] = progress_state["done"] + len(plans) * recipe.epochs
-        modules = {probe.name: module}
-        for i, plan in enumerate(p for p in plans if p is not probe):
-            modules[plan.name] = make(plan, f"{i + 2}/{len(plans)} {plan.name}", recipe)
+        zoo = ModelZoo(self.cache if self.cache is not None else default_cache())
+        trainer = _Trainer(sdata, zoo, progress, n, len(specs) * self.training_recipe().epochs)
+        specs, modules, trials = self._train_all(trainer, specs, pool_x01, pool_y, owner_fit)
         t_surrogates = time.perf_counter() - clock - t_candidates  # the candidates: choice
-        report("choosing bridges")
-        fits = [float(self._agreement(modules[p.name], x01[pool_rows], y[pool_rows]).mean())
-                for p in plans if not p.student and p.arch == SAME_ARCH]  # fmt: skip
+        trainer.report("choosing bridges")
+        fits = [float(self._agreement(modules[s.name], pool_x01, pool_y).mean())
+                for s in specs if not s.pirated and s.arch == SAME_ARCH]  # fmt: skip
         fit = {"owner": round(owner_fit, 4), "independents": round(sum(fits) / len(fits), 4)}
 
         clock = time.perf_counter()
         agree = {name: self._agreement(m, c01, owner_labels) for name, m in modules.items()}
-        # per architecture, students' agreement minus independents'; averaged over them
-        scores = []
-        for arch in (SAME_ARCH, *self.student_archs):
-            group = [p for p in plans if p.arch == arch]
-            s_arch = torch.stack([agree[p.name] for p in group if p.student]).mean(0)
-            i_arch = torch.stack([agree[p.name] for p in group if p.role == "independent"])
-            scores.append(s_arch - i_arch.mean(0))
-        score = torch.stack(scores).mean(0)
-        students = torch.stack([agree[p.name] for p in plans if p.student]).mean(0)
-        independents = torch.stack([agree[p.name] for p in plans if p.role == "independent"])
-        chosen = torch.argsort(score, descending=True, stable=True)[:n]
-        points = candidates[chosen]
+        chosen = self._choose(specs, agree, n)
+        students = torch.stack([agree[s.name] for s in specs if s.pirated]).mean(0)
+        independents = torch.stack([agree[s.name] for s in specs if s.role == "independent"])
+        recipe = specs[0].recipe
+        assert recipe is not None
         stats: dict[str, Any] = {
-            "surrogates": [p.name for p in plans],
-            "surrogates_built": built,
+            "surrogates": [s.name for s in specs],
+            "surrogates_built": len(zoo.built),
             "candidates": int(len(candidates)),
             "pool_rows": int(len(pool_rows)),
             "student_agreement": round(float(students[chosen].mean()), 4),
@@ -390,24 +367,92 @@ class Bridges(FingerprintMethod):
             "fit": fit,
             "seconds_surrogates": round(t_surrogates, 4),
             "seconds_choice": round(t_candidates + time.perf_counter() - clock, 4),
-        }
-        if fit["owner"] - fit["independents"] > FIT_GAP:
-            stats["warnings"] = [
-                f"the surrogate independents fit the owner's rows less than the owner does "
-                f"({fit['independents']:.1%} against {fit['owner']:.1%}): surrogates trained "
-                "shorter than the owner choose worse points; give the owner's recipe, e.g. "
-                '--param \'recipe={"epochs": 20, "augment": true}\' (docs/methods.md)'
-            ]
-        calibrators = [p.name for p in plans if p.role == "calibrator"]
-        if calibrators:
-            counts = [int(agree[c][chosen].sum()) for c in calibrators]
-            stats["calibration"] = calibration_record(
-                counts, n, source="surrogate-independents", independents=calibrators,
-                created=utc_now(),
-            )  # fmt: skip
+        } | _fit_warning(fit)
         if progress is not None:
             progress(GenerationProgress(1, 1, 1, n, n))
-        return points, stats
+        return Generated(candidates[chosen], stats, self._calibration(specs, agree, chosen))
+
+    def _check(self, model: OwnerModel, n: int, x: Tensor) -> None:
+        """Refuse, before any work, what cannot make ``n`` bridges from the data ``x``."""
+        require_trainable(model)
+        if self.pool < n:
+            raise InputError(
+                f"pool ({self.pool}) must be at least n ({n})", "raise pool or lower n"
+            )
+        if len(x) < 8:
+            raise InputError(
+                f"method 'bridges' needs at least 8 rows of data, got {len(x)}",
+                "give the owner's training data as --data",
+            )
+
+    def _candidates(
+        self, model: OwnerModel, pool_x: Tensor, n: int, generator: torch.Generator
+    ) -> Tensor:
+        """The candidate bridges between the pool's rows ``pool_x``, at least ``n``."""
+        candidates = bridge_points(model, pool_x, self.pool, generator, offset=self.offset)
+        if len(candidates) < n:
+            raise InputError(
+                f"only {len(candidates)} distinct pairs of held-out data rows with different "
+                f"owner labels, for {n} points",
+                "give more data, a smaller n, or a larger held_out",
+            )
+        return candidates
+
+    def _train_all(
+        self, trainer: _Trainer, specs: list[SurrogateSpec], pool_x01: Tensor, pool_y: Tensor,
+        owner_fit: float,
+    ) -> tuple[list[SurrogateSpec], dict[str, nn.Module], list[dict[str, Any]]]:  # fmt: skip
+        """Every surrogate, trained as long as the owner: unless the owner gave the epochs,
+        the first independent is trained longer until it fits the pool's rows as well as
+        the owner does (or the longest of EPOCH_STEPS); every surrogate then trains that
+        long. Returns the specs with the recipe they trained with, the surrogates by name
+        and the epochs tried."""
+        probe = next(s for s in specs if s.role == "independent")
+        trials = []
+        while True:
+            module = trainer.make(probe, f"1/{len(specs)} {probe.name} (fit check)")
+            probe_fit = float(self._agreement(module, pool_x01, pool_y).mean())
+            recipe = probe.recipe
+            assert recipe is not None
+            trials.append({"epochs": recipe.epochs, "fit": round(probe_fit, 4)})
+            longer = [e for e in EPOCH_STEPS if e > recipe.epochs]
+            if self.fixed_epochs or owner_fit - probe_fit <= FIT_GAP or not longer:
+                break
+            recipe = dataclasses.replace(recipe, epochs=longer[0])
+            specs = [dataclasses.replace(s, recipe=recipe) for s in specs]
+            probe = next(s for s in specs if s.role == "independent")
+            trainer.total = trainer.done + len(specs) * recipe.epochs
+        modules = {probe.name: module}
+        for i, spec in enumerate(s for s in specs if s is not probe):
+            modules[spec.name] = trainer.make(spec, f"{i + 2}/{len(specs)} {spec.name}")
+        return specs, modules, trials
+
+    def _choose(self, specs: list[SurrogateSpec], agree: dict[str, Tensor], n: int) -> Tensor:
+        """The ``n`` candidates with the highest score (``agree``: per surrogate, 1.0 where
+        it gives a candidate the owner's label): per architecture, the students' agreement
+        minus the independents', averaged over the architectures."""
+        scores = []
+        for arch in (SAME_ARCH, *self.student_archs):
+            group = [s for s in specs if s.arch == arch]
+            s_arch = torch.stack([agree[s.name] for s in group if s.pirated]).mean(0)
+            i_arch = torch.stack([agree[s.name] for s in group if s.role == "independent"])
+            scores.append(s_arch - i_arch.mean(0))
+        score = torch.stack(scores).mean(0)
+        return torch.argsort(score, descending=True, stable=True)[:n]
+
+    @staticmethod
+    def _calibration(
+        specs: list[SurrogateSpec], agree: dict[str, Tensor], chosen: Tensor
+    ) -> dict[str, Any] | None:
+        """The calibration record of the ``chosen`` points from the calibrators' matches."""
+        calibrators = [s.name for s in specs if s.role == "calibrator"]
+        if not calibrators:
+            return None
+        counts = [int(agree[c][chosen].sum()) for c in calibrators]
+        return calibration_record(
+            counts, len(chosen), source="surrogate-independents", independents=calibrators,
+            created=utc_now(),
+        )  # fmt: skip
 
     @property
     def fixed_epochs(self) -> bool:
@@ -420,74 +465,18 @@ class Bridges(FingerprintMethod):
         with torch.no_grad():
             return (predict_logits(module, x01).argmax(1).cpu() == labels).float()
 
-    def _surrogate(
-        self, owner: OwnerModel, plan: _Plan, base: InputMap, x01: Tensor, y: Tensor,
-        recipe: Recipe, zoo: ModelZoo, on_epoch: Callable[[int, float], None],
-    ) -> nn.Module:  # fmt: skip
-        """Train (or load from ``zoo``) the surrogate of ``plan``."""
-        xs, ys = x01[plan.rows], y[plan.rows]
-        role = "independent" if plan.role == "calibrator" else plan.role
-        spec = {**surrogate_spec(owner, xs, ys), "role": f"bridges-{role}",
-                "recipe": recipe.to_dict(), "seed": plan.seed}  # fmt: skip
-        if plan.role == "distill":  # trained with the recipe on the softened outputs
-            spec |= {"temperature": self.temperature, "targets": "softened-outputs-t2"}
-        if plan.arch != SAME_ARCH:
-            spec["arch"] = plan.arch
-        targets: Tensor = ys  # independents: the true labels
-        if plan.student:  # the owner's answers, in eval mode
-            with torch.no_grad():
-                logits = predict_logits(base, xs).cpu()
-            targets = logits.argmax(1)  # extracted: its top-1 labels
-            if plan.role == "distill":  # distilled: its outputs softened at the temperature
-                targets = torch.softmax(logits / self.temperature, dim=1)
-        fresh = _fresh(owner, base, plan.arch)
-        build = partial(
-            _fresh_trained, fresh, base, xs, targets, recipe, plan.seed,
-            zoo.checkpoint_path(zoo_key(spec)), on_epoch,
-            self.temperature if plan.role == "distill" else None,
-        )  # fmt: skip
-        _, module = zoo.get_or_build(spec, build, template=partial(fresh, 0))
-        return module.to(model_device(base)).eval()
 
-
-class _ScaledGradient(torch.autograd.Function):
-    """The identity, whose gradient is multiplied by ``scale``."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, scale: float) -> Tensor:
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        return grad * ctx.scale, None
-
-
-class _Softened(nn.Module):
-    """``module``'s logits divided by ``temperature``: a distilled student learns the
-    owner's softened outputs through it, with the recipe's cross-entropy on them. The
-    gradient is scaled by ``temperature**2``, as in distillation's ``T^2 KL`` loss (Hinton
-    et al.), so that an SGD recipe trains the student at the rate it trains the others."""
-
-    def __init__(self, module: nn.Module, temperature: float) -> None:
-        super().__init__()
-        self.module, self.temperature = module, temperature
-
-    def forward(self, x: Tensor) -> Tensor:
-        t = self.temperature
-        out: Tensor = _ScaledGradient.apply(self.module(x) / t, t * t)  # type: ignore[no-untyped-call]
-        return out
-
-
-def _fresh(owner: OwnerModel, base: InputMap, arch: str) -> Callable[[int], nn.Module]:
-    """``fresh(seed)``: a surrogate of ``arch`` with weights drawn from ``seed``: the owner's
-    architecture re-initialised (behind its input map), or a registered architecture for
-    the owner's inputs and classes (InputError if it cannot be built for them)."""
-    if arch == SAME_ARCH:
-        return partial(reinitialised, base)
-    factory = partial(build_arch, arch, num_classes=owner.num_classes,
-                      input_shape=owner.input_shape)  # fmt: skip
-    return partial(seeded, factory)
+def _fit_warning(fit: dict[str, float]) -> dict[str, Any]:
+    """``{"warnings": [...]}`` when the surrogate independents fit the owner's rows less than
+    the owner does, else nothing."""
+    if fit["owner"] - fit["independents"] <= FIT_GAP:
+        return {}
+    return {"warnings": [
+        f"the surrogate independents fit the owner's rows less than the owner does "
+        f"({fit['independents']:.1%} against {fit['owner']:.1%}): surrogates trained "
+        "shorter than the owner choose worse points; give the owner's recipe, e.g. "
+        '--param \'recipe={"epochs": 20, "augment": true}\' (docs/methods.md)'
+    ]}  # fmt: skip
 
 
 def _check_takes(module: nn.Module, arch: str, x01: Tensor) -> None:
@@ -501,22 +490,3 @@ def _check_takes(module: nn.Module, arch: str, x01: Tensor) -> None:
             f"{first_line(err)[:120]}",
             "choose another architecture (ipguard archs) or leave it out",
         ) from err
-
-
-def _fresh_trained(
-    fresh: Callable[[int], nn.Module], base: InputMap, x: Tensor, y: Tensor, recipe: Recipe,
-    seed: int, checkpoint: Any, on_epoch: Callable[[int, float], None],
-    temperature: float | None = None,
-) -> nn.Module:  # fmt: skip
-    """A fresh surrogate trained with ``recipe`` on labels ``y``, or (``temperature``) on
-    the owner's softened outputs ``y``, which is distillation: the cross-entropy to them
-    differs from the KL divergence by a constant, and the gradient is ``T^2`` times
-    (:class:`_Softened`). The targets are the owner's outputs on the images as they are,
-    also where the recipe augments them (as labels are)."""
-    module = fresh(seed).to(model_device(base))
-    if temperature is not None:
-        train(_Softened(module, temperature), x, y, recipe, seed=seed, checkpoint=checkpoint,
-              device=model_device(base), on_epoch=on_epoch)  # fmt: skip
-        return module.eval()
-    return train(module, x, y, recipe, seed=seed, checkpoint=checkpoint, device=model_device(base),
-                 on_epoch=on_epoch)  # fmt: skip

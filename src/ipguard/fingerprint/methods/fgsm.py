@@ -10,17 +10,16 @@ often it did.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
-from torch import Tensor
 
 from ipguard.fingerprint.methods._common import (
     check_bool,
     check_fraction,
     linf_from_data,
 )
-from ipguard.fingerprint.methods.base import FingerprintMethod, ProgressFn
+from ipguard.fingerprint.methods.base import FingerprintMethod, Generated, MethodData, ProgressFn
 from ipguard.models.owner import OwnerModel
 
 __all__ = ["FGSM"]
@@ -56,13 +55,11 @@ class FGSM(FingerprintMethod):
         model: OwnerModel,
         n: int,
         *,
-        data: Tensor | None,
+        data: MethodData,
         generator: torch.Generator,
         progress: ProgressFn | None,
-        labels: Tensor | None = None,
-    ) -> tuple[Tensor, dict[str, Any]]:
-        assert data is not None
+    ) -> Generated:
         return linf_from_data(
-            model, data, n, generator, method=self.name, eps=self.eps, step_size=self.eps,
+            model, data.inputs(), n, generator, method=self.name, eps=self.eps, step_size=self.eps,
             steps=1, random_start=False, targeted=self.targeted, progress=progress,
         )  # fmt: skip

@@ -16,13 +16,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NoReturn
 
 import torch
 from torch import Tensor
 
 from ipguard.errors import GenerationError, InputError
-from ipguard.fingerprint.methods.base import FingerprintMethod, GenerationProgress, ProgressFn
+from ipguard.fingerprint.methods.base import (
+    FingerprintMethod,
+    Generated,
+    GenerationProgress,
+    MethodData,
+    ProgressFn,
+)
 from ipguard.models.owner import OwnerModel
 
 __all__ = ["IPGuard", "ipguard_loss", "boundary_search", "SearchResult"]
@@ -193,14 +199,17 @@ class IPGuard(FingerprintMethod):
         model: OwnerModel,
         n: int,
         *,
-        data: Tensor | None,
+        data: MethodData,
         generator: torch.Generator,
         progress: ProgressFn | None,
-        labels: Tensor | None = None,
-    ) -> tuple[Tensor, dict[str, Any]]:
-        del labels  # IPGuard does not use the true labels
-        low, high = model.bounds
-        order = torch.randperm(data.shape[0], generator=generator) if data is not None else None
+    ) -> Generated:
+        # the data's rows in a random order (drawn whenever there are data, also for noise
+        # starts), taken in turn as start points; IPGuard does not use the true labels
+        order = (
+            torch.randperm(data.x.shape[0], generator=generator)
+            if data.x is not None
+            else torch.empty(0, dtype=torch.int64)
+        )
         cursor = 0
         kept: list[Tensor] = []
         kept_iters: list[Tensor] = []
@@ -210,37 +219,19 @@ class IPGuard(FingerprintMethod):
             need = n - have
             if need == 0:
                 break
-            # After a round with failures, start more points than needed, in proportion to
-            # the observed convergence rate, so retries rarely take more than one round.
-            tried = sum(r["attempted"] for r in rounds)
-            rate = sum(r["converged"] for r in rounds) / tried if tried else 1.0
-            size = need if rnd == 1 else min(math.ceil(1.2 * need / max(rate, 0.1)), 10 * n)
+            size = need if rnd == 1 else self._retry_size(need, n, rounds)
             if self.start == "data":
-                assert data is not None and order is not None
                 take = order[cursor : cursor + size]
                 cursor += int(take.numel())
                 if take.numel() == 0:
                     break
-                x0 = data[take].to(torch.float32)
+                x0 = data.inputs()[take].to(torch.float32)
             else:
-                x0 = torch.rand((size, *model.input_shape), generator=generator)
-                x0 = low + (high - low) * x0
-            with torch.no_grad(), model.evaluating():
-                logits0 = model.raw_logits(x0.to(model.device)).cpu()
-            source = logits0.argmax(dim=1)
-            target = self._targets(logits0, source, generator)
-
-            def report(
-                step: int, active: int, rnd: int = rnd, base: int = have, batch: int = len(x0)
-            ) -> None:
-                if progress is not None:
-                    done = min(base + batch - active, n)
-                    progress(GenerationProgress(rnd, step, self.max_iter, done, n))
-
-            res = boundary_search(
-                model, x0, source, target, k=self.k, lr=self.lr, max_iter=self.max_iter,
-                on_step=report,
-            )  # fmt: skip
+                low, high = model.bounds
+                x0 = low + (high - low) * torch.rand(
+                    (size, *model.input_shape), generator=generator
+                )
+            res = self._round(model, x0, generator, progress, rnd=rnd, have=have, n=n)
             ok = res.converged
             kept.append(res.points.cpu()[ok][:need])
             kept_iters.append(res.iterations[ok][:need])
@@ -248,25 +239,65 @@ class IPGuard(FingerprintMethod):
             have += min(int(ok.sum()), need)
             if progress is not None:
                 progress(GenerationProgress(rnd, self.max_iter, self.max_iter, have, n))
-        attempted = sum(r["attempted"] for r in rounds)
-        converged = sum(r["converged"] for r in rounds)
         if have < n:
-            why = (
-                f"only {have} of {n} points converged ({attempted} start points in "
-                f"{len(rounds)} round(s))"
-            )
-            if self.start == "data" and data is not None and cursor >= data.shape[0]:
-                why += f"; all {data.shape[0]} data inputs were used as start points"
-            raise GenerationError(
-                why, "raise --max-iter, --lr or --max-rounds, or lower --k; see docs/defaults.md"
-            )
-        iters = torch.cat(kept_iters).float()
-        stats = {
-            "attempted": attempted,
-            "converged": converged,
-            "convergence_rate": round(converged / attempted, 4),
-            "rounds": rounds,
-            "mean_iterations": round(float(iters.mean()), 2),
-            "max_iterations": int(iters.max()),
-        }
-        return torch.cat(kept), stats
+            used_all = data.x is not None and cursor >= data.x.shape[0]
+            self._fail(n, have, rounds, rows=int(data.inputs().shape[0]) if used_all else None)
+        return Generated(torch.cat(kept), _round_stats(rounds, torch.cat(kept_iters).float()))
+
+    @staticmethod
+    def _retry_size(need: int, n: int, rounds: list[dict[str, int]]) -> int:
+        """After a round with failures, start more points than needed, in proportion to the
+        observed convergence rate, so retries rarely take more than one round."""
+        tried = sum(r["attempted"] for r in rounds)
+        rate = sum(r["converged"] for r in rounds) / tried if tried else 1.0
+        return min(math.ceil(1.2 * need / max(rate, 0.1)), 10 * n)
+
+    def _round(
+        self, model: OwnerModel, x0: Tensor, generator: torch.Generator,
+        progress: ProgressFn | None, *, rnd: int, have: int, n: int,
+    ) -> SearchResult:  # fmt: skip
+        """One round: targets for the start points ``x0``, then the boundary search."""
+        with torch.no_grad(), model.evaluating():
+            logits0 = model.raw_logits(x0.to(model.device)).cpu()
+        source = logits0.argmax(dim=1)
+        target = self._targets(logits0, source, generator)
+
+        def report(step: int, active: int) -> None:
+            if progress is not None:
+                done = min(have + len(x0) - active, n)
+                progress(GenerationProgress(rnd, step, self.max_iter, done, n))
+
+        return boundary_search(
+            model, x0, source, target, k=self.k, lr=self.lr, max_iter=self.max_iter,
+            on_step=report,
+        )  # fmt: skip
+
+    def _fail(
+        self, n: int, have: int, rounds: list[dict[str, int]], *, rows: int | None
+    ) -> NoReturn:
+        """Raise the GenerationError of too few converged points (``rows``: every one of
+        that many data inputs was used as a start point)."""
+        attempted = sum(r["attempted"] for r in rounds)
+        why = (
+            f"only {have} of {n} points converged ({attempted} start points in "
+            f"{len(rounds)} round(s))"
+        )
+        if self.start == "data" and rows is not None:
+            why += f"; all {rows} data inputs were used as start points"
+        raise GenerationError(
+            why, "raise --max-iter, --lr or --max-rounds, or lower --k; see docs/defaults.md"
+        )
+
+
+def _round_stats(rounds: list[dict[str, int]], iters: Tensor) -> dict[str, Any]:
+    """The statistics of a run: its rounds and the Adam steps ``iters`` of the points kept."""
+    attempted = sum(r["attempted"] for r in rounds)
+    converged = sum(r["converged"] for r in rounds)
+    return {
+        "attempted": attempted,
+        "converged": converged,
+        "convergence_rate": round(converged / attempted, 4),
+        "rounds": rounds,
+        "mean_iterations": round(float(iters.mean()), 2),
+        "max_iterations": int(iters.max()),
+    }

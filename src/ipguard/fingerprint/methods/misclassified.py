@@ -7,13 +7,12 @@ independent model tends not to). Needs the data and its true labels.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
-from torch import Tensor
 
 from ipguard.errors import InputError
-from ipguard.fingerprint.methods.base import FingerprintMethod, ProgressFn
+from ipguard.fingerprint.methods.base import FingerprintMethod, Generated, MethodData, ProgressFn
 from ipguard.models.owner import OwnerModel
 
 __all__ = ["Misclassified"]
@@ -40,14 +39,13 @@ class Misclassified(FingerprintMethod):
         model: OwnerModel,
         n: int,
         *,
-        data: Tensor | None,
+        data: MethodData,
         generator: torch.Generator,
         progress: ProgressFn | None,
-        labels: Tensor | None = None,
-    ) -> tuple[Tensor, dict[str, Any]]:
-        assert data is not None and labels is not None
-        wrong = (model.predict(data) != labels).nonzero().flatten()
-        count, size = int(wrong.numel()), int(data.shape[0])
+    ) -> Generated:
+        x, labels = data.labelled()
+        wrong = (model.predict(x) != labels).nonzero().flatten()
+        count, size = int(wrong.numel()), int(x.shape[0])
         if count < n:
             raise InputError(
                 f"the owner misclassifies only {count} of the {size} data inputs, "
@@ -55,11 +53,11 @@ class Misclassified(FingerprintMethod):
                 "give more data or a smaller n",
             )
         rows = wrong[torch.randperm(count, generator=generator)[:n]]
-        points = data[rows].to("cpu", torch.float32, copy=True)
+        points = x[rows].to("cpu", torch.float32, copy=True)
         stats = {
             "misclassified_available": count,
             "data_size": size,
             "owner_error_rate": round(count / size, 4) if size else 0.0,
             "rows": [int(r) for r in rows],
         }
-        return points, stats
+        return Generated(points, stats)

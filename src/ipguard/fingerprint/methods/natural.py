@@ -6,10 +6,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor
 
 from ipguard.fingerprint.methods._common import pick_rows, predict_raw, top2_margin
-from ipguard.fingerprint.methods.base import FingerprintMethod, ProgressFn
+from ipguard.fingerprint.methods.base import FingerprintMethod, Generated, MethodData, ProgressFn
 from ipguard.models.owner import OwnerModel
 
 __all__ = ["Natural"]
@@ -32,20 +31,19 @@ class Natural(FingerprintMethod):
         model: OwnerModel,
         n: int,
         *,
-        data: Tensor | None,
+        data: MethodData,
         generator: torch.Generator,
         progress: ProgressFn | None,
-        labels: Tensor | None = None,
-    ) -> tuple[Tensor, dict[str, Any]]:
-        assert data is not None
-        rows = pick_rows(data, n, generator, self.name)
-        points = data[rows].to("cpu", torch.float32, copy=True)
+    ) -> Generated:
+        x = data.inputs()
+        rows = pick_rows(x, n, generator, self.name)
+        points = x[rows].to("cpu", torch.float32, copy=True)
         logits = predict_raw(model, points.to(model.device)).cpu()
         stats: dict[str, Any] = {
             "rows": [int(r) for r in rows],
             "mean_margin": round(float(top2_margin(logits).mean()), 6),
         }
-        if labels is not None:
-            correct = logits.argmax(dim=1) == labels[rows]
+        if data.labels is not None:
+            correct = logits.argmax(dim=1) == data.labels[rows]
             stats["owner_accuracy"] = round(float(correct.float().mean()), 4)
-        return points, stats
+        return Generated(points, stats)

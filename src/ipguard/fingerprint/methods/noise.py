@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
-from torch import Tensor
 
 from ipguard.fingerprint.methods._common import predict_raw, top2_margin
-from ipguard.fingerprint.methods.base import FingerprintMethod, ProgressFn
+from ipguard.fingerprint.methods.base import FingerprintMethod, Generated, MethodData, ProgressFn
 from ipguard.models.owner import OwnerModel
 
 __all__ = ["RandomNoise"]
@@ -30,11 +29,10 @@ class RandomNoise(FingerprintMethod):
         model: OwnerModel,
         n: int,
         *,
-        data: Tensor | None,
+        data: MethodData,
         generator: torch.Generator,
         progress: ProgressFn | None,
-        labels: Tensor | None = None,
-    ) -> tuple[Tensor, dict[str, Any]]:
+    ) -> Generated:
         low, high = model.bounds
         points = low + (high - low) * torch.rand((n, *model.input_shape), generator=generator)
         logits = predict_raw(model, points.to(model.device)).cpu()
@@ -42,4 +40,4 @@ class RandomNoise(FingerprintMethod):
             "distinct_labels": int((logits.argmax(dim=1).bincount() > 0).sum()),
             "mean_margin": round(float(top2_margin(logits).mean()), 6),
         }
-        return points, stats
+        return Generated(points, stats)

@@ -10,10 +10,9 @@ class). Every point is kept; the statistics say how often the attack succeeded.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
-from torch import Tensor
 
 from ipguard.errors import InputError
 from ipguard.fingerprint.methods._common import (
@@ -22,7 +21,7 @@ from ipguard.fingerprint.methods._common import (
     check_int,
     linf_from_data,
 )
-from ipguard.fingerprint.methods.base import FingerprintMethod, ProgressFn
+from ipguard.fingerprint.methods.base import FingerprintMethod, Generated, MethodData, ProgressFn
 from ipguard.models.owner import OwnerModel
 
 __all__ = ["PGD"]
@@ -68,14 +67,12 @@ class PGD(FingerprintMethod):
         model: OwnerModel,
         n: int,
         *,
-        data: Tensor | None,
+        data: MethodData,
         generator: torch.Generator,
         progress: ProgressFn | None,
-        labels: Tensor | None = None,
-    ) -> tuple[Tensor, dict[str, Any]]:
-        assert data is not None
+    ) -> Generated:
         return linf_from_data(
-            model, data, n, generator, method=self.name, eps=self.eps,
+            model, data.inputs(), n, generator, method=self.name, eps=self.eps,
             step_size=self.eps / 4 if self.step_size is None else self.step_size,
             steps=self.steps, random_start=self.random_start, targeted=self.targeted,
             progress=progress,

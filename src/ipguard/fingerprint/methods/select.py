@@ -40,7 +40,6 @@ import torch
 from torch import Tensor, nn
 
 from ipguard.attacks import ATTACKS
-from ipguard.attacks._student import SAME_ARCH
 from ipguard.attacks.base import check_real
 from ipguard.errors import GenerationError, InputError
 from ipguard.fingerprint.methods._common import (
@@ -50,17 +49,29 @@ from ipguard.fingerprint.methods._common import (
     merged_recipe,
     random_targets,
 )
-from ipguard.fingerprint.methods.base import FingerprintMethod, GenerationProgress, ProgressFn
+from ipguard.fingerprint.methods.base import (
+    FingerprintMethod,
+    Generated,
+    GenerationProgress,
+    MethodData,
+    ProgressFn,
+)
 from ipguard.fingerprint.methods.ipguard import DEFAULT_LR, IPGuard, ipguard_loss
-from ipguard.fingerprint.surrogates import COPY_ATTACKS, SurrogateSuite, build_surrogates
+from ipguard.fingerprint.surrogates import (
+    COPY_ATTACKS,
+    SurrogateSuite,
+    build_surrogates,
+    select_seeds,
+)
 from ipguard.models.nets import ARCHITECTURES
 from ipguard.models.owner import OwnerModel
+from ipguard.training.fresh import SAME_ARCH
 from ipguard.training.train import Recipe
 
 __all__ = ["IPGuardSelect", "ensemble_search", "selection_scores"]
 
 DEFAULT_KS = (1.0, 3.0, 10.0)
-DEFAULT_SEEDS = (1001, 1002, 1003)
+DEFAULT_SEEDS = select_seeds(3)
 
 
 def selection_scores(
@@ -277,12 +288,11 @@ class IPGuardSelect(FingerprintMethod):
         model: OwnerModel,
         n: int,
         *,
-        data: Tensor | None,
+        data: MethodData,
         generator: torch.Generator,
         progress: ProgressFn | None,
-        labels: Tensor | None = None,
-    ) -> tuple[Tensor, dict[str, Any]]:
-        assert data is not None and labels is not None
+    ) -> Generated:
+        x, labels = data.labelled()
         clock = time.perf_counter()
         count = iter(range(self.surrogate_count))
 
@@ -290,65 +300,15 @@ class IPGuardSelect(FingerprintMethod):
             if progress is not None:
                 progress(GenerationProgress(0, next(count, 0), self.surrogate_count, 0, n))
 
-        suite = self.surrogates(model, data, labels, note)
+        suite = self.surrogates(model, x, labels, note)
         t_surrogates = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        total = self.pool * n
-        n_ens = round(self.ensemble * total)
-        combos = [(k, s) for k in self.ks for s in self.starts]
-        size = math.ceil((total - n_ens) / len(combos)) if n_ens < total else 0
-        parts: list[Tensor] = []
-        sources: list[str] = []
-        pool_stats: dict[str, Any] = {}
-        for i, (k, start) in enumerate(combos if size else []):
-            method = IPGuard(k=k, lr=self.lr, max_iter=self.max_iter, start=start)  # type: ignore[arg-type]
-            tag = f"k={k:g},{start}"
-            try:
-                pts, st = method.run(
-                    model, size, data=data, generator=generator, progress=None, labels=None
-                )
-            except GenerationError as err:  # a combination that cannot converge is skipped
-                pool_stats[tag] = {"error": str(err)}
-                continue
-            parts.append(pts.cpu())
-            sources += [tag] * pts.shape[0]
-            pool_stats[tag] = {"candidates": int(pts.shape[0]),
-                               "convergence_rate": st["convergence_rate"]}  # fmt: skip
-            if progress is not None:
-                progress(GenerationProgress(1, i + 1, len(combos), min(n, len(sources)), n))
-        if n_ens:
-            pts, rate = self._ensemble_pool(model, suite, n_ens, data, generator)
-            parts.append(pts)
-            sources += ["ensemble"] * pts.shape[0]
-            pool_stats["ensemble"] = {"candidates": int(pts.shape[0]), "convergence_rate": rate}
-        if len(sources) < n:
-            failed = "; ".join(f"{t}: {v['error']}" for t, v in pool_stats.items() if "error" in v)
-            raise GenerationError(
-                f"only {len(sources)} candidates for {n} points"
-                + (f" ({failed})" if failed else ""),
-                'with few data rows use starts=["noise"]; else raise max_iter or lower the ks',
-            )
-        low, high = model.bounds
-        candidates = torch.cat(parts).clamp(low, high)
+        candidates, sources, pool_stats = self._pool(model, suite, n, x, generator, progress)
         t_pool = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        owner_labels = model.predict(candidates)
-        preds = suite.predict((candidates - low) / (high - low))
-        families = [m.family for m in suite.members]
-        pirated = [m.pirated for m in suite.members]
-        # the independents the ensemble loss did not see judge its candidates
-        seen = suite.seen_by_loss()
-        held_out = [not m.pirated and not v for m, v in zip(suite.members, seen, strict=True)]
-        fitted = torch.tensor([src == "ensemble" for src in sources])
-        score, copy_agree, ind_agree = selection_scores(
-            owner_labels, preds, families, pirated, held_out=held_out, fitted=fitted
-        )
-        # rank by score; ties in a random order drawn from the seed
-        shuffle = torch.randperm(len(score), generator=generator)
-        order = shuffle[torch.argsort(score[shuffle], descending=True, stable=True)]
-        keep = order[:n]
+        keep, copy_agree, ind_agree = self._select(model, suite, candidates, sources, n, generator)
         t_select = time.perf_counter() - clock
 
         chosen = [sources[int(i)] for i in keep]
@@ -370,7 +330,75 @@ class IPGuardSelect(FingerprintMethod):
                 "selection": round(t_select, 3),
             },  # fmt: skip
         }
-        return candidates[keep], stats
+        return Generated(candidates[keep], stats)
+
+    def _pool(
+        self, model: OwnerModel, suite: SurrogateSuite, n: int, x: Tensor,
+        generator: torch.Generator, progress: ProgressFn | None,
+    ) -> tuple[Tensor, list[str], dict[str, Any]]:  # fmt: skip
+        """The candidate pool (in bounds), the source of each candidate (``k=..,start`` or
+        ``ensemble``) and what each source gave."""
+        total = self.pool * n
+        n_ens = round(self.ensemble * total)
+        combos = [(k, s) for k in self.ks for s in self.starts]
+        size = math.ceil((total - n_ens) / len(combos)) if n_ens < total else 0
+        parts: list[Tensor] = []
+        sources: list[str] = []
+        pool_stats: dict[str, Any] = {}
+        for i, (k, start) in enumerate(combos if size else []):
+            method = IPGuard(k=k, lr=self.lr, max_iter=self.max_iter, start=start)  # type: ignore[arg-type]
+            tag = f"k={k:g},{start}"
+            try:
+                made = method.run(
+                    model, size, data=MethodData(x), generator=generator, progress=None
+                )
+            except GenerationError as err:  # a combination that cannot converge is skipped
+                pool_stats[tag] = {"error": str(err)}
+                continue
+            parts.append(made.points.cpu())
+            sources += [tag] * made.points.shape[0]
+            pool_stats[tag] = {"candidates": int(made.points.shape[0]),
+                               "convergence_rate": made.stats["convergence_rate"]}  # fmt: skip
+            if progress is not None:
+                progress(GenerationProgress(1, i + 1, len(combos), min(n, len(sources)), n))
+        if n_ens:
+            pts, rate = self._ensemble_pool(model, suite, n_ens, x, generator)
+            parts.append(pts)
+            sources += ["ensemble"] * pts.shape[0]
+            pool_stats["ensemble"] = {"candidates": int(pts.shape[0]), "convergence_rate": rate}
+        if len(sources) < n:
+            failed = "; ".join(f"{t}: {v['error']}" for t, v in pool_stats.items() if "error" in v)
+            raise GenerationError(
+                f"only {len(sources)} candidates for {n} points"
+                + (f" ({failed})" if failed else ""),
+                'with few data rows use starts=["noise"]; else raise max_iter or lower the ks',
+            )
+        low, high = model.bounds
+        return torch.cat(parts).clamp(low, high), sources, pool_stats
+
+    @staticmethod
+    def _select(
+        model: OwnerModel, suite: SurrogateSuite, candidates: Tensor, sources: list[str],
+        n: int, generator: torch.Generator,
+    ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+        """The ``n`` best candidates' indices (ranked by :func:`selection_scores`, ties in
+        a random order drawn from ``generator``), and every candidate's copy and
+        independent agreement."""
+        low, high = model.bounds
+        owner_labels = model.predict(candidates)
+        preds = suite.predict((candidates - low) / (high - low))
+        families = [m.family for m in suite.members]
+        pirated = [m.pirated for m in suite.members]
+        # the independents the ensemble loss did not see judge its candidates
+        seen = suite.seen_by_loss()
+        held_out = [not m.pirated and not v for m, v in zip(suite.members, seen, strict=True)]
+        fitted = torch.tensor([src == "ensemble" for src in sources])
+        score, copy_agree, ind_agree = selection_scores(
+            owner_labels, preds, families, pirated, held_out=held_out, fitted=fitted
+        )
+        shuffle = torch.randperm(len(score), generator=generator)
+        order = shuffle[torch.argsort(score[shuffle], descending=True, stable=True)]
+        return order[:n], copy_agree, ind_agree
 
     def _ensemble_pool(
         self, model: OwnerModel, suite: SurrogateSuite, size: int, data: Tensor,
