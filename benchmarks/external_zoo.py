@@ -57,6 +57,7 @@ from ipguard.fingerprint.record import Fingerprint
 from ipguard.models.owner import LabelOracle, OwnerModel
 from ipguard.models.spec import load_module
 from ipguard.suspects.adapters import open_suspect
+from ipguard.verdict.null import NoVerdict
 from ipguard.verdict.verify import query_labels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,9 +100,14 @@ def verdict(fp: Fingerprint) -> dict[str, Any] | None:
     carries its calibration: basis, stated false-positive rate and threshold."""
     if fp.calibration is None:
         return None
-    rule = operations._rule(fp, None, None, None)
+    counts = list(fp.calibration["negative_matches"])
+    try:
+        rule = operations._rule(fp, None, None, None)
+    except NoVerdict as e:  # the calibration states no rate of the ladder: no verdict
+        return {"basis": None, "target_fpr": None, "threshold": None, "calibration": counts,
+                "no_verdict": str(e)}  # fmt: skip
     return {"basis": rule.basis, "target_fpr": rule.target_fpr, "threshold": rule.threshold,
-            "calibration": list(fp.calibration["negative_matches"])}  # fmt: skip
+            "calibration": counts}  # fmt: skip
 
 
 def read_split(archive: Path, members: list[str], classes: list[str]) -> tuple[Any, Any]:
@@ -353,6 +359,11 @@ def main(argv: list[str] | None = None) -> int:
     for o in ruled:
         v = o.verdict
         assert v is not None
+        if v["threshold"] is None:
+            results["methods"][o.method]["verdict"] = v
+            print(f"| {o.method} | {v['calibration']} | no verdict at any rate of the ladder "
+                  f"| | | 0 of {kept} | 0 |")  # fmt: skip
+            continue
         copies = sum(o.rates[s.name] >= v["threshold"] for s in suspects if s.kept)
         indeps = sum(o.rates[s.name] >= v["threshold"] for s in suspects if not s.pirated)
         v |= {"copies_flagged": copies, "independents_flagged": indeps}

@@ -20,7 +20,7 @@ from ipguard.cli import app
 from ipguard.errors import FingerprintFileError, InputError
 from ipguard.models.nets import digits_cnn
 from ipguard.training.train import seeded, train_classifier
-from ipguard.verdict.null import null_from_record
+from ipguard.verdict.null import DEFAULT_CALIBRATORS, NoVerdict, null_from_record, stated_rule
 
 runner = CliRunner()
 
@@ -67,9 +67,10 @@ def test_fingerprinting_with_data_calibrates_from_held_out_surrogates(
     summary = json.loads((env["dir"] / "fp.json").read_text())
     cal = summary["calibration"]
     assert cal["source"] == "surrogate-independents" and cal["model"] == "beta-binomial"
-    assert len(cal["negative_matches"]) == 8 and all(0 <= m <= 100 for m in cal["negative_matches"])
+    counts = cal["negative_matches"]
+    assert len(counts) == DEFAULT_CALIBRATORS == 16 and all(0 <= m <= 100 for m in counts)
     # held out: seeds no selection method uses (ipguard-select's independents are 1001..)
-    assert cal["independents"] == [f"same-s{s}" for s in range(2001, 2009)]
+    assert cal["independents"] == [f"same-s{s}" for s in range(2001, 2017)]
     assert load_fingerprint(env["fp"]).calibration == cal
 
 
@@ -80,28 +81,35 @@ def test_verify_decides_at_the_calibrated_threshold_two_sided(env: dict[str, Pat
     assert code == 0, err
     r = rows(out)
     fp = load_fingerprint(env["fp"])
-    null = null_from_record(fp.calibration, fp.n, 0.01)
+    # no rate asked: the smallest of the ladder the 16 surrogates can state (the core's rule)
+    rule = stated_rule(fp.calibration, fp.n, None)
+    null = null_from_record(fp.calibration, fp.n, rule.target_fpr)
     for row in r.values():
         assert row["threshold_basis"] == "calibrated-in-fingerprint"
-        assert row["target_fpr"] == 0.01 and row["threshold"] == null.threshold
-        assert row["p_value"] == pytest.approx(null.p_value(row["matches"]))
-    assert r["copy.pt"]["verdict"] == "pirated" and r["copy.pt"]["p_value"] <= 0.01
-    assert r["other.pt"]["verdict"] == "not pirated" and r["other.pt"]["p_value"] > 0.01
+        assert row["target_fpr"] == rule.target_fpr and row["threshold"] == null.threshold
+        assert row["p_value"] == null.p_value(row["matches"])
+        assert row.get("weaker_than_default", False) == (rule.target_fpr > 0.01)
+    assert r["copy.pt"]["verdict"] == "pirated" and r["copy.pt"]["p_value"] <= rule.target_fpr
+    assert r["other.pt"]["verdict"] == "not pirated"
+    assert r["other.pt"]["p_value"] > rule.target_fpr
     code, out, err = cli("verify", str(env["fp"]), str(d / "copy.pt"))
-    assert code == 0 and "p-value" in out
-    assert "for a false-positive rate <= 0.01 with 95% confidence" in err
-    assert "8 surrogate-independents" in err
+    assert code == 0 and "p-value" in out and "stated FPR" in out
+    assert f"for a false-positive rate <= {rule.target_fpr:g} with 95% confidence" in err
+    assert "16 surrogate-independents" in err
+    if rule.target_fpr > 0.01:  # marked in the table, not only on stderr
+        assert "(not 1%: weaker)" in out
 
 
 def test_fpr_moves_the_threshold(env: dict[str, Path]) -> None:
     fp = load_fingerprint(env["fp"])
-    loose = verify_suspects(fp, [str(env["dir"] / "other.pt")], fpr=0.2)
-    strict = verify_suspects(fp, [str(env["dir"] / "other.pt")], fpr=0.02)
+    loose = verify_suspects(fp, [str(env["dir"] / "other.pt")], fpr=0.3)
+    strict = verify_suspects(fp, [str(env["dir"] / "other.pt")], fpr=0.1)
     assert loose.threshold < strict.threshold
-    with pytest.raises(InputError, match="no matching rate reaches a false-positive rate"):
+    with pytest.raises(NoVerdict, match="no verdict at a false-positive rate of 1e-09") as e:
         verify_suspects(fp, [str(env["dir"] / "other.pt")], fpr=1e-9)
-    assert loose.threshold == null_from_record(fp.calibration, fp.n, 0.2).threshold
-    assert loose.verdicts[0].target_fpr == 0.2
+    assert "ipguard calibrate" in (e.value.hint or "")
+    assert loose.threshold == null_from_record(fp.calibration, fp.n, 0.3).threshold
+    assert loose.verdicts[0].target_fpr == 0.3 and not loose.verdicts[0].weaker_than_default
 
 
 def test_threshold_and_uncalibrated_bases(env: dict[str, Path], tmp_path: Path) -> None:
@@ -182,14 +190,15 @@ def test_a_calibration_file_wins_over_the_fingerprints_own(env: dict[str, Path],
     from ipguard.verdict.calibration import calibrate
 
     fp = load_fingerprint(env["fp"])
-    cal = calibrate([30, 35, 40, 45, 38], fp.n, target_fpr=0.05, fingerprint_digest=fp.digest)
+    negatives = [30, 35, 40, 45, 38, 33, 36, 41, 37, 39, 34, 42, 36, 38, 35, 40]
+    cal = calibrate(negatives, fp.n, target_fpr=0.05, fingerprint_digest=fp.digest)
     cal_file = cal.save(tmp_path / "cal.json")
     code, out, err = cli("verify", str(env["fp"]), str(env["dir"] / "other.pt"),
                          "--calibration", str(cal_file), "--json")  # fmt: skip
     row = json.loads(out)
     assert code == 0 and row["threshold_basis"] == "calibration-file"
     assert row["threshold"] == cal.threshold and row["target_fpr"] == 0.05
-    assert row["calibration_rule"] == cal.threshold_basis
+    assert row["p_value"] == cal.p_value(row["matches"])
     code, _, err = cli("verify", str(env["fp"]), str(env["dir"] / "other.pt"),
                        "--calibration", str(cal_file), "--fpr", "0.05")  # fmt: skip
     assert code == 1 and "--fpr does not apply with --calibration" in err

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from scipy.special import betaln
 from torch import nn
 from typer.testing import CliRunner
 
@@ -16,16 +17,20 @@ from ipguard.cli import app
 from ipguard.errors import InputError
 from ipguard.evaluation import metrics
 from ipguard.verdict.calibration import load_calibration
+from ipguard.verdict.null import fit_null
 
 from .test_evaluate import TINY as _TINY
 from .test_evaluate import grid_aruc
 
 # CNNs (independent MLPs match an MLP owner's noise points almost fully, which leaves nothing
-# to calibrate), more points and a looser target so a calibration can be made.
+# to calibrate), more points, 16 independents and the ladder's loosest target so that the
+# null model can state a rate (3 independents state none at any rate).
 TINY = (
     _TINY.replace("digits_mlp", "digits_cnn")
     .replace("n = 20", "n = 60")
-    .replace("target_fpr = 0.05", "target_fpr = 0.2")
+    .replace("seeds = [1, 2]\n", "seeds = [1, 2, 4, 5, 6, 7, 8, 9]\n")
+    .replace("seeds = [3]\n", "seeds = [3, 10, 11, 12, 13, 14, 15, 16]\n")
+    .replace("target_fpr = 0.05", "target_fpr = 0.1")
     .replace("params = {max_iter = 100}", "params = {k = 3.0}")
 )
 runner = CliRunner()
@@ -52,7 +57,7 @@ def test_evaluate_writes_every_artefact(evaluated: Path) -> None:
     report = json.loads((out / "results.json").read_text())
     # the reported ARUC is that of the reported suspects' matching rates
     rows = report["suspects"]
-    assert len(rows) == 1 + 3 + 3
+    assert len(rows) == 1 + 3 + 16
     assert all(r["matching_rate"] == r["matches"] / r["n"] == r["matches"] / 60 for r in rows)
     pos = [r["matching_rate"] for r in rows if r["pirated"]]
     neg = [r["matching_rate"] for r in rows if not r["pirated"]]
@@ -96,14 +101,20 @@ def test_verify_with_the_calibration(evaluated: Path, owner_module: nn.Module) -
         matches = int((owner_module.eval()(fp.points).argmax(1) == fp.labels).sum())
     assert cal.n == 60 and (row["matches"], row["n"]) == (matches, 60)
     assert row["matching_rate"] == matches / 60
-    # the calibration is that of the suite's independents, and its p-value is
-    # P[X >= matches], X ~ Binomial(60, p_upper), summed here term by term
+    # the calibration is that of the suite's independents; its p-value is the core's worst
+    # tail, at least P[X >= matches] under the least favourable member (summed here term by
+    # term), and at most the target exactly when the verdict is "pirated"
     report = json.loads((out / "results.json").read_text())
     negatives = [r["matches"] for r in report["suspects"] if not r["pirated"]]
     assert sorted(cal.negative_matches) == sorted(negatives)
-    p = cal.p_upper
-    tail = sum(math.comb(60, k) * p**k * (1 - p) ** (60 - k) for k in range(matches, 61))
-    assert row["p_value"] == pytest.approx(tail, rel=1e-9, abs=1e-15)
+    assert row["p_value"] == fit_null(negatives, 60, target_fpr=cal.target_fpr).p_value(matches)
+    a, b = cal.p_upper * (1 / cal.rho_upper - 1), (1 - cal.p_upper) * (1 / cal.rho_upper - 1)
+    tail = sum(math.comb(60, k) * math.exp(betaln(k + a, 60 - k + b) - betaln(a, b))
+               for k in range(matches, 61)) if cal.rho_upper > 0 else sum(
+        math.comb(60, k) * cal.p_upper**k * (1 - cal.p_upper) ** (60 - k)
+        for k in range(matches, 61))  # fmt: skip
+    assert row["p_value"] >= tail * (1 - 1e-9)
+    assert (row["p_value"] <= cal.target_fpr) == (row["verdict"] == "pirated")
     assert row["threshold"] == pytest.approx(cal.threshold) and row["target_fpr"] == cal.target_fpr
     assert row["verdict"] == ("pirated" if matches / 60 >= cal.threshold else "not pirated")
 

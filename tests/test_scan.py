@@ -23,9 +23,12 @@ from ipguard import IPGuard, OwnerModel, load_fingerprint, verify_suspects
 from ipguard.cli import app
 from ipguard.errors import InputError
 from ipguard.scale.scan import SuspectEntry, read_suspect_list, scan, suspect_digest
-from ipguard.verdict.null import calibration_record, null_from_record
+from ipguard.verdict.null import NoVerdict, calibration_record, null_from_record
 
 N = 30
+#: calibrations of 16 models: one that states 1%, one that states only 5%
+TIGHT = [1, 2, 0, 3, 1, 2, 2, 1, 0, 3, 2, 1, 1, 2, 3, 1]
+SCATTERED = [1, 14, 3, 16, 2, 12, 5, 18, 0, 15, 4, 13, 6, 17, 2, 14]
 
 
 @pytest.fixture(scope="module")
@@ -358,7 +361,7 @@ def test_calibrated_fingerprints_are_judged_at_the_fpr_and_rejudged_without_aski
     fps = tmp_path / "fps"
     fps.mkdir()
     fp = load_fingerprint(fleet["fps"] / "owner-s0.safetensors")
-    record = calibration_record([9, 12, 11, 10, 13], N, source="trusted-independents",
+    record = calibration_record(TIGHT, N, source="trusted-independents",
                                 independents=[], created="2026-12-02T00:00:00Z")  # fmt: skip
     dataclasses.replace(fp, calibration=record).save(fps / "calibrated.safetensors")
     listing = fleet["dir"] / "suspects.txt"
@@ -372,12 +375,10 @@ def test_calibrated_fingerprints_are_judged_at_the_fpr_and_rejudged_without_aski
     strict = scan(fps, listing, tmp_path / "out", fpr=1e-9)  # verify would refuse this fpr
     assert asked == [] and strict.resumed == 3 and strict.fpr == 1e-9
     p = strict.pair(str(fleet["dir"] / "copy.pt"), "calibrated.safetensors")
-    assert (
-        p.verdict is None
-        and p.matches == copy_.matches
-        and p.threshold_basis == ("unreachable-fpr")
-    )
-    assert p.error is not None and "give a larger --fpr" in p.error
+    assert p.verdict is None and p.matches == copy_.matches
+    assert p.threshold_basis == "calibrated-in-fingerprint" and p.target_fpr == 1e-9
+    assert p.error is not None and "no verdict at a false-positive rate of 1e-09" in p.error
+    assert "ipguard calibrate" in p.error
     assert "no verdict" in (tmp_path / "out" / "matrix.csv").read_text()
     with pytest.raises(InputError, match="`threads` must be an integer >= 1"):
         scan(fps, listing, tmp_path / "out", threads=0)
@@ -387,14 +388,14 @@ def test_without_fpr_each_fingerprint_gets_the_rate_verify_would_state(
     fleet: dict[str, Any], tmp_path: Path
 ) -> None:
     """No --fpr: as verify without it, the smallest of FPR_LADDER each calibration can
-    state, or just above every calibration model when it can state none."""
+    state; where it can state none, no verdict and why (never a looser rule)."""
     from ipguard.operations import _rule
 
     fps = tmp_path / "fps"
     fps.mkdir()
     fp = load_fingerprint(fleet["fps"] / "owner-s0.safetensors")
     made = {}
-    for name, counts in (("tight", [9, 12, 11, 10, 13]), ("scattered", [6, 14, 11, 10]),
+    for name, counts in (("tight", TIGHT), ("scattered", SCATTERED),
                          ("hopeless", [0, 27, 0, 27])):  # fmt: skip
         record = calibration_record(counts, N, source="trusted-independents", independents=[],
                                     created="2026-12-02T00:00:00Z")  # fmt: skip
@@ -403,12 +404,17 @@ def test_without_fpr_each_fingerprint_gets_the_rate_verify_would_state(
     result = scan(fps, fleet["dir"] / "suspects.txt", tmp_path / "out")
     assert result.fpr is None and result.to_dict()["fpr"] is None
     copy_ = str(fleet["dir"] / "copy.pt")
-    for name, fpr, basis in (("tight", 0.01, "calibrated-in-fingerprint"),
-                             ("scattered", 0.05, "calibrated-in-fingerprint"),
-                             ("hopeless", 0.2, "above-every-calibrator")):  # fmt: skip
+    basis = "calibrated-in-fingerprint"
+    for name, fpr in (("tight", 0.01), ("scattered", 0.05)):
         pair, rule = result.pair(copy_, f"{name}.safetensors"), _rule(made[name], None, None, None)
         assert (pair.target_fpr, pair.threshold_basis) == (fpr, basis) and pair.error is None
         assert (rule.target_fpr, rule.basis, rule.threshold) == (fpr, basis, pair.threshold)
+    hopeless = result.pair(copy_, "hopeless.safetensors")
+    assert hopeless.verdict is None and "4 calibration models cannot state it" in (
+        hopeless.error or ""
+    )
+    with pytest.raises(NoVerdict):
+        _rule(made["hopeless"], None, None, None)
 
 
 def test_a_hash_inside_a_field_is_not_a_comment(tmp_path: Path) -> None:

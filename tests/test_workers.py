@@ -95,7 +95,7 @@ def test_large_tensors_are_written_once_and_read_back(
 def test_bad_worker_options_are_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="--workers must be an integer >= 1"):
         workers.prebuild_local(parse_suite(TINY), tmp_path, workers=0)
-    with pytest.raises(InputError, match="--ray or --workers, not both"):
+    with pytest.raises(InputError, match="`ray` or `workers`, not both"):
         evaluate_suite(parse_suite(TINY), zoo=tmp_path, out=None, workers=2, ray="local")
 
 

@@ -23,7 +23,7 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -41,21 +41,23 @@ from ipguard.fingerprint.signing import (
     load_public_key,
     signature_path,
 )
-from ipguard.fingerprint.surrogates import CALIBRATION_MODELS, surrogate_calibration
+from ipguard.fingerprint.surrogates import surrogate_calibration
 from ipguard.io import check_output
 from ipguard.models.hf import HFFolder, is_hf_spec, read_hf_folder
 from ipguard.models.owner import LabelOracle, OwnerModel
 from ipguard.models.spec import is_factory_spec, load_module
 from ipguard.suspects.adapters import Preprocess, needs_weights, open_suspect, suspect_kind
 from ipguard.suspects.http_client import HTTPOptions
-from ipguard.verdict.calibration import CalibratedVerdict, Calibration, decide, load_calibration
+from ipguard.verdict.calibration import Calibration, load_calibration
 from ipguard.verdict.null import (
+    DEFAULT_CALIBRATORS,
     DEFAULT_TARGET_FPR,
-    FPR_LADDER,
     MIN_NEGATIVES,
+    NoVerdict,
     NullModel,
+    StatedRule,
+    ThresholdBasis,
     calibration_record,
-    fit_null,
     stated_rule,
 )
 from ipguard.verdict.sequential import (
@@ -158,7 +160,7 @@ def make_fingerprint(
         progress: called with each :class:`~ipguard.fingerprint.methods.base.GenerationProgress`.
         calibration_models: how many held-out surrogate independents (the owner's
             architecture trained on ``data`` with other seeds) calibrate the verdict; the
-            match counts are stored in the fingerprint (:mod:`ipguard.verdict.null`). None: 8 when
+            match counts are stored in the fingerprint (:mod:`ipguard.verdict.null`). None: 16 when
             ``data`` has labels and the owner is a PyTorch module, else none. 0: none.
         note: called with a line as each surrogate is trained or loaded.
         warn: called with a line when the default method falls back to
@@ -177,7 +179,7 @@ def make_fingerprint(
     if hf is not None:  # the folder's processor gives the shape and normalisation
         input_shape, mean, std = _hf_defaults(hf, input_shape, mean, std, need_shape=data is None)
     if data is None and input_shape is None:
-        raise InputError("give --data SPEC or --input-shape C,H,W")
+        raise InputError("give `data` SPEC or `input_shape` C,H,W")
     dataset = load_data(data) if isinstance(data, str) else data
     shape = tuple(input_shape) if input_shape is not None else None
     if dataset is not None:
@@ -250,6 +252,11 @@ def make_fingerprint(
             owner, fp, dataset.x, dataset.y, models=models, note=note or (lambda _t: None)
         )
         fp = dataclasses.replace(fp, calibration=record)
+    if fp.calibration is not None and warn is not None:
+        try:
+            stated_rule(fp.calibration, fp.n, None)
+        except NoVerdict as e:  # honest, but the owner should know before they need it
+            warn(f"the fingerprint's calibration states no error rate yet: {e}")
     if output is not None:
         fp.save(output)
     return fp
@@ -289,9 +296,9 @@ def _calibration_models(asked: int | None, dataset: Dataset | None, module: nn.M
         and not isinstance(module, torch.jit.ScriptModule)
     )
     if asked is None:
-        return CALIBRATION_MODELS if possible else 0
+        return DEFAULT_CALIBRATORS if possible else 0
     if asked < 0 or 0 < asked < MIN_NEGATIVES:
-        raise InputError(f"--calibration-models must be 0 or >= {MIN_NEGATIVES}, got {asked}")
+        raise InputError(f"`calibration_models` must be 0 or >= {MIN_NEGATIVES}, got {asked}")
     if asked and not possible:
         raise InputError(
             "calibration trains surrogate independents: it needs --data with labels and the "
@@ -372,15 +379,6 @@ def inspect_fingerprint(path: str | Path, *, pubkey: str | Path | None = None) -
 
 
 # -- verify ------------------------------------------------------------------------------------
-ThresholdBasis = Literal[
-    "calibrated-in-fingerprint",
-    "above-every-calibrator",
-    "calibration-file",
-    "user",
-    "uncalibrated-default",
-]
-
-
 @dataclass(frozen=True)
 class SuspectVerdict:
     """One suspect's verdict and what its threshold rests on.
@@ -388,15 +386,14 @@ class SuspectVerdict:
     Attributes:
         result: matches, matching rate, threshold and verdict.
         threshold_basis: ``calibrated-in-fingerprint`` (the fingerprint's null model, for
-            ``target_fpr``), ``above-every-calibrator`` (the fingerprint's calibration
-            models too scattered for a null model: just above the highest of its K, with
-            the rank bound ``target_fpr = 1 / (K + 1)``), ``calibration-file`` (a file from
-            ``ipguard evaluate``), ``user`` (``--threshold``) or ``uncalibrated-default``
-            (0.8, no error rate).
-        target_fpr: the false-positive rate the threshold is for, where there is one.
-        p_value: the chance that an independent model matches this often, where there is
-            a null model.
-        decision: with a calibration file, its full decision (interval, rule, check).
+            ``target_fpr``), ``calibration-file`` (a file from ``ipguard evaluate``, the same
+            null model), ``user`` (``--threshold``) or ``uncalibrated-default`` (0.8, no
+            error rate); :data:`ipguard.verdict.null.ThresholdBasis`.
+        target_fpr: the false-positive rate the threshold holds, where there is one.
+        p_value: the chance that an independent model matches this often (the worst case
+            over the null's confidence set), where there is a null model.
+        weaker_than_default: the rate was not asked for and the calibration could not state
+            the default 1%: ``target_fpr`` is the smallest of the ladder it can state.
         sequential: with ``sequential=True``, the sequential test's outcome (queries, why it
             stopped, its statistics); ``result`` then counts the points the verdict rests on.
         plan: the sequential test's design (its targets and exact error rates).
@@ -406,7 +403,7 @@ class SuspectVerdict:
     threshold_basis: ThresholdBasis = "uncalibrated-default"
     target_fpr: float | None = None
     p_value: float | None = None
-    decision: CalibratedVerdict | None = None
+    weaker_than_default: bool = False
     sequential: SequentialResult | None = None
     plan: SequentialPlan | None = None
 
@@ -421,13 +418,8 @@ class SuspectVerdict:
             row["target_fpr"] = self.target_fpr
         if self.p_value is not None:
             row["p_value"] = self.p_value
-        if self.decision is not None:
-            d = self.decision
-            row |= {
-                "matching_rate_ci": list(d.matching_rate_ci),
-                "calibration_rule": d.threshold_basis,
-                "assumption_ok": d.assumption_ok,
-            }
+        if self.weaker_than_default:
+            row["weaker_than_default"] = True
         if self.sequential is not None and self.plan is not None:
             plan = self.plan.to_dict()
             row |= {k: v for k, v in self.sequential.to_dict().items() if k not in row}
@@ -476,6 +468,12 @@ class _Rule:
     target_fpr: float | None = None
     calibration: Calibration | None = None
     null: NullModel | None = None
+    weaker_than_default: bool = False
+
+    @classmethod
+    def stated(cls, rule: StatedRule, basis: ThresholdBasis, cal: Calibration | None) -> _Rule:
+        return cls(rule.threshold, basis, rule.target_fpr, cal, rule.null,
+                   rule.weaker_than_default)  # fmt: skip
 
 
 def _rule(
@@ -484,37 +482,29 @@ def _rule(
     calibration: str | Path | Calibration | None,
     fpr: float | None,
 ) -> _Rule:
-    """Where the threshold comes from: --threshold, a calibration file, the fingerprint's
-    own calibration (for ``fpr``, default 1%), or the uncalibrated default, in that order."""
+    """Where the threshold comes from: ``threshold``, a calibration file, the fingerprint's
+    own calibration (for ``fpr``, else the smallest rate of the ladder it can state), or
+    the uncalibrated default, in that order. Every null model is the one core's."""
     if calibration is not None:
         if fpr is not None:
             raise InputError(
-                "--fpr does not apply with --calibration (the file has its own target)"
+                "`fpr` does not apply with `calibration` (the file has its own target)"
             )
         cal = _calibration_for(calibration, fp, threshold)
-        return _Rule(check_threshold(cal.threshold), "calibration-file", cal.target_fpr, cal)
+        null = cal.null()
+        return _Rule.stated(StatedRule(null.threshold, null.target_fpr, null, null.target_fpr),
+                            "calibration-file", cal)  # fmt: skip
     if threshold is not None:
         if fpr is not None:
-            raise InputError("give --threshold or --fpr, not both")
+            raise InputError("give `threshold` or `fpr`, not both")
         return _Rule(check_threshold(threshold), "user")
     if fp.calibration is not None:
-        # asked: that rate or an error. Not asked: the smallest of FPR_LADDER that this
-        # calibration can state (few or scattered calibration models cannot state 1%)
-        stated = stated_rule(fp.calibration, fp.n, fpr)
-        if stated is not None:
-            return _Rule(stated.threshold, stated.basis, stated.target_fpr, null=stated.null)
-        models = len(fp.calibration["negative_matches"])
-        target = FPR_LADDER[-1] if fpr is None else fpr
-        raise InputError(
-            f"no matching rate reaches a false-positive rate of {target:g} with {fp.n} "
-            f"points under the fingerprint's calibration ({models} independent models)",
-            ("give a larger --fpr (e.g. 0.05), " if fpr is not None else "")
-            + "calibrate with more independent models (ipguard calibrate FP --independents "
-            "...), use a fingerprint with more points, or give --threshold",
-        )
+        # NoVerdict (with why and the fix) where the calibration cannot state the rate
+        return _Rule.stated(stated_rule(fp.calibration, fp.n, fpr), "calibrated-in-fingerprint",
+                            None)  # fmt: skip
     if fpr is not None:
         raise InputError(
-            "--fpr needs a calibrated fingerprint, and this one has none",
+            "`fpr` needs a calibrated fingerprint, and this one has none",
             "ipguard calibrate FP --independents MODEL ... (or fingerprint with --data TRAIN)",
         )
     return _Rule(DEFAULT_THRESHOLD, "uncalibrated-default")
@@ -524,7 +514,7 @@ def _calibration_for(
     calibration: str | Path | Calibration, fp: Fingerprint, threshold: float | None
 ) -> Calibration:
     if threshold is not None:
-        raise InputError("give --threshold or --calibration, not both")
+        raise InputError("give `threshold` or `calibration`, not both")
     cal = calibration if isinstance(calibration, Calibration) else load_calibration(calibration)
     if cal.n != fp.n or (
         cal.fingerprint_digest is not None and cal.fingerprint_digest != fp.digest
@@ -667,14 +657,14 @@ def verify_suspects(
     specs, weight_list = list(suspects), list(weights)
     if not specs and not adapters:
         raise InputError(
-            "no suspect given", "name a model file, package.module:factory or --adapter"
+            "no suspect given", "name a model file, package.module:factory or `adapters`"
         )
     kinds = [suspect_kind(s) for s in specs]
     n_factories = sum(needs_weights(k) for k in kinds)
     if len(weight_list) != n_factories:
         raise InputError(
-            f"{n_factories} package.module:factory suspect(s) but {len(weight_list)} --weights",
-            "give one --weights per factory suspect, in order",
+            f"{n_factories} package.module:factory suspect(s) but {len(weight_list)} `weights`",
+            "give one `weights` per factory suspect, in order",
         )
     http_options = _http_options(http, kinds)
     pre = None if preprocess is None or preprocess.is_identity else preprocess
@@ -707,18 +697,21 @@ def verify_suspects(
                 fp.digest,
             )  # fmt: skip
             verdicts.append(
-                SuspectVerdict(r, rule.basis, rule.target_fpr, sequential=seq, plan=plan)
+                SuspectVerdict(
+                    r,
+                    rule.basis,
+                    rule.target_fpr,
+                    sequential=seq,
+                    plan=plan,
+                    weaker_than_default=rule.weaker_than_default,
+                )
             )
             continue
         r = verify(fp, oracle, threshold=tau, name=name, batch_size=batch_size)
-        decision, p_value = None, None
-        if rule.calibration is not None:
-            decision = decide(rule.calibration, r.matches, r.n, fingerprint_digest=fp.digest)
-            assert decision.verdict == r.verdict  # same threshold, same rule
-            p_value = decision.p_value
-        elif rule.null is not None:
-            p_value = rule.null.p_value(r.matches)
-        verdicts.append(SuspectVerdict(r, rule.basis, rule.target_fpr, p_value, decision))
+        p_value = None if rule.null is None else rule.null.p_value(r.matches)
+        verdicts.append(
+            SuspectVerdict(r, rule.basis, rule.target_fpr, p_value, rule.weaker_than_default)
+        )
     return VerificationReport(
         fp, tuple(verdicts), evidence, tau, rule.basis, rule.target_fpr, rule.calibration,
         rule.null, plan,
@@ -735,27 +728,22 @@ def _sequential_plan(
 ) -> SequentialPlan | None:
     """The sequential test for ``rule``'s null model, or None without ``sequential``."""
     if not sequential:
-        given = [f for f, v in (("--fnr", fnr), ("--copy-rate", copy_rate), ("--seed", seed))
+        given = [f for f, v in (("`fnr`", fnr), ("`copy_rate`", copy_rate), ("`seed`", seed))
                  if v is not None]  # fmt: skip
         if given:
-            raise InputError(f"{', '.join(given)} only apply with --sequential")
+            raise InputError(f"{', '.join(given)} only apply with `sequential`")
         return None
-    if rule.calibration is not None:
-        cal = rule.calibration
-        null = fit_null(cal.negative_matches, cal.n, target_fpr=cal.target_fpr,
-                        confidence=cal.confidence)  # fmt: skip
-    elif rule.null is not None:
-        null = rule.null
-    else:
+    null = rule.null
+    if null is None:
         if rule.basis == "user":
             raise InputError(
-                "--sequential needs a null model of independent models, and --threshold gives none",
-                "drop --threshold: the sequential test takes its bounds from the calibration",
+                "`sequential` needs a null model of independent models, and `threshold` gives none",
+                "drop `threshold`: the sequential test takes its bounds from the calibration",
             )
         raise InputError(
-            "--sequential needs a null model of independent models, and this fingerprint has none",
+            "`sequential` needs a null model of independent models, and this fingerprint has none",
             "calibrate it: ipguard calibrate FP INDEPENDENT... -o FP2 (or fingerprint with "
-            "--data TRAIN), or give --calibration FILE",
+            "--data TRAIN), or give `calibration`",
         )
     return make_plan(
         null, fnr=DEFAULT_FNR if fnr is None else fnr, copy_rate=copy_rate,
@@ -814,7 +802,7 @@ def calibrate_fingerprint(
             independents=list(independents), confidence=confidence, created=utc_now(),
         )  # fmt: skip
     else:
-        count = CALIBRATION_MODELS if models is None else models
+        count = DEFAULT_CALIBRATORS if models is None else models
         record = _surrogate_record(fp, model, model_weights, data, count, confidence, note,
                                    device, trust_pickle)  # fmt: skip
     calibrated = dataclasses.replace(fp, calibration=record)
@@ -974,14 +962,14 @@ def evaluate_suite(
     if sweep_config is not None and sweep_config.ks:
         check_k_sweep(suite)  # before any training
     if threads is not None and threads < 0:
-        raise InputError(f"--threads must be >= 0, got {threads}")
+        raise InputError(f"`threads` must be >= 0, got {threads}")
     if threads:
         torch.set_num_threads(threads)
     out_dir = None if out is None else Path(out)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     if ray is not None and workers is not None:
-        raise InputError("give --ray or --workers, not both")
+        raise InputError("give `ray` or `workers`, not both")
     if device != "cpu" and ray is not None:
         raise InputError(
             "--device applies to local runs; Ray tasks train on the CPU",
@@ -1048,7 +1036,7 @@ def open_server(
 
     if threads is not None:
         if threads < 1:
-            raise InputError(f"--threads must be >= 1, got {threads}")
+            raise InputError(f"`threads` must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     faults = faults if faults is not None else FaultSpec()
     module: nn.Module

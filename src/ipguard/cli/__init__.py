@@ -12,6 +12,7 @@ shows it).
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -109,7 +110,7 @@ def handle_errors(fn: F) -> F:
         except IPGuardError as e:
             if _state["debug"]:
                 raise
-            raise fail(str(e)) from None
+            raise fail(as_flags(str(e), fn.__name__)) from None
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
         except Exception as e:  # noqa: BLE001 - last resort: still one line
@@ -123,6 +124,26 @@ def handle_errors(fn: F) -> F:
             ) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+_PARAM = re.compile(r"`([a-z][a-z0-9_]*)`")
+#: library parameters whose flag is not their name with hyphens
+_FLAG_OF = {"params": "--param", "adapters": "--adapter"}
+
+
+def as_flags(message: str, command: str) -> str:
+    """The library names its parameters in backquotes (`` `fpr` ``); on the command line
+    they are the ``command``'s flags (``--fpr``), or plain words where it has none."""
+    commands: dict[str, Any] = getattr(typer.main.get_command(app), "commands", {})
+    sub = commands.get(command.replace("_", "-"))
+    flags = {o for p in getattr(sub, "params", []) for o in p.opts if o.startswith("--")}
+
+    def flag(m: re.Match[str]) -> str:
+        name = m.group(1)
+        option = _FLAG_OF.get(name, "--" + name.replace("_", "-"))
+        return option if option in flags else name.replace("_", " ")
+
+    return _PARAM.sub(flag, message)
 
 
 def _print_version(value: bool) -> None:
@@ -462,7 +483,7 @@ def calibrate(
             metavar="INDEPENDENT...",
             help="Models you trust to be independent of yours, in any suspect form (a file, "
             "package.module:factory or arch:NAME with --weights, hf:FOLDER, a URL); at "
-            "least 3, 10 or more advised.",
+            "least 3, 16 or more to state 1%.",
             show_default=False,
         ),
     ] = None,

@@ -309,7 +309,7 @@ CalibrationModelsOpt = Annotated[
     typer.Option(
         "--calibration-models", metavar="K", help="Train K surrogate independents (the "
         "owner's architecture on --data, other seeds; cached) and store their matches as the "
-        "fingerprint's calibration, so verify states its false-positive rate. Default: 8 "
+        "fingerprint's calibration, so verify states its false-positive rate. Default: 16 "
         "when --data has labels and the owner is a factory or arch:NAME; 0: none.",
     ),
 ]  # fmt: skip

@@ -26,7 +26,7 @@ from rich.progress import (
 from rich.table import Table
 
 from ipguard.fingerprint.methods.base import GenerationProgress
-from ipguard.verdict.null import null_from_record
+from ipguard.verdict.null import NoVerdict, stated_rule
 
 if TYPE_CHECKING:
     from ipguard.evaluation.demo import DemoResult
@@ -160,16 +160,10 @@ def print_fingerprint(fp: Fingerprint, output: Path, as_json: bool) -> None:
     table.add_row("time", f"{stats.get('seconds', 0):.2f} s")
     if fp.calibration is not None:
         counts = fp.calibration["negative_matches"]
-        null = null_from_record(fp.calibration, fp.n, 0.01)
-        at = (
-            f"verify's threshold at 1% FPR: {null.threshold:.2f}"
-            if null.reachable
-            else f"1% FPR is out of reach with {fp.n} points (use more, or verify --fpr)"
-        )
         table.add_row(
             "calibration",
             f"{len(counts)} {fp.calibration['source']}, matches {min(counts)}-{max(counts)} "
-            f"of {fp.n}; {at}",
+            f"of {fp.n}; {calibration_reach(fp)}",
         )
     table.add_row("owner weights sha256", fp.owner_sha256)
     table.add_row("digest", fp.digest)
@@ -219,8 +213,11 @@ def print_verification(
         caption=escape(_evidence_caption(report.evidence)),
     )
     cols = ["suspect", "matches", "matching rate", "threshold", "verdict"]
+    with_fpr = report.target_fpr is not None
     if with_p:
         cols.insert(4, "p-value")
+    if with_fpr:
+        cols.insert(4, "stated FPR")
     if seq:
         cols[4:4] = ["queries", "decided by"]
     for col in cols:
@@ -231,6 +228,9 @@ def print_verification(
             escape(row["suspect"]), f"{row['matches']}/{row['n']}",
             f"{row['matching_rate']:.3f}", f"{row['threshold']:.3f}",
         ]  # fmt: skip
+        if with_fpr:
+            weaker = " (not 1%: weaker)" if row.get("weaker_than_default") else ""
+            cells.append(f"{row['target_fpr']:g}{weaker}")
         if with_p:
             cells.append(f"{row['p_value']:.2g}")
         if seq:
@@ -268,39 +268,37 @@ def sequential_note(report: VerificationReport) -> str:
     )
 
 
+def calibration_reach(fp: Fingerprint) -> str:
+    """What verify states by default with ``fp``'s calibration (the core's ladder rule)."""
+    assert fp.calibration is not None
+    try:
+        rule = stated_rule(fp.calibration, fp.n, None)
+    except NoVerdict as e:
+        return f"verify states no rate by default: {e.message} ({e.hint})"
+    return f"verify's threshold at {rule.target_fpr:g} FPR: {rule.threshold:.2f}"
+
+
 def threshold_note(report: VerificationReport, *, fpr_asked: bool = False) -> str:
     """One line on what the threshold rests on (stderr, beside the table); where the rate
-    was not asked for (``fpr_asked``) and is above the default, why."""
-    cal, null, t = report.calibration, report.null, report.threshold
-    if cal is not None:
-        basis = "binomial null model" if cal.assumption_ok else "empirical quantile"
-        return (
-            f"threshold {cal.threshold:.3f} for a false-positive rate <= {cal.target_fpr:g} "
-            f"({basis}, from {cal.n_negatives} independent models)"
-            + ("" if cal.assumption_ok else "; p-values assume independent points and are "
-               "too small here (overdispersion)")
-        )  # fmt: skip
+    was not asked for and is above the default, why."""
+    null, t = report.null, report.threshold
     if null is not None:
         from ipguard.operations import DEFAULT_FPR
 
-        source = (report.fingerprint.calibration or {}).get("source", "independents")
         models = len(null.negative_matches)
+        if report.calibration is not None:
+            source = f"calibration file, {models} independent models"
+        else:
+            kind = (report.fingerprint.calibration or {}).get("source", "independents")
+            source = f"calibrated in the fingerprint, {models} {kind}"
+        weaker = any(v.weaker_than_default for v in report.verdicts)
         return (
             f"threshold {t:.3f} for a false-positive rate <= {null.target_fpr:g} with "
-            f"{null.confidence:.0%} confidence (calibrated in the fingerprint: beta-binomial "
-            f"null from {models} {source})"
-            + ("" if fpr_asked or null.target_fpr <= DEFAULT_FPR
-               else f"; {models} models cannot state "
-               f"{DEFAULT_FPR:g}: more lower it (ipguard calibrate FP --independents ...)")
+            f"{null.confidence:.0%} confidence (beta-binomial null, {source})"
+            + ("" if fpr_asked or not weaker
+               else f"; {models} models cannot state {DEFAULT_FPR:g}: more lower it "
+               "(ipguard calibrate FP --independents ...)")
         )  # fmt: skip
-    if report.threshold_basis == "above-every-calibrator":
-        models = len((report.fingerprint.calibration or {}).get("negative_matches", []))
-        return (
-            f"threshold {t:.3f}: above all {models} calibration models in the fingerprint, "
-            f"which are too scattered for a null model; false-positive rate <= "
-            f"{report.target_fpr:.2g} (an independent model like them beats all {models} "
-            "with at most that chance); more lower it (ipguard calibrate FP --independents ...)"
-        )
     if report.threshold_basis == "user":
         return f"threshold {t:.3f} from --threshold: no stated false-positive rate"
     return (

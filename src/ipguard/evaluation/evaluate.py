@@ -18,8 +18,7 @@ import csv
 import io
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -50,7 +49,8 @@ from ipguard.models.owner import OwnerModel, resolve_device, weights_sha256
 from ipguard.training.fresh import SAME_ARCH, train_fresh
 from ipguard.training.train import Recipe, accuracy, seeded
 from ipguard.training.zoo import ModelZoo, no_note, zoo_key
-from ipguard.verdict.calibration import Calibration, calibrate
+from ipguard.verdict.calibration import Calibration, calibrate, calibrate_on_ladder
+from ipguard.verdict.null import verdict_for
 from ipguard.verdict.verify import DEFAULT_THRESHOLD, verify
 
 __all__ = ["EvaluationResult", "ProgressFn", "SuspectResult", "run_suite"]
@@ -99,7 +99,8 @@ class EvaluationResult:
         suspects: every suspect (the owner first, then attacked copies, then independents).
         summary: overall and per-family metrics at ``threshold``.
         calibration: the calibration from the negatives, or None when none could be made
-            (``calibration_error`` says why).
+            (``calibration_error`` says why; it also says when the calibration's rate is
+            larger than the suite's target, which its independents could not state).
         threshold: the calibrated threshold, or the default verify threshold without one.
         fingerprint_digest: digest of the owner's fingerprint.
         fingerprint: the owner's fingerprint itself (save it to verify suspects later with
@@ -584,15 +585,23 @@ def run_suite(
     cal: Calibration | None = None
     cal_error: str | None = None
     try:
-        cal = calibrate(
+        cal = calibrate_on_ladder(
             neg_matches, fp.n, target_fpr=suite.calibration.target_fpr,
             fingerprint_digest=fp.digest,
         )  # fmt: skip
     except InputError as err:
         cal_error = str(err)
         log.warning("no calibration: %s", err)
+    if cal is not None and cal.target_fpr != suite.calibration.target_fpr:
+        cal_error = (
+            f"{len(neg_matches)} independents cannot state the suite's target "
+            f"{suite.calibration.target_fpr:g}; calibrated at {cal.target_fpr:g}"
+        )
+        log.warning("%s", cal_error)
     threshold = cal.threshold if cal is not None else DEFAULT_THRESHOLD
-    held_out = _leave_one_out(results, fp, suite.calibration.target_fpr)
+    held_out = _leave_one_out(
+        results, fp, suite.calibration.target_fpr if cal is None else cal.target_fpr
+    )
     summary = summarise([r.record() for r in results], threshold=threshold)
     return EvaluationResult(
         suite=suite,
@@ -622,25 +631,12 @@ def _leave_one_out(
     for i, r in enumerate(negatives):
         others = [o.matches for j, o in enumerate(negatives) if j != i]
         try:
-            with _quiet_calibration():
-                cal = calibrate(others, fp.n, target_fpr=target_fpr)
-        except InputError:
+            cal = calibrate(others, fp.n, target_fpr=target_fpr)
+        except InputError:  # NoVerdict among them: the others state no rate
             out[r.name] = None
             continue
-        out[r.name] = r.matching_rate < cal.threshold
+        out[r.name] = verdict_for(r.matching_rate, cal.threshold) == "not pirated"
     return out
-
-
-@contextmanager
-def _quiet_calibration() -> Iterator[None]:
-    """calibrate() warns about overdispersion; once for the suite is enough."""
-    logger = logging.getLogger("ipguard.verdict.calibration")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _plot(result: EvaluationResult, prefix: Path) -> list[Path]:

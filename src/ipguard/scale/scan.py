@@ -47,7 +47,15 @@ from ipguard.fingerprint.record import Fingerprint, load_fingerprint
 from ipguard.io import atomic_write_bytes
 from ipguard.models.hf import PREFIX as HF_PREFIX
 from ipguard.suspects.adapters import needs_weights, open_suspect, suspect_kind
-from ipguard.verdict.null import FPR_LADDER, null_from_record, stated_rule
+from ipguard.verdict.null import (
+    FPR_LADDER,
+    NoVerdict,
+    ThresholdBasis,
+    Verdict,
+    null_from_record,
+    stated_rule,
+    verdict_for,
+)
 from ipguard.verdict.verify import DEFAULT_THRESHOLD, query_labels
 
 __all__ = [
@@ -235,9 +243,9 @@ class ScanPair:
     n: int
     matching_rate: float | None
     threshold: float
-    threshold_basis: str
+    threshold_basis: ThresholdBasis
     target_fpr: float | None
-    verdict: str | None
+    verdict: Verdict | None
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -247,27 +255,24 @@ class ScanPair:
 @dataclass(frozen=True)
 class _Rule:
     threshold: float
-    basis: str
+    basis: ThresholdBasis
     target_fpr: float | None
     error: str | None = None
 
 
 def _rule(name: str, fp: Fingerprint, fpr: float | None) -> _Rule:
-    """The fixed-n threshold ``verify`` would use for ``fp``: its calibration's for ``fpr``
-    (None: the smallest of FPR_LADDER it can state, else just above every calibration
-    model), or the uncalibrated default. Where no matching rate reaches an asked ``fpr``
-    with the fingerprint's points, ``verify`` refuses; here the pair gets no verdict and
-    says why."""
+    """The fixed-n threshold ``verify`` would use for ``fp`` (the same core rule: its
+    calibration's for ``fpr``, None: the smallest of the ladder it can state), or the
+    uncalibrated default. Where the calibration states no such rate, ``verify`` refuses;
+    here the pair gets no verdict and says why."""
     if fp.calibration is not None:
-        stated = stated_rule(fp.calibration, fp.n, fpr)
-        if stated is not None:
-            return _Rule(stated.threshold, stated.basis, stated.target_fpr)
-        target = FPR_LADDER[-1] if fpr is None else fpr
-        hint = "give a larger --fpr" if fpr is not None else "calibrate it with more models"
-        return _Rule(null_from_record(fp.calibration, fp.n, target).threshold,
-                     "unreachable-fpr", target,
-                     f"no matching rate reaches a false-positive rate of {target:g} with the "
-                     f"{fp.n} points of {name} ({hint})")  # fmt: skip
+        try:
+            stated = stated_rule(fp.calibration, fp.n, fpr)
+        except NoVerdict as e:
+            target = FPR_LADDER[-1] if fpr is None else fpr
+            unreachable = null_from_record(fp.calibration, fp.n, target).threshold
+            return _Rule(unreachable, "calibrated-in-fingerprint", target, f"{name}: {e}")
+        return _Rule(stated.threshold, "calibrated-in-fingerprint", stated.target_fpr)
     return _Rule(DEFAULT_THRESHOLD, "uncalibrated-default", None)
 
 
@@ -280,9 +285,9 @@ def judge(row: dict[str, Any], fp: Fingerprint, rule: _Rule) -> ScanPair:
         return ScanPair(row["suspect"], row["fingerprint"], fp.digest, matches, fp.n, rate,
                         rule.threshold, rule.basis, rule.target_fpr, None, error)  # fmt: skip
     rate = matches / fp.n
-    verdict = "pirated" if rate >= rule.threshold else "not pirated"
     return ScanPair(row["suspect"], row["fingerprint"], fp.digest, matches, fp.n, rate,
-                    rule.threshold, rule.basis, rule.target_fpr, verdict)  # fmt: skip
+                    rule.threshold, rule.basis, rule.target_fpr,
+                    verdict_for(rate, rule.threshold))  # fmt: skip
 
 
 def _convention(fp: Fingerprint) -> tuple[Any, ...]:

@@ -10,8 +10,9 @@ the first ``k`` points):
 
 * *Independent* (the null, from the fingerprint's calibration, :mod:`ipguard.verdict.null`): each
   independent model matches each point with its own probability ``q``, and ``q`` varies
-  between independent models as a beta distribution with the calibration's upper-bound mean
-  and correlation ``(p_upper, rho_upper)``: the model behind the fixed-n threshold.
+  between independent models as a beta distribution with the mean and correlation
+  ``(p_upper, rho_upper)`` of the least favourable member of the null's confidence set at
+  the fixed-n threshold (:mod:`ipguard.verdict.null`).
 * *Copy*: a copy matches each point with a probability ``q >= copy_rate`` (by default the
   fixed-n threshold: copies are the models fixed-n verification is meant to catch).
 
@@ -52,6 +53,7 @@ makes every prefix a fair sample of the points. Checked by simulation in
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Callable
@@ -66,8 +68,8 @@ from torch import Tensor
 from ipguard.errors import InputError, SuspectError
 from ipguard.fingerprint.record import Fingerprint
 from ipguard.models.owner import LabelOracle
-from ipguard.verdict.null import NullModel
-from ipguard.verdict.verify import Verdict, query_labels
+from ipguard.verdict.null import NullModel, Verdict, verdict_of
+from ipguard.verdict.verify import query_labels
 
 __all__ = [
     "DEFAULT_BATCH",
@@ -278,6 +280,15 @@ class SequentialPlan:
         need = math.ceil(self.threshold * self.n - 1e-9)
         return _Bounds(self.n, need, self.log_bound_pirated, self.log_bound_not_pirated)
 
+    def fpr_under(self, p: float, rho: float) -> float:
+        """The exact chance that this test judges pirated an independent model whose
+        matches are ``BetaBinomial(n, p, rho)``: its error rate under a truth other than
+        the null it was designed for (how simulations check the design)."""
+        if self.grid is None:
+            raise InputError("the plan has no statistics table: make it with make_plan")
+        law = _null_law(dataclasses.replace(self.null, p_upper=p, rho_upper=rho))
+        return _exact(self._bounds, self.grid, law).pirated
+
     def order(self) -> Tensor:
         """The order in which the points are asked: the indices ``0..n-1`` sorted by the
         SHA-256 of ``"seed:index"``. It depends only on ``seed`` and ``n``, on every machine
@@ -325,7 +336,7 @@ def make_plan(
         InputError: a rate out of range, a copy rate not above the independents', or a
             false-positive rate that no matching rate reaches with ``n`` points.
     """
-    fnr = _rate("--fnr", fnr)
+    fnr = _rate("`fnr`", fnr)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InputError(f"seed must be an integer, got {seed!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -334,23 +345,23 @@ def make_plan(
         raise InputError(
             f"sequential verification is designed for fingerprints of at most {MAX_POINTS} "
             f"points; this one has {null.n}",
-            "verify without --sequential (all points), or fingerprint with fewer points",
+            "verify without `sequential` (all points), or fingerprint with fewer points",
         )
     if not null.reachable:
         raise InputError(
             f"no matching rate reaches a false-positive rate of {null.target_fpr:g} with "
             f"{null.n} points under this calibration",
-            "give a larger --fpr (e.g. 0.05), or use a fingerprint with more points",
+            "give a larger `fpr` (e.g. 0.05), or use a fingerprint with more points",
         )
     if copy_rate is None:
         rate, what = null.threshold, f"the copy rate (the threshold, {null.threshold:g})"
     else:
-        rate, what = _rate("--copy-rate", copy_rate, closed=True), f"--copy-rate {copy_rate:g}"
+        rate, what = _rate("`copy_rate`", copy_rate, closed=True), f"`copy_rate` {copy_rate:g}"
     if rate <= null.p_upper:
         raise InputError(
             f"{what} is not above the rate independent models are calibrated to match at "
             f"(up to {null.p_upper:.3f})",
-            "copies must match more often than independents: give a larger --copy-rate",
+            "copies must match more often than independents: give a larger `copy_rate`",
         )
     rate = min(rate, 1.0 - 1e-6)  # a copy at exactly 1 leaves lr_not_pirated undefined
     n, need = null.n, math.ceil(null.threshold * null.n - 1e-9)
@@ -524,7 +535,7 @@ def verify_sequential(
         if d.verdict >= 0:
             at = int(d.at)
             return SequentialResult(
-                suspect=name, verdict="pirated" if d.verdict == 1 else "not pirated",
+                suspect=name, verdict=verdict_of(d.verdict == 1),
                 queries=int(seen.size), decided_at=at, matches=int(seen[:at].sum()),
                 n=fingerprint.n, stopped_early=seen.size < fingerprint.n,
                 stop_reason=_REASONS[int(d.reason)], log_lr_pirated=float(d.log_lr_pirated),

@@ -1,16 +1,16 @@
 """Verification: query a label-only suspect with the fingerprint and decide.
 
 Matching rate ``MR = matches / n`` (IPGUARD-SPEC.md section 3); the suspect is judged a
-pirated copy iff ``MR >= threshold``. Only the suspect's top-1 labels are used: never its
-scores or weights. A suspect's answers are validated (count, integer type, label range,
-number of classes); a bad answer raises :class:`~ipguard.errors.SuspectError` and is never
-counted as a match or a mismatch.
+pirated copy iff ``MR >= threshold`` (:func:`ipguard.verdict.null.verdict_for`). Only the
+suspect's top-1 labels are used: never its scores or weights. A suspect's answers are
+validated (count, integer type, label range, number of classes); a bad answer raises
+:class:`~ipguard.errors.SuspectError` and is never counted as a match or a mismatch.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -18,6 +18,7 @@ from torch import Tensor
 from ipguard.errors import InputError, IPGuardError, SuspectError, first_line
 from ipguard.fingerprint.record import Fingerprint
 from ipguard.models.owner import LabelOracle, as_labels
+from ipguard.verdict.null import Verdict, verdict_for
 
 __all__ = ["DEFAULT_THRESHOLD", "VerificationResult", "verify", "query_labels"]
 
@@ -25,8 +26,6 @@ __all__ = ["DEFAULT_THRESHOLD", "VerificationResult", "verify", "query_labels"]
 # IPGuard settings the fine-tuned copy matched on >= 0.91 of the points and every independent
 # model (including a same-data, same-architecture twin) on <= 0.76.
 DEFAULT_THRESHOLD = 0.8
-
-Verdict = Literal["pirated", "not pirated"]
 
 
 @dataclass(frozen=True)
@@ -112,6 +111,6 @@ def verify(
         n=fingerprint.n,
         matching_rate=rate,
         threshold=threshold,
-        verdict="pirated" if rate >= threshold else "not pirated",
+        verdict=verdict_for(rate, threshold),
         fingerprint_digest=fingerprint.digest,
     )
