@@ -55,6 +55,7 @@ from ipguard.models.owner import OwnerModel, weights_sha256
 from ipguard.training.fresh import SAME_ARCH, FreshFn, fresh_factory, train_fresh
 from ipguard.training.train import Recipe
 from ipguard.training.zoo import ModelZoo, no_note, zoo_key
+from ipguard.verdict.null import DEFAULT_CALIBRATORS
 
 __all__ = [
     "CALIBRATION_MODELS",
@@ -559,7 +560,7 @@ def _suite(
 
 
 # -- calibration: held-out surrogate independents --------------------------------------------
-CALIBRATION_MODELS = 8
+CALIBRATION_MODELS = DEFAULT_CALIBRATORS  # the statistics core says how many state 1%
 
 
 def surrogate_calibration(
