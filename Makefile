@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# every core, one module per worker (module fixtures train once), the slowest modules first
+# (tests/conftest.py); `make test PYTEST_PARALLEL=` runs serially
+PYTEST_PARALLEL ?= -n auto --dist loadscope --no-loadscope-reorder
 
 .PHONY: demo test lint bench clean
 
@@ -18,7 +21,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

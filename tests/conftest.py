@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -35,9 +36,32 @@ class Linear2D(nn.Module):
         return self.fc(x.flatten(1))
 
 
+# The modules that take longest (their fixtures train models, start a Ray cluster or run the
+# GPU profile), slowest first, as `pytest --durations` measured them. Under xdist (`make
+# test` runs `-n auto --dist loadscope --no-loadscope-reorder`: each module on one worker,
+# in collection order) they are handed out first, so that no worker is left running a long
+# module alone at the end; a module missing here only runs later.
+SLOWEST_FIRST = (
+    "test_calibrated_verify.py", "test_ray.py", "test_gpu_profile.py", "test_bridges.py",
+    "test_sequential.py", "test_demo.py", "test_select.py", "test_hf.py", "test_http.py",
+    "test_nets.py", "test_python_api.py", "test_workers.py", "test_methods_contract.py",
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist, the slowest modules first (a stable sort: each module stays whole and in
+    its own order); a serial run keeps the files' order."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Caches (decoded data, surrogate models) go to a temporary folder, not ~/.cache."""
+    """Caches (decoded data, surrogate models) go to a temporary folder, not ~/.cache: one
+    per pytest process, since under xdist each worker has a base temporary folder of its own
+    (``.../popen-gwN``), so two workers never build into one cache at once."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("IPGUARD_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
         yield

@@ -1,8 +1,8 @@
 """The GPU profile (``benchmarks/gpu_profile.sh``): its config is the paper profile with a
 fast recipe, table for table; and the one command runs end to end on a CPU at a tiny size
-(150 made-up 32x32 images, 1 epoch, one seed per table), training every architecture,
-attack and variant of the profile with two worker processes and writing the tables and
-plots."""
+(80 made-up 32x32 images, splits of 10 to 40 of them, 1 epoch, one seed per table),
+training every architecture, attack and variant of the profile (37 models) with two worker
+processes and writing the tables and plots."""
 
 from __future__ import annotations
 
@@ -106,9 +106,9 @@ def test_the_plan_counts_the_training_work_without_training(tmp_path: Path) -> N
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     work = tmp_path_factory.mktemp("gpu-profile")
     rng = np.random.default_rng(0)
-    y = np.arange(150) % 10
+    y = np.arange(80) % 10
     palette = rng.integers(40, 215, (10, 3))
-    noise = rng.normal(0, 40, (150, 32, 32, 3))
+    noise = rng.normal(0, 40, (80, 32, 32, 3))
     x = np.clip(palette[y][:, None, None, :] + noise, 0, 255).astype(np.uint8)
     np.savez(work / "tiny.npz", x=x, y=y.astype(np.int64))
     env = {
@@ -117,7 +117,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }  # fmt: skip
     proc = subprocess.run(
         ["bash", str(ROOT / "benchmarks" / "gpu_profile.sh"), "--device", "cpu",
-         "--images", "150", "--epochs", "1", "--seeds", "1", "--n", "10", "--param", "k=0.5",
+         "--images", "60", "--epochs", "1", "--seeds", "1", "--n", "10", "--param", "k=0.5",
          "--param", "max_iter=100", "--workers", "2", "--threads", "1",
          "--zoo", str(work / "zoo")],
         capture_output=True, text=True, timeout=600, env=env, cwd=work,

@@ -4,24 +4,18 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import re
 import shutil
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
-
-pytest.importorskip("transformers", reason="the [hf] extra is not installed")
-from transformers import (  # noqa: E402
-    ResNetConfig,
-    ResNetForImageClassification,
-    ViTConfig,
-    ViTForImageClassification,
-)
 from typer.testing import CliRunner
 
 from ipguard import InputError, ModelError, load_fingerprint, make_fingerprint, verify_suspects
@@ -33,6 +27,18 @@ from ipguard.suspects.adapters import Preprocess
 from ipguard.training.train import train_classifier
 from tests.test_evaluate import TINY
 
+if importlib.util.find_spec("transformers") is None:
+    pytest.skip("the [hf] extra is not installed", allow_module_level=True)
+
+
+def tf() -> Any:
+    """``transformers``, imported when a test first needs it: its model classes take seconds
+    to import, which every pytest process (each xdist worker) would pay while collecting."""
+    import transformers
+
+    return transformers
+
+
 runner = CliRunner()
 PROCESSOR = {  # as ViTImageProcessor(size=8x8, mean 0.5, std 0.25).save_pretrained writes it
     "do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": [0.5],
@@ -42,18 +48,18 @@ PROCESSOR = {  # as ViTImageProcessor(size=8x8, mean 0.5, std 0.25).save_pretrai
 
 
 def vit() -> nn.Module:
-    cfg = ViTConfig(image_size=8, patch_size=4, num_channels=1, hidden_size=32,
+    cfg = tf().ViTConfig(image_size=8, patch_size=4, num_channels=1, hidden_size=32,
                     num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                     num_labels=10)  # fmt: skip
-    return ViTForImageClassification(cfg)
+    return tf().ViTForImageClassification(cfg)
 
 
 def resnet() -> nn.Module:
-    cfg = ResNetConfig(
+    cfg = tf().ResNetConfig(
         num_channels=1, embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1],
         layer_type="basic", num_labels=10, downsample_in_first_stage=False,
     )  # fmt: skip
-    return ResNetForImageClassification(cfg)
+    return tf().ResNetForImageClassification(cfg)
 
 
 def save(model: nn.Module, folder: Path, processor: dict[str, object] | None = PROCESSOR) -> Path:
@@ -127,7 +133,7 @@ def test_fingerprint_and_verify_from_the_cli(folders: dict[str, Path], tmp_path:
 
 def test_the_owners_labels_are_the_models_own(folders: dict[str, Path]) -> None:
     fp = make_fingerprint(f"hf:{folders['owner']}", n=20, params={"max_iter": 300})
-    model = ViTForImageClassification.from_pretrained(str(folders["owner"]))
+    model = tf().ViTForImageClassification.from_pretrained(str(folders["owner"]))
     with torch.no_grad():
         logits = model(pixel_values=(fp.points - 0.5) / 0.25).logits
     assert torch.equal(logits.argmax(1), fp.labels)
@@ -146,7 +152,7 @@ def test_a_suspect_is_fed_as_its_own_processor_says(folders: dict[str, Path],
     )
     fp = make_fingerprint(f"hf:{folders['owner']}", n=30, params={"max_iter": 300})
     (v,) = verify_suspects(fp, [f"hf:{big}"]).verdicts
-    model = ResNetForImageClassification.from_pretrained(str(big)).eval()
+    model = tf().ResNetForImageClassification.from_pretrained(str(big)).eval()
     with torch.no_grad():
         seen = torch.nn.functional.interpolate(fp.points, size=(16, 16), mode="bilinear")
         labels = model(pixel_values=(seen - 0.1) / 0.3).logits.argmax(1)
@@ -225,9 +231,7 @@ def _processor(d: Path, **changes: object) -> None:
 
 def _headless(d: Path) -> None:
     """A base ViTModel's weights under a classifier's config: the head would be random."""
-    from transformers import ViTModel
-
-    base = ViTModel(ViTForImageClassification.from_pretrained(str(d)).config,
+    base = tf().ViTModel(tf().ViTForImageClassification.from_pretrained(str(d)).config,
                     add_pooling_layer=False)  # fmt: skip
     (d / "model.safetensors").unlink()
     base.save_pretrained(str(d))
@@ -299,7 +303,7 @@ def test_half_precision_and_kernel_configs_load_as_float32_eager(
     folders: dict[str, Path], tmp_path: Path
 ) -> None:
     d = tmp_path / "bf16"
-    model = ViTForImageClassification.from_pretrained(str(folders["owner"]))
+    model = tf().ViTForImageClassification.from_pretrained(str(folders["owner"]))
     save(model.to(torch.bfloat16), d)
     _config(d, attn_implementation="kernels-community/flash-attn")  # would download code
     loaded = read_hf_folder(d).load()
