@@ -47,9 +47,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ipguard import operations
 from ipguard.errors import IPGuardError
 from ipguard.evaluation.metrics import aruc, roc_auc, tpr_at_fpr
+from ipguard.fingerprint import methods
 from ipguard.fingerprint.methods import METHODS, make_method
 from ipguard.fingerprint.methods.bridges import bridge_points
 from ipguard.fingerprint.methods.ipguard import IPGuard
@@ -57,8 +57,9 @@ from ipguard.fingerprint.record import Fingerprint
 from ipguard.models.owner import LabelOracle, OwnerModel
 from ipguard.models.spec import load_module
 from ipguard.suspects.adapters import open_suspect
+from ipguard.suspects.query import query_labels
+from ipguard.verdict.decision import rule_for
 from ipguard.verdict.null import NoVerdict
-from ipguard.verdict.verify import query_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSIC = ("owner", "fine-tune", "prune", "noise", "quantize")
@@ -67,7 +68,7 @@ STUDENTS = ("distill", "extract")
 KEPT_ACCURACY = 0.10
 #: The method ``ipguard fingerprint`` uses by default (with the owner's data and labels, as
 #: here): measured first.
-DEFAULT_METHOD = operations.DEFAULT_METHOD
+DEFAULT_METHOD = methods.DEFAULT_METHOD
 #: Methods that train surrogate models; left out of the default run (their CIFAR-10 cost
 #: with default settings is hours on 2 cores): name them in --methods to measure them.
 TRAINING_METHODS = tuple(m for m, cls in METHODS.items() if cls.data_role == "training")
@@ -90,7 +91,7 @@ class Outcome:
     seconds: float
     rates: dict[str, float]
     error: str | None = None
-    #: verify's default rule for the fingerprint (operations._rule with no option), where
+    #: verify's default rule for the fingerprint (rule_for with no option), where
     #: the fingerprint carries its own calibration
     verdict: dict[str, Any] | None = None
 
@@ -102,7 +103,7 @@ def verdict(fp: Fingerprint) -> dict[str, Any] | None:
         return None
     counts = list(fp.calibration["negative_matches"])
     try:
-        rule = operations._rule(fp, None, None, None)
+        rule = rule_for(fp)
     except NoVerdict as e:  # the calibration states no rate of the ladder: no verdict
         return {"basis": None, "target_fpr": None, "threshold": None, "calibration": counts,
                 "no_verdict": str(e)}  # fmt: skip

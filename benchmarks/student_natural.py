@@ -54,7 +54,7 @@ from external_zoo import (  # noqa: E402  (a sibling benchmark, not a package)
 
 from ipguard.fingerprint.methods.bridges import bridge_segments, on_segments  # noqa: E402
 from ipguard.models.owner import OwnerModel  # noqa: E402
-from ipguard.verdict.verify import query_labels  # noqa: E402
+from ipguard.suspects.query import query_labels  # noqa: E402
 
 #: the rows' splits, in the order printed; the attacker's is the students' training data
 SPLITS = {

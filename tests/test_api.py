@@ -18,7 +18,10 @@ from typer.testing import CliRunner
 
 import ipguard
 from ipguard import (
+    DecisionOptions,
+    EvidenceOptions,
     InputError,
+    QueryOptions,
     evaluate_suite,
     inspect_fingerprint,
     load_fingerprint,
@@ -164,17 +167,17 @@ def test_verify_suspects_is_the_verify_command(
     spec, calls = counting_adapter
     report = verify_suspects(
         files["fp"], [str(files["owner_ts"]), "ipguard.models.nets:digits_cnn"],
-        weights=[files["other_w"]], adapters=[spec], threshold=0.7,
+        weights=[files["other_w"]], adapters=[spec], decision=DecisionOptions(threshold=0.7),
     )  # fmt: skip
     owner_row, other_row, adapter_row = report.verdicts
-    assert owner_row.verdict == "pirated" and owner_row.result.matching_rate == 1.0
+    assert owner_row.verdict == "pirated" and owner_row.matching_rate == 1.0
     # the other CNN's rate, recomputed here from its own answers
     fp = report.fingerprint
     calls.clear()
     answers = sys.modules["api_suspect"].predict(fp.points)  # type: ignore[attr-defined]
     expected = (answers == fp.labels).float().mean().item()
-    assert other_row.result.matching_rate == pytest.approx(expected)
-    assert adapter_row.result.matching_rate == pytest.approx(expected)
+    assert other_row.matching_rate == pytest.approx(expected)
+    assert adapter_row.matching_rate == pytest.approx(expected)
     assert other_row.verdict == ("pirated" if expected >= 0.7 else "not pirated")
     assert report.threshold == 0.7 and report.evidence == {"fingerprint_digest": fp.digest}
     code, out, err = cli(
@@ -190,19 +193,25 @@ def test_verify_suspects_with_a_calibration(files: dict[str, Path], tmp_path: Pa
     negatives = [3, 5, 4, 6, 2, 5, 4, 3, 5, 4, 3, 4, 5, 2, 4, 6]
     cal = calibrate(negatives, fp.n, target_fpr=0.05, fingerprint_digest=fp.digest)
     cal_file = cal.save(tmp_path / "cal.json")
-    report = verify_suspects(fp, [str(files["owner_ts"])], calibration=cal_file)
+    report = verify_suspects(
+        fp, [str(files["owner_ts"])], decision=DecisionOptions(calibration=cal_file)
+    )
     (v,) = report.verdicts
-    assert report.threshold == cal.threshold and report.calibration == load_calibration(cal_file)
+    assert report.threshold == cal.threshold and report.rule.calibration == load_calibration(
+        cal_file
+    )
     assert v.p_value is not None and v.p_value < 1e-6 and v.verdict == "pirated"
-    assert v.p_value == cal.p_value(v.result.matches)  # the one core's p-value
+    assert v.p_value == cal.p_value(v.matches)  # the one core's p-value
     row = v.to_dict()
     assert row["threshold_basis"] == "calibration-file" and row["p_value"] == v.p_value
     assert row["target_fpr"] == cal.target_fpr
     with pytest.raises(InputError, match="`threshold` or `calibration`, not both"):
-        verify_suspects(fp, [str(files["owner_ts"])], calibration=cal, threshold=0.5)
+        verify_suspects(
+            fp, [str(files["owner_ts"])], decision=DecisionOptions(calibration=cal, threshold=0.5)
+        )
     other = calibrate(negatives, fp.n, target_fpr=0.05, fingerprint_digest="0" * 64)
     with pytest.raises(InputError, match="made for another fingerprint"):
-        verify_suspects(fp, [str(files["owner_ts"])], calibration=other)
+        verify_suspects(fp, [str(files["owner_ts"])], decision=DecisionOptions(calibration=other))
 
 
 def test_verify_suspects_checks_the_evidence_before_any_query(
@@ -217,17 +226,19 @@ def test_verify_suspects_checks_the_evidence_before_any_query(
     commitment = tmp_path / "c.json"
     make_commitment(fp_file, files["owner_w"], commitment)
     calls.clear()
-    report = verify_suspects(fp_file, adapters=[spec], pubkey=pub, commitment=commitment)
+    report = verify_suspects(
+        fp_file, adapters=[spec], evidence=EvidenceOptions(pubkey=pub, commitment=commitment)
+    )
     assert report.evidence["signature"]["key_id"] == kid and calls
     assert report.evidence["commitment"]["matches"] is True
     calls.clear()
     with pytest.raises(InputError, match="signature check failed"):
-        verify_suspects(fp_file, adapters=[spec], pubkey=wrong_pub)
+        verify_suspects(fp_file, adapters=[spec], evidence=EvidenceOptions(pubkey=wrong_pub))
     bad = tmp_path / "bad.json"
     record = json.loads(commitment.read_text())
     bad.write_text(json.dumps({**record, "fingerprint_digest": "0" * 64}))  # another fingerprint
     with pytest.raises(InputError, match="does not match commitment"):
-        verify_suspects(fp_file, adapters=[spec], commitment=bad)
+        verify_suspects(fp_file, adapters=[spec], evidence=EvidenceOptions(commitment=bad))
     assert calls == []  # nothing was asked of the suspect
 
 
@@ -238,9 +249,13 @@ def test_verify_suspects_argument_errors(files: dict[str, Path]) -> None:
     with pytest.raises(InputError, match="1 package.module:factory suspect"):
         verify_suspects(fp, ["ipguard.models.nets:digits_cnn"])
     with pytest.raises(InputError, match="--retries, --budget only apply to http"):
-        verify_suspects(fp, [str(files["owner_ts"])], http={"retries": 2, "budget": 9})
+        verify_suspects(
+            fp, [str(files["owner_ts"])], query=QueryOptions(http={"retries": 2, "budget": 9})
+        )
     with pytest.raises(InputError, match="HTTP options only apply to http"):
-        verify_suspects(fp, [str(files["owner_ts"])], http=HTTPOptions(retries=2))
+        verify_suspects(
+            fp, [str(files["owner_ts"])], query=QueryOptions(http=HTTPOptions(retries=2))
+        )
 
 
 @pytest.fixture
@@ -257,13 +272,17 @@ def test_an_http_suspect_served_by_open_server(
     files: dict[str, Path], served: str, tmp_path: Path
 ) -> None:
     journal = tmp_path / "journal.jsonl"
-    report = verify_suspects(files["fp"], [served], http={"batch_size": 7, "journal": journal})
+    report = verify_suspects(
+        files["fp"], [served], query=QueryOptions(http={"batch_size": 7, "journal": journal})
+    )
     (v,) = report.verdicts
-    assert v.verdict == "pirated" and v.result.matches == 30 and v.result.suspect == served
+    assert v.verdict == "pirated" and v.matches == 30 and v.suspect == served
     assert len(journal.read_text().splitlines()) == 30  # every answer journaled
     # preprocessing reaches the suspect: scaled points no longer look like the owner's
-    shrunk = verify_suspects(files["fp"], [served], preprocess=Preprocess(scale=0.05))
-    assert shrunk.verdicts[0].result.matching_rate < 0.5
+    shrunk = verify_suspects(
+        files["fp"], [served], query=QueryOptions(preprocess=Preprocess(scale=0.05))
+    )
+    assert shrunk.verdicts[0].matching_rate < 0.5
 
 
 def test_open_server_refuses_bad_arguments(owner_module: nn.Module) -> None:
@@ -350,7 +369,7 @@ def test_evaluate_suite_refuses_bad_arguments(tmp_path: Path) -> None:
 
 def test_every_operation_is_exported() -> None:
     for name in ("make_fingerprint", "verify_suspects", "inspect_fingerprint", "evaluate_suite",
-                 "open_server", "VerificationReport", "SuspectVerdict", "EvaluationRun",
+                 "open_server", "VerificationReport", "SuspectVerdict", "EvaluationRun", "rule_for",
                  "Inspection"):  # fmt: skip
         assert name in ipguard.__all__ and getattr(ipguard, name).__doc__
 
@@ -363,10 +382,11 @@ def test_every_verdict_takes_the_same_threshold_from_the_same_calibration(
     summary all read one calibration through the one core: the same threshold and rate."""
     import dataclasses
 
-    from ipguard import operations
+    from ipguard import SequentialOptions, rule_for
     from ipguard.cli.render import calibration_reach
     from ipguard.scale import scan as scan_module
     from ipguard.verdict.calibration import calibrate_on_ladder
+    from ipguard.verdict.decision import plan_for
     from ipguard.verdict.null import calibration_record, stated_rule
 
     fp = load_fingerprint(files["fp"])
@@ -375,12 +395,13 @@ def test_every_verdict_takes_the_same_threshold_from_the_same_calibration(
                                 created="2026-12-07T00:00:00")  # fmt: skip
     calibrated = dataclasses.replace(fp, calibration=record)
     core = stated_rule(record, fp.n, fpr)
-    verify_rule = operations._rule(calibrated, None, None, fpr)
-    scan_rule = scan_module._rule("fp", calibrated, fpr)
+    verify_rule = rule_for(calibrated, DecisionOptions(fpr=fpr))
+    scan_rule, no_verdict = scan_module._rule("fp", calibrated, fpr)
+    assert no_verdict is None
     file_rule = calibrate_on_ladder(counts, fp.n, target_fpr=fpr or 0.01)
     for rule in (verify_rule, scan_rule, file_rule):
         assert (rule.threshold, rule.target_fpr) == (core.threshold, core.target_fpr)
-    plan = operations._sequential_plan(verify_rule, True, None, None, None, None)
-    assert plan is not None and plan.threshold == core.threshold
+    plan = plan_for(verify_rule, SequentialOptions())
+    assert plan.threshold == core.threshold
     if fpr is None:
         assert f"{core.target_fpr:g} FPR: {core.threshold:.2f}" in calibration_reach(calibrated)

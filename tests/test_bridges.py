@@ -18,7 +18,12 @@ from torch import nn
 from ipguard import OwnerModel, load_fingerprint, make_fingerprint, make_method, verify
 from ipguard.attacks import PirateData, make_attack
 from ipguard.errors import InputError
-from ipguard.fingerprint.methods import GenerationProgress
+from ipguard.fingerprint.methods import (
+    DEFAULT_METHOD,
+    FALLBACK_METHOD,
+    GenerationProgress,
+    default_method,
+)
 from ipguard.fingerprint.methods.bridges import (
     EPOCH_STEPS,
     FIT_GAP,
@@ -29,9 +34,9 @@ from ipguard.fingerprint.methods.bridges import (
 )
 from ipguard.fingerprint.record import Fingerprint
 from ipguard.models.nets import digits_cnn
-from ipguard.operations import DEFAULT_METHOD, FALLBACK_METHOD, _rule, default_method
 from ipguard.training.train import seeded, train_classifier
 from ipguard.training.zoo import ModelZoo
+from ipguard.verdict.decision import DecisionOptions, rule_for
 from ipguard.verdict.null import NoVerdict, fit_null, null_from_record
 
 #: The owner fixture's own recipe (tests/conftest.py), as the owner would pass it.
@@ -209,12 +214,12 @@ def test_calibration_is_honest_about_its_spread(made: tuple) -> None:
     # held that rate only on average over draws, not for the draw at hand)
     for counts in ([48, 36, 29, 18, 19, 6], [51, 38, 40], [53, 39, 35], [0, 90, 0, 90]):
         with pytest.raises(NoVerdict, match="calibration models cannot state it") as e:
-            _rule(calibrated(counts), None, None, None)
+            rule_for(calibrated(counts))
         assert "ipguard calibrate" in (e.value.hint or "")
     with pytest.raises(NoVerdict, match="false-positive rate of 0.01: 3 calibration models"):
-        _rule(calibrated([51, 38, 40]), None, None, 0.01)  # asked: that rate or an error
+        rule_for(calibrated([51, 38, 40]), DecisionOptions(fpr=0.01))  # asked: that or an error
     tight = calibrated([30, 32, 29, 31, 30, 28, 33, 30])  # eight that agree: 1% is stated
-    rule = _rule(tight, None, None, None)
+    rule = rule_for(tight)
     assert (rule.basis, rule.target_fpr) == ("calibrated-in-fingerprint", 0.01)
     assert rule.threshold == fit_null([30, 32, 29, 31, 30, 28, 33, 30], fp.n).threshold
 

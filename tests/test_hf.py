@@ -18,7 +18,14 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from ipguard import InputError, ModelError, load_fingerprint, make_fingerprint, verify_suspects
+from ipguard import (
+    InputError,
+    ModelError,
+    QueryOptions,
+    load_fingerprint,
+    make_fingerprint,
+    verify_suspects,
+)
 from ipguard.cli import app
 from ipguard.evaluation.evaluate import run_suite
 from ipguard.evaluation.suite import parse_suite
@@ -156,7 +163,7 @@ def test_a_suspect_is_fed_as_its_own_processor_says(folders: dict[str, Path],
     with torch.no_grad():
         seen = torch.nn.functional.interpolate(fp.points, size=(16, 16), mode="bilinear")
         labels = model(pixel_values=(seen - 0.1) / 0.3).logits.argmax(1)
-    assert v.result.matches == int((labels == fp.labels).sum())
+    assert v.matches == int((labels == fp.labels).sum())
 
 
 def test_a_suite_with_an_hf_owner_runs_its_attacks(
@@ -257,7 +264,7 @@ def test_without_a_processor_config_the_normalisation_is_asked_for(
     assert json.loads(out)["input_shape"] == [1, 8, 8]  # from config.json's image_size
     fp = load_fingerprint(tmp_path / "fp")
     # the same model with its processor answers the same labels (same normalisation)
-    assert verify_suspects(fp, [f"hf:{folders['owner']}"]).verdicts[0].result.matches == 10
+    assert verify_suspects(fp, [f"hf:{folders['owner']}"]).verdicts[0].matches == 10
 
 
 def test_the_data_must_have_the_models_input_size(folders: dict[str, Path],
@@ -291,8 +298,8 @@ def test_serve_an_hf_folder_without_an_input_shape(folders: dict[str, Path]) -> 
     server = open_server(f"hf:{folders['copy']}")
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        served = verify_suspects(fp, [server.url]).verdicts[0].result
-        local = verify_suspects(fp, [f"hf:{folders['copy']}"]).verdicts[0].result
+        served = verify_suspects(fp, [server.url]).verdicts[0]
+        local = verify_suspects(fp, [f"hf:{folders['copy']}"]).verdicts[0]
     finally:
         server.shutdown()
         server.server_close()
@@ -317,13 +324,15 @@ def test_an_hf_suspect_keeps_its_own_normalisation(folders: dict[str, Path]) -> 
     fp = make_fingerprint(f"hf:{folders['owner']}", n=20, params={"max_iter": 300})
     pre = Preprocess(mean=(0.3,), std=(0.9,))  # meant for other suspects: not stacked on it
     assert (
-        verify_suspects(fp, [f"hf:{folders['owner']}"], preprocess=pre)
+        verify_suspects(fp, [f"hf:{folders['owner']}"], query=QueryOptions(preprocess=pre))
         .verdicts[0]
-        .result.matching_rate
+        .matching_rate
         == 1.0
     )
     with pytest.raises(InputError, match="--scale, --input-dtype and --layout do not apply"):
-        verify_suspects(fp, [f"hf:{folders['owner']}"], preprocess=Preprocess(scale=255.0))
+        verify_suspects(
+            fp, [f"hf:{folders['owner']}"], query=QueryOptions(preprocess=Preprocess(scale=255.0))
+        )
 
 
 def test_a_processor_without_a_size_takes_the_given_shape(folders: dict[str, Path],

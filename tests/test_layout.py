@@ -85,3 +85,25 @@ def test_every_command_is_thin() -> None:
     registered = {c.callback.__name__ for c in ipguard.cli.app.registered_commands if c.callback}
     assert set(sizes) == registered and len(sizes) >= 10
     assert {name: n for name, n in sizes.items() if n > MAX_COMMAND_BODY} == {}
+
+
+MAX_FUNCTION = 80  # lines, signature and docstring included
+
+
+def long_functions(root: Path) -> dict[str, int]:
+    """Functions under ``root`` longer than :data:`MAX_FUNCTION` lines."""
+    found = {}
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = (node.end_lineno or 0) - node.lineno + 1
+                if lines > MAX_FUNCTION:
+                    found[f"{path.relative_to(root)}:{node.name}"] = lines
+    return found
+
+
+def test_no_function_is_over_80_lines(tmp_path: Path) -> None:
+    assert long_functions(Path(ipguard.__file__).parent) == {}
+    # two-sided: a long function is found
+    (tmp_path / "m.py").write_text("def f():\n" + "    x = 1\n" * MAX_FUNCTION)
+    assert long_functions(tmp_path) == {"m.py:f": MAX_FUNCTION + 1}

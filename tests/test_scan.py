@@ -60,9 +60,10 @@ def test_pairs_are_judged_as_verify_judges_them(fleet: dict[str, Any], tmp_path:
     for fp_name in result.fingerprints:
         report = verify_suspects(fleet["fps"] / fp_name, [str(d / "copy.pt"), str(d / "other.pt")])
         for v in report.verdicts:
-            p = result.pair(v.result.suspect, fp_name)
-            assert (p.matches, p.n, p.verdict) == (v.result.matches, N, v.verdict)
+            p = result.pair(v.suspect, fp_name)
+            assert (p.matches, p.n, p.verdict) == (v.matches, N, v.verdict)
             assert p.threshold_basis == "uncalibrated-default" == v.threshold_basis
+            assert p.outcome == v  # the one verdict type, the same verdict
     assert result.pair(str(d / "copy.pt"), "owner-s0.safetensors").verdict == "pirated"
     assert result.pair(str(d / "other.pt"), "owner-s1.safetensors").verdict == "not pirated"
     factory = f"ipguard.models.nets:digits_cnn {d / 'owner.safetensors'}"
@@ -370,6 +371,8 @@ def test_calibrated_fingerprints_are_judged_at_the_fpr_and_rejudged_without_aski
     null = null_from_record(record, N, 0.01)
     assert copy_.threshold_basis == "calibrated-in-fingerprint" and copy_.target_fpr == 0.01
     assert copy_.threshold == null.threshold and copy_.verdict == "pirated"
+    outcome = copy_.outcome  # with its p-value from the same null, as verify gives it
+    assert outcome is not None and outcome.p_value == null.p_value(copy_.matches)
     asked: list[str] = []
     monkeypatch.setattr(scan_module, "scan_suspect", lambda *a, **k: asked.append("x") or [])
     strict = scan(fps, listing, tmp_path / "out", fpr=1e-9)  # verify would refuse this fpr
@@ -389,7 +392,7 @@ def test_without_fpr_each_fingerprint_gets_the_rate_verify_would_state(
 ) -> None:
     """No --fpr: as verify without it, the smallest of FPR_LADDER each calibration can
     state; where it can state none, no verdict and why (never a looser rule)."""
-    from ipguard.operations import _rule
+    from ipguard.verdict.decision import rule_for
 
     fps = tmp_path / "fps"
     fps.mkdir()
@@ -406,7 +409,7 @@ def test_without_fpr_each_fingerprint_gets_the_rate_verify_would_state(
     copy_ = str(fleet["dir"] / "copy.pt")
     basis = "calibrated-in-fingerprint"
     for name, fpr in (("tight", 0.01), ("scattered", 0.05)):
-        pair, rule = result.pair(copy_, f"{name}.safetensors"), _rule(made[name], None, None, None)
+        pair, rule = result.pair(copy_, f"{name}.safetensors"), rule_for(made[name])
         assert (pair.target_fpr, pair.threshold_basis) == (fpr, basis) and pair.error is None
         assert (rule.target_fpr, rule.basis, rule.threshold) == (fpr, basis, pair.threshold)
     hopeless = result.pair(copy_, "hopeless.safetensors")
@@ -414,7 +417,7 @@ def test_without_fpr_each_fingerprint_gets_the_rate_verify_would_state(
         hopeless.error or ""
     )
     with pytest.raises(NoVerdict):
-        _rule(made["hopeless"], None, None, None)
+        rule_for(made["hopeless"])
 
 
 def test_a_hash_inside_a_field_is_not_a_comment(tmp_path: Path) -> None:

@@ -20,7 +20,15 @@ from safetensors.torch import save_file
 from torch import nn
 from typer.testing import CliRunner
 
-from ipguard import calibrate_fingerprint, load_fingerprint, make_fingerprint, verify_suspects
+from ipguard import (
+    DecisionOptions,
+    QueryOptions,
+    SequentialOptions,
+    calibrate_fingerprint,
+    load_fingerprint,
+    make_fingerprint,
+    verify_suspects,
+)
 from ipguard.cli import app
 from ipguard.errors import InputError, SuspectError
 from ipguard.fingerprint.record import Fingerprint
@@ -240,7 +248,7 @@ def test_cli_decides_a_copy_and_an_unrelated_mlp_in_far_fewer_queries(
 
 def test_the_order_is_fixed_by_the_seed_and_batches_are_asked_in_it(env: dict[str, Any]) -> None:
     fp = load_fingerprint(env["fp"])
-    rule = verify_suspects(fp, [env["copy"]], sequential=True, seed=3)
+    rule = verify_suspects(fp, [env["copy"]], sequential=SequentialOptions(seed=3))
     plan = rule.plan
     assert plan is not None and plan.seed == 3
     agree = torch.rand(N, generator=torch.Generator().manual_seed(0)) < 0.5
@@ -259,7 +267,12 @@ def test_a_calibration_file_gives_the_null(env: dict[str, Any]) -> None:
     assert fp.calibration is not None
     counts = fp.calibration["negative_matches"]
     cal = calibrate(counts, N, target_fpr=0.05, fingerprint_digest=fp.digest)
-    report = verify_suspects(fp, [env["copy"], env["mlp"]], calibration=cal, sequential=True)
+    report = verify_suspects(
+        fp,
+        [env["copy"], env["mlp"]],
+        decision=DecisionOptions(calibration=cal),
+        sequential=SequentialOptions(),
+    )
     null = fit_null(counts, N, target_fpr=0.05, confidence=cal.confidence)
     assert report.plan is not None and report.plan.threshold == null.threshold
     assert [v.verdict for v in report.verdicts] == ["pirated", "not pirated"]
@@ -279,9 +292,14 @@ def test_library_and_cli_refuse_a_test_without_a_null(env: dict[str, Any]) -> No
     fp = load_fingerprint(env["fp"])
     bare = dataclasses.replace(fp, calibration=None)
     with pytest.raises(InputError, match="`sequential` needs a null model"):
-        verify_suspects(bare, [env["copy"]], sequential=True)
+        verify_suspects(bare, [env["copy"]], sequential=SequentialOptions())
     with pytest.raises(InputError, match="`threshold` gives none.*drop `threshold`"):
-        verify_suspects(fp, [env["copy"]], sequential=True, threshold=0.9)
+        verify_suspects(
+            fp,
+            [env["copy"]],
+            sequential=SequentialOptions(),
+            decision=DecisionOptions(threshold=0.9),
+        )
     code, _, err = cli("verify", str(env["fp"]), env["copy"], "--fnr", "0.1")
     assert code != 0 and "--fnr only apply with --sequential" in err
     code, _, err = cli("verify", str(env["fp"]), env["copy"], "--sequential", "--copy-rate", "0.2")
@@ -307,15 +325,27 @@ def test_http_budget_is_never_exceeded_and_a_resumed_run_reasks_nothing(
     server = make_server(Copy(), input_shape=fp.input_shape, faults=FaultSpec())
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        local = verify_suspects(fp, [env["copy"]], sequential=True, batch_size=5).verdicts[0]
+        local = verify_suspects(
+            fp, [env["copy"]], sequential=SequentialOptions(), query=QueryOptions(batch_size=5)
+        ).verdicts[0]
         assert local.sequential is not None and local.sequential.queries > 5
         http = {"journal": tmp_path / "journal.jsonl", "budget": 5, "retries": 0}
         spent = "budget of 5 points is spent.*no verdict yet after 5 of"
         with pytest.raises(SuspectError, match=spent):
-            verify_suspects(fp, [server.url], sequential=True, batch_size=5, http=http)
+            verify_suspects(
+                fp,
+                [server.url],
+                sequential=SequentialOptions(),
+                query=QueryOptions(batch_size=5, http=http),
+            )
         assert Copy.asked == 5  # the budget held: the second step was never sent
         http["budget"] = N
-        resumed = verify_suspects(fp, [server.url], sequential=True, batch_size=5, http=http)
+        resumed = verify_suspects(
+            fp,
+            [server.url],
+            sequential=SequentialOptions(),
+            query=QueryOptions(batch_size=5, http=http),
+        )
         seq = resumed.verdicts[0].sequential
         assert seq is not None and seq.queries == local.sequential.queries
         assert Copy.asked == seq.queries  # the first 5 came from the journal

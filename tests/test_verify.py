@@ -61,7 +61,7 @@ def test_threshold_decides(fp: Fingerprint, owner: OwnerModel) -> None:
     assert verify(fp, wrong).verdict == "not pirated"
     assert verify(fp, owner, threshold=1.0).verdict == "pirated"
     for bad in (-0.1, 1.5):
-        with pytest.raises(InputError, match="threshold must be in"):
+        with pytest.raises(InputError, match="`threshold` must be in"):
             verify(fp, owner, threshold=bad)
 
 

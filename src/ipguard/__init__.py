@@ -15,7 +15,7 @@ and the building blocks are exported too::
 
     owner = OwnerModel(module, input_shape=(1, 8, 8))
     fp = IPGuard(k=5.0).generate(owner, n=100, seed=0)
-    result = verify(fp, suspect)
+    verdict = verify(fp, suspect)          # a SuspectVerdict
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ from ipguard.fingerprint.methods import METHODS, FingerprintMethod, make_method
 from ipguard.fingerprint.methods.ipguard import IPGuard
 from ipguard.fingerprint.methods.select import IPGuardSelect
 from ipguard.fingerprint.record import Fingerprint, load_fingerprint
+from ipguard.fingerprint.signing import EvidenceOptions
 from ipguard.models.owner import CallableSuspect, LabelOracle, OwnerModel
 from ipguard.models.spec import load_module
 from ipguard.operations import (
     EvaluationRun,
     Inspection,
-    SuspectVerdict,
     VerificationReport,
     calibrate_fingerprint,
     evaluate_suite,
@@ -47,13 +47,28 @@ from ipguard.operations import (
     open_server,
     verify_suspects,
 )
-from ipguard.verdict.sequential import SequentialPlan, SequentialResult, verify_sequential
-from ipguard.verdict.verify import DEFAULT_THRESHOLD, VerificationResult, verify
+from ipguard.suspects.adapters import Preprocess, QueryOptions
+from ipguard.verdict.decision import (
+    DEFAULT_THRESHOLD,
+    DecisionOptions,
+    Rule,
+    SuspectVerdict,
+    rule_for,
+)
+from ipguard.verdict.sequential import (
+    SequentialOptions,
+    SequentialPlan,
+    SequentialResult,
+    verify_sequential,
+)
+from ipguard.verdict.verify import verify
 
 __all__ = [
     "__version__",
     "CallableSuspect",
     "DEFAULT_THRESHOLD",
+    "DecisionOptions",
+    "EvidenceOptions",
     "EvaluationRun",
     "Fingerprint",
     "FingerprintFileError",
@@ -68,12 +83,15 @@ __all__ = [
     "METHODS",
     "ModelError",
     "OwnerModel",
+    "Preprocess",
+    "QueryOptions",
+    "Rule",
+    "SequentialOptions",
     "SequentialPlan",
     "SequentialResult",
     "SuspectError",
     "SuspectVerdict",
     "VerificationReport",
-    "VerificationResult",
     "calibrate_fingerprint",
     "evaluate_suite",
     "inspect_fingerprint",
@@ -82,6 +100,7 @@ __all__ = [
     "make_fingerprint",
     "make_method",
     "open_server",
+    "rule_for",
     "verify",
     "verify_sequential",
     "verify_suspects",

@@ -24,15 +24,45 @@ from rich.table import Table
 
 from ipguard._version import __version__
 from ipguard.cli.options import (
+    AdapterOpt,
     AuthEnvOpt,
     BudgetOpt,
+    CalibrationFileOpt,
     CalibrationModelsOpt,
     ChannelOrderArg,
     ChannelOrderOpt,
     ClassNamesOpt,
+    CommitmentOpt,
     ConcurrencyOpt,
+    CopyRateOpt,
     DeviceOpt,
     EncodingArg,
+    EvalConfigOpt,
+    EvalDataOpt,
+    EvalMethodOpt,
+    EvalOutDirOpt,
+    EvalParamOpt,
+    EvalSweepOpt,
+    EvalThreadsOpt,
+    EvalWorkersOpt,
+    EvalZooOpt,
+    FingerprintFileArg,
+    FnrOpt,
+    FpBoundsOpt,
+    FpDataOpt,
+    FpInputShapeOpt,
+    FpKOpt,
+    FpLrOpt,
+    FpMaxIterOpt,
+    FpMaxRoundsOpt,
+    FpMethodOpt,
+    FpNOpt,
+    FpOutputOpt,
+    FpParamOpt,
+    FprOpt,
+    FpSeedOpt,
+    FpStartOpt,
+    FpTargetOpt,
     HttpBatchSizeOpt,
     InputDtypeArg,
     InputDTypeOpt,
@@ -42,23 +72,31 @@ from ipguard.cli.options import (
     LayoutOpt,
     MeanOpt,
     ModelArg,
+    OrderSeedOpt,
     PassphraseEnvOpt,
     PubkeyOpt,
+    QueryBatchOpt,
     RateLimitOpt,
     RayOpt,
     RetriesOpt,
     ScaleOpt,
+    SequentialOpt,
     SizeOpt,
-    StartPoints,
     StdOpt,
-    TargetRule,
+    SuspectsArg,
+    SuspectWeightsOpt,
+    ThresholdOpt,
     TimeoutOpt,
     TrustPickleOpt,
+    VerifyJsonOpt,
     WeightsOpt,
+    http_fields,
     parse_bounds,
     parse_channels,
     parse_params,
     parse_shape,
+    preprocess_of,
+    sequential_of,
 )
 from ipguard.cli.render import (
     err,
@@ -77,9 +115,9 @@ from ipguard.cli.render import (
 )
 from ipguard.errors import IPGuardError
 from ipguard.fingerprint.methods.base import GenerationProgress
-from ipguard.fingerprint.methods.ipguard import DEFAULT_K, DEFAULT_LR
+from ipguard.fingerprint.methods.ipguard import DEFAULT_K
 from ipguard.io import check_output
-from ipguard.verdict.verify import DEFAULT_THRESHOLD
+from ipguard.verdict.decision import DEFAULT_THRESHOLD
 
 app = typer.Typer(
     name="ipguard",
@@ -171,79 +209,22 @@ def _root(
 @handle_errors
 def fingerprint(
     model: ModelArg,
-    output: Annotated[
-        Path,
-        typer.Option(
-            "-o",
-            "--output",
-            help="Where to write the fingerprint (.safetensors).",
-            show_default=False,
-        ),
-    ],
+    output: FpOutputOpt,
     weights: WeightsOpt = None,
-    data: Annotated[
-        str | None,
-        typer.Option(
-            "--data",
-            help="Data spec: digits, npz:PATH, cifar10:PATH, cifar100:PATH or "
-            "imagefolder:PATH, optionally followed by ?split=all|train|test, ?size=N, "
-            "?labels=fine|coarse (cifar100), ?cache=0|1 (join several with &). Gives the "
-            "input shape, and the start points with --start data.",
-        ),
-    ] = None,
-    input_shape: Annotated[
-        str | None, typer.Option("--input-shape", help="C,H,W of one input, if no --data.")
-    ] = None,
-    method: Annotated[
-        str | None,
-        typer.Option(
-            "--method",
-            help="Fingerprinting method (docs/methods.md). Default: 'bridges' when --data "
-            "has labels and the owner is package.module:factory or arch:NAME (it trains "
-            "surrogate students and independents of the owner, cached); else 'ipguard', "
-            "and the command says so.",
-            show_default=False,
-        ),
-    ] = None,
-    n: Annotated[int, typer.Option("--n", "-n", help="Number of fingerprinting points.")] = 100,
-    k: Annotated[
-        float | None,
-        typer.Option(
-            "--k", help=f"Logit margin of each point past the boundary (default {DEFAULT_K:g})."
-        ),
-    ] = None,
-    lr: Annotated[
-        float | None,
-        typer.Option("--lr", help=f"Adam learning rate on the input (default {DEFAULT_LR:g})."),
-    ] = None,
-    max_iter: Annotated[
-        int | None,
-        typer.Option("--max-iter", help="Adam steps per point at most (default 1000)."),
-    ] = None,
-    start: Annotated[
-        StartPoints | None,
-        typer.Option(
-            "--start", help="Start points: uniform noise or --data images (default noise)."
-        ),
-    ] = None,
-    target: Annotated[
-        TargetRule | None, typer.Option("--target", help="Target label rule (default random).")
-    ] = None,
-    max_rounds: Annotated[
-        int | None,
-        typer.Option("--max-rounds", help="Rounds of new start points for failures (default 5)."),
-    ] = None,
-    param: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--param",
-            help="KEY=VALUE hyper-parameter of the method (VALUE parsed as JSON where it can "
-            "be, e.g. eps=0.05, targeted=true); repeatable, overrides the options above.",
-        ),
-    ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of all randomness.")] = 0,
+    data: FpDataOpt = None,
+    input_shape: FpInputShapeOpt = None,
+    method: FpMethodOpt = None,
+    n: FpNOpt = 100,
+    k: FpKOpt = None,
+    lr: FpLrOpt = None,
+    max_iter: FpMaxIterOpt = None,
+    start: FpStartOpt = None,
+    target: FpTargetOpt = None,
+    max_rounds: FpMaxRoundsOpt = None,
+    param: FpParamOpt = None,
+    seed: FpSeedOpt = 0,
     calibration_models: CalibrationModelsOpt = None,
-    bounds: Annotated[str, typer.Option("--bounds", help="Valid input range low,high.")] = "0,1",
+    bounds: FpBoundsOpt = "0,1",
     mean: MeanOpt = None,
     std: StdOpt = None,
     device: DeviceOpt = "cpu",
@@ -292,119 +273,22 @@ def fingerprint(
 @app.command()
 @handle_errors
 def verify(
-    fingerprint_file: Annotated[
-        Path, typer.Argument(metavar="FILE", help="A fingerprint file.", show_default=False)
-    ],
-    suspects: Annotated[
-        list[str] | None,
-        typer.Argument(
-            metavar="SUSPECT...",
-            help="Suspects, each picked by its form: an http(s):// label API, a model.onnx "
-            "file (run with ONNX Runtime), a TorchScript archive (.pt, .pts, .torchscript), "
-            "package.module:factory or arch:NAME (each takes the next --weights), hf:FOLDER "
-            "(a Hugging Face image classifier, fed as its own processor config says), or "
-            "package.module:function called as function(x) -> labels.",
-            show_default=False,
-        ),
-    ] = None,
-    weights: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--weights",
-            metavar="FILE",
-            help="Weights for each package.module:factory or arch:NAME suspect, in order.",
-        ),
-    ] = None,
-    adapter: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--adapter",
-            metavar="MODULE:FUNCTION",
-            help="A label-only suspect: package.module:function, called as "
-            "function(x) -> labels with x (N,C,H,W) in the fingerprint's bounds.",
-        ),
-    ] = None,
-    threshold: Annotated[
-        float | None,
-        typer.Option(
-            "--threshold",
-            help="Matching rate at or above which a suspect is judged pirated. Default: the "
-            "fingerprint's calibration for --fpr, or "
-            f"{DEFAULT_THRESHOLD:g} for an uncalibrated fingerprint (no error rate; "
-            "docs/defaults.md).",
-        ),
-    ] = None,
+    fingerprint_file: FingerprintFileArg,
+    suspects: SuspectsArg = None,
+    weights: SuspectWeightsOpt = None,
+    adapter: AdapterOpt = None,
+    threshold: ThresholdOpt = None,
     mean: MeanOpt = None,
     std: StdOpt = None,
     device: DeviceOpt = "cpu",
-    batch_size: Annotated[
-        int | None,
-        typer.Option(
-            "--batch-size",
-            help="Points per query (default 256), or per step with --sequential (default 10).",
-            show_default=False,
-        ),
-    ] = None,
-    calibration: Annotated[
-        Path | None,
-        typer.Option(
-            "--calibration",
-            metavar="FILE",
-            help="A calibration file from ipguard evaluate: decide with its threshold (for a "
-            "target false-positive rate) and give each suspect a p-value. Wins over the "
-            "fingerprint's own calibration.",
-        ),
-    ] = None,
-    fpr: Annotated[
-        float | None,
-        typer.Option(
-            "--fpr",
-            help="Target false-positive rate of the fingerprint's own calibration: the "
-            "threshold is the lowest matching rate an independent model reaches with at most "
-            "this probability (docs/evaluation.md). Default: 0.01, or the smallest of 0.02, "
-            "0.05, 0.1 that the calibration can state (the verdict says which).",
-        ),
-    ] = None,
-    sequential: Annotated[
-        bool,
-        typer.Option(
-            "--sequential",
-            help="Ask the points in a random order, --batch-size at a time, and stop as soon "
-            "as the answers decide at --fpr and --fnr (fewer queries to a paid API). Needs a "
-            "calibrated fingerprint or --calibration (docs/evaluation.md).",
-        ),
-    ] = False,
-    fnr: Annotated[
-        float | None,
-        typer.Option(
-            "--fnr",
-            help="With --sequential: the chance that a copy matching at least --copy-rate is "
-            "cleared by evidence before the end (default 0.05); the test adds at most this "
-            "to the fixed-n miss rate of such a copy.",
-            show_default=False,
-        ),
-    ] = None,
-    copy_rate: Annotated[
-        float | None,
-        typer.Option(
-            "--copy-rate",
-            help="With --sequential: the matching rate copies are assumed to reach at least "
-            "(default: the threshold).",
-            show_default=False,
-        ),
-    ] = None,
-    seed: Annotated[
-        int | None,
-        typer.Option(
-            "--seed",
-            help="With --sequential: fixes the order of the points (default 0); rerun with "
-            "the same seed and --journal to resume without re-asking any point.",
-            show_default=False,
-        ),
-    ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object per suspect.")
-    ] = False,
+    batch_size: QueryBatchOpt = None,
+    calibration: CalibrationFileOpt = None,
+    fpr: FprOpt = None,
+    sequential: SequentialOpt = False,
+    fnr: FnrOpt = None,
+    copy_rate: CopyRateOpt = None,
+    seed: OrderSeedOpt = None,
+    as_json: VerifyJsonOpt = False,
     size: SizeOpt = None,
     channel_order: ChannelOrderArg = ChannelOrderOpt.rgb,
     scale: ScaleOpt = 1.0,
@@ -422,15 +306,7 @@ def verify(
     journal: JournalOpt = None,
     trust_pickle: TrustPickleOpt = False,
     pubkey: PubkeyOpt = None,
-    commitment: Annotated[
-        Path | None,
-        typer.Option(
-            "--commitment",
-            metavar="FILE",
-            help="A commitment from ipguard commit: the fingerprint must match it (digest "
-            "and owner weights), else exit 1.",
-        ),
-    ] = None,
+    commitment: CommitmentOpt = None,
 ) -> None:
     """Query suspects with the fingerprint and judge each one: pirated or not.
 
@@ -439,28 +315,22 @@ def verify(
     signature (FILE.sig) by that key, and with --commitment it must match the commitment;
     otherwise the exit status is 1 and no suspect is queried.
     """
+    from ipguard.fingerprint.signing import EvidenceOptions
     from ipguard.operations import verify_suspects
-    from ipguard.suspects.adapters import Preprocess
-    from ipguard.suspects.http_client import read_class_names
+    from ipguard.suspects.adapters import QueryOptions
+    from ipguard.verdict.decision import DecisionOptions
 
-    http = {
-        "batch_size": http_batch_size, "concurrency": concurrency, "timeout": timeout,
-        "retries": retries, "rate_limit": rate_limit, "budget": budget, "auth_env": auth_env,
-        "encoding": None if encoding is None else encoding.value,
-        "class_names": None if class_names is None else read_class_names(class_names),
-        "journal": journal,
-    }  # fmt: skip
-    preprocess = Preprocess(
-        size=size, channel_order=channel_order.value, scale=scale,
-        mean=parse_channels(mean, "--mean"), std=parse_channels(std, "--std"),
-        layout=layout.value, dtype=input_dtype.value,
+    http = http_fields(
+        http_batch_size, concurrency, timeout, retries, rate_limit, budget, auth_env, encoding,
+        class_names, journal,
     )  # fmt: skip
+    pre = preprocess_of(size, channel_order, scale, mean, std, layout, input_dtype)
     report = verify_suspects(
         fingerprint_file, suspects or [], weights=weights or [], adapters=adapter or [],
-        threshold=threshold, calibration=calibration, fpr=fpr, preprocess=preprocess, http=http,
-        pubkey=pubkey, commitment=commitment, device=device, batch_size=batch_size,
-        trust_pickle=trust_pickle, sequential=sequential, fnr=fnr, copy_rate=copy_rate,
-        seed=seed,
+        decision=DecisionOptions(threshold, calibration, fpr),
+        query=QueryOptions(pre, http, device, batch_size, trust_pickle),
+        evidence=EvidenceOptions(pubkey, commitment),
+        sequential=sequential_of(sequential, fnr, copy_rate, seed),
     )  # fmt: skip
     print_verification(report, fingerprint_file, as_json, fpr_asked=fpr is not None)
 
@@ -527,13 +397,15 @@ def calibrate(
     -o owner.calibrated.fp.safetensors
     """
     from ipguard.operations import calibrate_fingerprint
+    from ipguard.suspects.adapters import QueryOptions
 
     with progress("calibrating", 1) as bar:
         fp = calibrate_fingerprint(
             fingerprint_file, independents=[*(models or []), *(independents or [])],
             weights=weights or [], data=data, model=model, model_weights=model_weights,
-            models=calibration_models, device=device,
-            trust_pickle=trust_pickle, output=output, note=lambda text: bar(0, text),
+            models=calibration_models,
+            query=QueryOptions(device=device, trust_pickle=trust_pickle), output=output,
+            note=lambda text: bar(0, text),
         )  # fmt: skip
     print_fingerprint(fp, output, as_json)
 
@@ -589,73 +461,16 @@ def archs(as_json: JsonOpt = False) -> None:
 @app.command()
 @handle_errors
 def evaluate(
-    config: Annotated[
-        Path | None,
-        typer.Argument(
-            help="A suite config (TOML; see docs/evaluation.md). Without one: the digits suite.",
-            show_default=False,
-        ),
-    ] = None,
-    zoo: Annotated[
-        Path, typer.Option("--zoo", help="Model cache: finished models are never retrained.")
-    ] = Path("runs/zoo"),
-    out_dir: Annotated[
-        Path, typer.Option("--out", help="Where to write the report, plots and calibration.")
-    ] = Path("runs/eval"),
-    threads: Annotated[
-        int,
-        typer.Option(
-            "--threads",
-            help="torch CPU threads (0: torch's default); with --ray or --workers, the threads "
-            "(and Ray CPUs) of each task or worker (0 means 1).",
-        ),
-    ] = 1,
-    sweep: Annotated[
-        bool,
-        typer.Option(
-            "--sweep",
-            help="Also run the paper's studies of k and n (values from the config's [sweep] "
-            "table, or k in 0.5,1,2,3,5,10 and n in 10,20,50,100,200): a table and a plot of "
-            "ARUC against k and n.",
-        ),
-    ] = False,
-    data: Annotated[
-        str | None,
-        typer.Option(
-            "--data",
-            help="Replace the config's [data] spec (e.g. cifar10:PATH, imagefolder:PATH), "
-            "to point a published config at your copy of the data.",
-            show_default=False,
-        ),
-    ] = None,
-    method: Annotated[
-        str | None,
-        typer.Option(
-            "--method",
-            help="Replace the config's fingerprint method; a different method drops the "
-            "config's params (give new ones with --param). The digits suite uses "
-            "ipguard-select; --method ipguard is the paper's IPGuard (k = 3).",
-            show_default=False,
-        ),
-    ] = None,
-    param: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--param",
-            help="KEY=VALUE parameter of the fingerprint method (JSON value); repeatable.",
-        ),
-    ] = None,
+    config: EvalConfigOpt = None,
+    zoo: EvalZooOpt = Path("runs/zoo"),
+    out_dir: EvalOutDirOpt = Path("runs/eval"),
+    threads: EvalThreadsOpt = 1,
+    sweep: EvalSweepOpt = False,
+    data: EvalDataOpt = None,
+    method: EvalMethodOpt = None,
+    param: EvalParamOpt = None,
     ray: RayOpt = None,
-    workers: Annotated[
-        int | None,
-        typer.Option(
-            "--workers",
-            min=1,
-            help="Build the models the zoo lacks with N local processes first (--threads "
-            "each, on --device, sharing one GPU); the same models as without.",
-            show_default=False,
-        ),
-    ] = None,
+    workers: EvalWorkersOpt = None,
     device: DeviceOpt = "cpu",
     as_json: JsonOpt = False,
 ) -> None:
@@ -774,7 +589,7 @@ def demo(
     """
     from ipguard.evaluation.demo import run_demo
     from ipguard.fingerprint.methods.ipguard import IPGuard
-    from ipguard.verdict.verify import check_threshold
+    from ipguard.verdict.decision import check_threshold
 
     tau = check_threshold(DEFAULT_THRESHOLD if threshold is None else threshold)
     method = IPGuard() if k is None else IPGuard(k=k)

@@ -1,6 +1,10 @@
 """The CLI's shared option types and the parsing of option strings into library arguments.
 
-Every option that more than one command takes is defined here once, with its help text.
+Every option that more than one command takes is defined here once, with its help text;
+so are ``verify``'s, grouped by the library option object they build
+(:func:`preprocess_of`, :func:`http_fields`, :func:`sequential_of`; the decision's and the
+evidence's map one to one onto :class:`~ipguard.verdict.decision.DecisionOptions` and
+:class:`~ipguard.fingerprint.signing.EvidenceOptions`).
 """
 
 from __future__ import annotations
@@ -9,11 +13,17 @@ import json
 from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ipguard.errors import InputError
+from ipguard.fingerprint.methods.ipguard import DEFAULT_K, DEFAULT_LR
+from ipguard.verdict.decision import DEFAULT_THRESHOLD
+
+if TYPE_CHECKING:
+    from ipguard.suspects.adapters import Preprocess
+    from ipguard.verdict.sequential import SequentialOptions
 
 
 # -- parsing -----------------------------------------------------------------------------------
@@ -313,3 +323,307 @@ CalibrationModelsOpt = Annotated[
         "when --data has labels and the owner is a factory or arch:NAME; 0: none.",
     ),
 ]  # fmt: skip
+
+
+# -- verify: suspects, decision, sequential test, evidence --------------------------------------
+FingerprintFileArg = Annotated[
+    Path, typer.Argument(metavar="FILE", help="A fingerprint file.", show_default=False)
+]
+SuspectsArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        metavar="SUSPECT...",
+        help="Suspects, each picked by its form: an http(s):// label API, a model.onnx "
+        "file (run with ONNX Runtime), a TorchScript archive (.pt, .pts, .torchscript), "
+        "package.module:factory or arch:NAME (each takes the next --weights), hf:FOLDER "
+        "(a Hugging Face image classifier, fed as its own processor config says), or "
+        "package.module:function called as function(x) -> labels.",
+        show_default=False,
+    ),
+]
+SuspectWeightsOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--weights", metavar="FILE",
+        help="Weights for each package.module:factory or arch:NAME suspect, in order.",
+    ),
+]  # fmt: skip
+AdapterOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--adapter", metavar="MODULE:FUNCTION",
+        help="A label-only suspect: package.module:function, called as "
+        "function(x) -> labels with x (N,C,H,W) in the fingerprint's bounds.",
+    ),
+]  # fmt: skip
+ThresholdOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--threshold",
+        help="Matching rate at or above which a suspect is judged pirated. Default: the "
+        "fingerprint's calibration for --fpr, or "
+        f"{DEFAULT_THRESHOLD:g} for an uncalibrated fingerprint (no error rate; "
+        "docs/defaults.md).",
+    ),
+]
+QueryBatchOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size",
+        help="Points per query (default 256), or per step with --sequential (default 10).",
+        show_default=False,
+    ),
+]
+CalibrationFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--calibration", metavar="FILE",
+        help="A calibration file from ipguard evaluate: decide with its threshold (for a "
+        "target false-positive rate) and give each suspect a p-value. Wins over the "
+        "fingerprint's own calibration.",
+    ),
+]  # fmt: skip
+FprOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--fpr",
+        help="Target false-positive rate of the fingerprint's own calibration: the "
+        "threshold is the lowest matching rate an independent model reaches with at most "
+        "this probability (docs/evaluation.md). Default: 0.01, or the smallest of 0.02, "
+        "0.05, 0.1 that the calibration can state (the verdict says which).",
+    ),
+]
+SequentialOpt = Annotated[
+    bool,
+    typer.Option(
+        "--sequential",
+        help="Ask the points in a random order, --batch-size at a time, and stop as soon "
+        "as the answers decide at --fpr and --fnr (fewer queries to a paid API). Needs a "
+        "calibrated fingerprint or --calibration (docs/evaluation.md).",
+    ),
+]
+FnrOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--fnr",
+        help="With --sequential: the chance that a copy matching at least --copy-rate is "
+        "cleared by evidence before the end (default 0.05); the test adds at most this "
+        "to the fixed-n miss rate of such a copy.",
+        show_default=False,
+    ),
+]
+CopyRateOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--copy-rate",
+        help="With --sequential: the matching rate copies are assumed to reach at least "
+        "(default: the threshold).",
+        show_default=False,
+    ),
+]
+OrderSeedOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--seed",
+        help="With --sequential: fixes the order of the points (default 0); rerun with "
+        "the same seed and --journal to resume without re-asking any point.",
+        show_default=False,
+    ),
+]
+VerifyJsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object per suspect.")]
+CommitmentOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--commitment", metavar="FILE",
+        help="A commitment from ipguard commit: the fingerprint must match it (digest "
+        "and owner weights), else exit 1.",
+    ),
+]  # fmt: skip
+
+
+def preprocess_of(
+    size: int | None, channel_order: ChannelOrderOpt, scale: float, mean: str | None,
+    std: str | None, layout: LayoutOpt, dtype: InputDTypeOpt,
+) -> Preprocess:  # fmt: skip
+    """The suspects' preprocessing from its options."""
+    from ipguard.suspects.adapters import Preprocess
+
+    return Preprocess(
+        size=size, channel_order=channel_order.value, scale=scale,
+        mean=parse_channels(mean, "--mean"), std=parse_channels(std, "--std"),
+        layout=layout.value, dtype=dtype.value,
+    )  # fmt: skip
+
+
+def http_fields(
+    batch_size: int | None, concurrency: int | None, timeout: float | None,
+    retries: int | None, rate_limit: float | None, budget: int | None, auth_env: str | None,
+    encoding: EncodingOpt | None, class_names: Path | None, journal: Path | None,
+) -> dict[str, Any]:  # fmt: skip
+    """The HTTP options given (None: not given), as fields of
+    :class:`~ipguard.suspects.http_client.HTTPOptions`."""
+    from ipguard.suspects.http_client import read_class_names
+
+    return {
+        "batch_size": batch_size, "concurrency": concurrency, "timeout": timeout,
+        "retries": retries, "rate_limit": rate_limit, "budget": budget, "auth_env": auth_env,
+        "encoding": None if encoding is None else encoding.value,
+        "class_names": None if class_names is None else read_class_names(class_names),
+        "journal": journal,
+    }  # fmt: skip
+
+
+def sequential_of(
+    sequential: bool, fnr: float | None, copy_rate: float | None, seed: int | None
+) -> SequentialOptions | None:
+    """The sequential test's options with ``--sequential``, else None (its options refused)."""
+    from ipguard.verdict.sequential import SequentialOptions
+
+    if not sequential:
+        given = [f for f, v in (("--fnr", fnr), ("--copy-rate", copy_rate), ("--seed", seed))
+                 if v is not None]  # fmt: skip
+        if given:
+            raise InputError(f"{', '.join(given)} only apply with --sequential")
+        return None
+    return SequentialOptions(fnr, copy_rate, seed)
+
+
+# -- fingerprint's options ---------------------------------------------------------------------
+FpOutputOpt = Annotated[
+    Path,
+    typer.Option(
+        "-o",
+        "--output",
+        help="Where to write the fingerprint (.safetensors).",
+        show_default=False,
+    ),
+]
+FpDataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        help="Data spec: digits, npz:PATH, cifar10:PATH, cifar100:PATH or "
+        "imagefolder:PATH, optionally followed by ?split=all|train|test, ?size=N, "
+        "?labels=fine|coarse (cifar100), ?cache=0|1 (join several with &). Gives the "
+        "input shape, and the start points with --start data.",
+    ),
+]
+FpInputShapeOpt = Annotated[
+    str | None, typer.Option("--input-shape", help="C,H,W of one input, if no --data.")
+]
+FpMethodOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--method",
+        help="Fingerprinting method (docs/methods.md). Default: 'bridges' when --data "
+        "has labels and the owner is package.module:factory or arch:NAME (it trains "
+        "surrogate students and independents of the owner, cached); else 'ipguard', "
+        "and the command says so.",
+        show_default=False,
+    ),
+]
+FpNOpt = Annotated[int, typer.Option("--n", "-n", help="Number of fingerprinting points.")]
+FpKOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--k", help=f"Logit margin of each point past the boundary (default {DEFAULT_K:g})."
+    ),
+]
+FpLrOpt = Annotated[
+    float | None,
+    typer.Option("--lr", help=f"Adam learning rate on the input (default {DEFAULT_LR:g})."),
+]
+FpMaxIterOpt = Annotated[
+    int | None,
+    typer.Option("--max-iter", help="Adam steps per point at most (default 1000)."),
+]
+FpStartOpt = Annotated[
+    StartPoints | None,
+    typer.Option("--start", help="Start points: uniform noise or --data images (default noise)."),
+]
+FpTargetOpt = Annotated[
+    TargetRule | None, typer.Option("--target", help="Target label rule (default random).")
+]
+FpMaxRoundsOpt = Annotated[
+    int | None,
+    typer.Option("--max-rounds", help="Rounds of new start points for failures (default 5)."),
+]
+FpParamOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--param",
+        help="KEY=VALUE hyper-parameter of the method (VALUE parsed as JSON where it can "
+        "be, e.g. eps=0.05, targeted=true); repeatable, overrides the options above.",
+    ),
+]
+FpSeedOpt = Annotated[int, typer.Option("--seed", help="Seed of all randomness.")]
+FpBoundsOpt = Annotated[str, typer.Option("--bounds", help="Valid input range low,high.")]
+
+
+# -- evaluate's options ------------------------------------------------------------------------
+EvalConfigOpt = Annotated[
+    Path | None,
+    typer.Argument(
+        help="A suite config (TOML; see docs/evaluation.md). Without one: the digits suite.",
+        show_default=False,
+    ),
+]
+EvalZooOpt = Annotated[
+    Path, typer.Option("--zoo", help="Model cache: finished models are never retrained.")
+]
+EvalOutDirOpt = Annotated[
+    Path, typer.Option("--out", help="Where to write the report, plots and calibration.")
+]
+EvalThreadsOpt = Annotated[
+    int,
+    typer.Option(
+        "--threads",
+        help="torch CPU threads (0: torch's default); with --ray or --workers, the threads "
+        "(and Ray CPUs) of each task or worker (0 means 1).",
+    ),
+]
+EvalSweepOpt = Annotated[
+    bool,
+    typer.Option(
+        "--sweep",
+        help="Also run the paper's studies of k and n (values from the config's [sweep] "
+        "table, or k in 0.5,1,2,3,5,10 and n in 10,20,50,100,200): a table and a plot of "
+        "ARUC against k and n.",
+    ),
+]
+EvalDataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        help="Replace the config's [data] spec (e.g. cifar10:PATH, imagefolder:PATH), "
+        "to point a published config at your copy of the data.",
+        show_default=False,
+    ),
+]
+EvalMethodOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--method",
+        help="Replace the config's fingerprint method; a different method drops the "
+        "config's params (give new ones with --param). The digits suite uses "
+        "ipguard-select; --method ipguard is the paper's IPGuard (k = 3).",
+        show_default=False,
+    ),
+]
+EvalParamOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--param",
+        help="KEY=VALUE parameter of the fingerprint method (JSON value); repeatable.",
+    ),
+]
+EvalWorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        min=1,
+        help="Build the models the zoo lacks with N local processes first (--threads "
+        "each, on --device, sharing one GPU); the same models as without.",
+        show_default=False,
+    ),
+]

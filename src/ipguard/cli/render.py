@@ -213,7 +213,7 @@ def print_verification(
         caption=escape(_evidence_caption(report.evidence)),
     )
     cols = ["suspect", "matches", "matching rate", "threshold", "verdict"]
-    with_fpr = report.target_fpr is not None
+    with_fpr = report.rule.target_fpr is not None
     if with_p:
         cols.insert(4, "p-value")
     if with_fpr:
@@ -255,7 +255,7 @@ def sequential_note(report: VerificationReport) -> str:
     assert plan is not None
     source = (
         f"fitted to the {len(plan.null.negative_matches)} independents of the calibration file"
-        if report.calibration is not None
+        if report.rule.calibration is not None
         else f"the fingerprint's, from {len(plan.null.negative_matches)} "
         f"{(report.fingerprint.calibration or {}).get('source', 'independents')}"
     )
@@ -281,12 +281,12 @@ def calibration_reach(fp: Fingerprint) -> str:
 def threshold_note(report: VerificationReport, *, fpr_asked: bool = False) -> str:
     """One line on what the threshold rests on (stderr, beside the table); where the rate
     was not asked for and is above the default, why."""
-    null, t = report.null, report.threshold
+    null, t = report.rule.null, report.threshold
     if null is not None:
         from ipguard.operations import DEFAULT_FPR
 
         models = len(null.negative_matches)
-        if report.calibration is not None:
+        if report.rule.calibration is not None:
             source = f"calibration file, {models} independent models"
         else:
             kind = (report.fingerprint.calibration or {}).get("source", "independents")
@@ -299,7 +299,7 @@ def threshold_note(report: VerificationReport, *, fpr_asked: bool = False) -> st
                else f"; {models} models cannot state {DEFAULT_FPR:g}: more lower it "
                "(ipguard calibrate FP --independents ...)")
         )  # fmt: skip
-    if report.threshold_basis == "user":
+    if report.rule.basis == "user":
         return f"threshold {t:.3f} from --threshold: no stated false-positive rate"
     return (
         f"uncalibrated: threshold {t:.3f} is a fixed cut-off with no stated false-positive "

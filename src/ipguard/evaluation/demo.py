@@ -32,7 +32,8 @@ from ipguard.fingerprint.record import Fingerprint
 from ipguard.models.nets import digits_cnn, digits_mlp
 from ipguard.models.owner import OwnerModel
 from ipguard.training.train import accuracy, seeded, train_classifier
-from ipguard.verdict.verify import DEFAULT_THRESHOLD, VerificationResult, verify
+from ipguard.verdict.decision import DEFAULT_THRESHOLD, SuspectVerdict
+from ipguard.verdict.verify import verify
 
 __all__ = ["DemoModels", "DemoRow", "DemoResult", "build_demo_models", "run_demo"]
 
@@ -72,7 +73,7 @@ class DemoRow:
     how: str
     accuracy: float
     pirated: bool
-    result: VerificationResult
+    result: SuspectVerdict
     hard_case: bool = False
 
     @property

@@ -50,8 +50,9 @@ from ipguard.training.fresh import SAME_ARCH, train_fresh
 from ipguard.training.train import Recipe, accuracy, seeded
 from ipguard.training.zoo import ModelZoo, no_note, zoo_key
 from ipguard.verdict.calibration import Calibration, calibrate, calibrate_on_ladder
+from ipguard.verdict.decision import DEFAULT_THRESHOLD
 from ipguard.verdict.null import verdict_for
-from ipguard.verdict.verify import DEFAULT_THRESHOLD, verify
+from ipguard.verdict.verify import match_count
 
 __all__ = ["EvaluationResult", "ProgressFn", "SuspectResult", "run_suite"]
 
@@ -574,10 +575,10 @@ def run_suite(
     for name, family, pirated, key, module in suspects:
         started_verify = time.perf_counter()
         oracle = models.oracle(module)
-        v = verify(fp, oracle, name=name)
+        matches = match_count(fp, oracle, name=name)
         verify_seconds += time.perf_counter() - started_verify
         acc = accuracy(oracle.module, xt, yt, device=oracle.device)
-        results.append(SuspectResult(name, family, pirated, acc, v.matches, v.n, key))
+        results.append(SuspectResult(name, family, pirated, acc, matches, fp.n, key))
     seconds["verification"] = verify_seconds
     seconds["test accuracy"] = time.perf_counter() - clock - verify_seconds
 

@@ -57,7 +57,7 @@ from ipguard.fingerprint.methods import make_method
 from ipguard.fingerprint.record import Fingerprint
 from ipguard.io import atomic_write_bytes, write_json
 from ipguard.training.zoo import ModelZoo
-from ipguard.verdict.verify import verify
+from ipguard.verdict.verify import match_count
 
 __all__ = [
     "SweepConfig",
@@ -314,9 +314,9 @@ def _row(param: Param, value: float, fp: Fingerprint, models: SuiteModels) -> Sw
     rates: dict[str, float] = {}
     records = []
     for s in models.suspects:
-        v = verify(fp, models.oracle(s.module), name=s.name)
-        rates[s.name] = v.matching_rate
-        records.append(SuspectRecord(s.name, s.family, s.pirated, v.matching_rate))
+        rate = match_count(fp, models.oracle(s.module), name=s.name) / fp.n
+        rates[s.name] = rate
+        records.append(SuspectRecord(s.name, s.family, s.pirated, rate))
     summary = summarise(records)
     o = summary.overall
     return SweepRow(

@@ -226,6 +226,44 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
 def fingerprint_from_bytes(data: bytes, where: str = "<bytes>") -> Fingerprint:
     """Parse and validate safetensors bytes; raise FingerprintFileError on any problem."""
     meta, tensors = _parse_safetensors(data, where)
+    points, labels = _check_header(meta, tensors, where)
+    shape = _json_field(meta, "input_shape", list, where)
+    bounds = _json_field(meta, "bounds", list, where)
+    params = _json_field(meta, "params", dict, where)
+    stats = _json_field(meta, "stats", dict, where)
+    versions = _json_field(meta, "versions", dict, where)
+    preprocessing = _json_field(meta, "preprocessing", dict, where)
+    num_classes = _check_meta(meta, shape, bounds, preprocessing, where)
+    _check_tensors(points, labels, params, shape, bounds, num_classes, where)
+    if not all(isinstance(v, str) for v in versions.values()):
+        raise _bad(where, "versions must map names to strings")
+    calibration = _read_calibration(meta, int(points.shape[0]), where)
+    if _content_digest(points, labels, meta) != meta["digest"]:
+        raise _bad(
+            where,
+            "content digest mismatch: the points, labels or metadata were changed after saving",
+        )
+    return Fingerprint(
+        points=points,
+        labels=labels,
+        method=meta["method"],
+        params=params,
+        input_shape=(shape[0], shape[1], shape[2]),
+        bounds=(float(bounds[0]), float(bounds[1])),
+        num_classes=num_classes,
+        owner_sha256=meta["owner_sha256"],
+        preprocessing=preprocessing,
+        stats=stats,
+        versions=versions,
+        created=meta["created"],
+        calibration=calibration,
+    )
+
+
+def _check_header(
+    meta: Mapping[str, str], tensors: Mapping[str, Tensor], where: str
+) -> tuple[Tensor, Tensor]:
+    """Check the format, version, required keys and tensors; return (points, labels)."""
     missing = [k for k in _REQUIRED_META if k not in meta]
     if meta.get("format") != FORMAT_NAME:
         raise _bad(where, "it is a safetensors file but not an ipguard fingerprint")
@@ -243,12 +281,13 @@ def fingerprint_from_bytes(data: bytes, where: str = "<bytes>") -> Fingerprint:
     points, labels = tensors["points"], tensors["labels"]
     if points.dtype != torch.float32 or labels.dtype != torch.int64:
         raise _bad(where, f"wrong dtypes (points {points.dtype}, labels {labels.dtype})")
-    shape = _json_field(meta, "input_shape", list, where)
-    bounds = _json_field(meta, "bounds", list, where)
-    params = _json_field(meta, "params", dict, where)
-    stats = _json_field(meta, "stats", dict, where)
-    versions = _json_field(meta, "versions", dict, where)
-    preprocessing = _json_field(meta, "preprocessing", dict, where)
+    return points, labels
+
+
+def _check_meta(
+    meta: Mapping[str, str], shape: Any, bounds: Any, preprocessing: Any, where: str
+) -> int:
+    """Check the shape, bounds, classes, owner, method and preprocessing; return num_classes."""
     if len(shape) != 3 or not all(_is_int(s) and 0 < s <= 1_000_000 for s in shape):
         raise _bad(where, f"input_shape {shape} is not three positive integers")
     if (
@@ -272,6 +311,19 @@ def fingerprint_from_bytes(data: bytes, where: str = "<bytes>") -> Fingerprint:
         for v in preprocessing.values()
     ):
         raise _bad(where, "preprocessing must give mean and std: null or one number per channel")
+    return num_classes
+
+
+def _check_tensors(
+    points: Tensor,
+    labels: Tensor,
+    params: Any,
+    shape: Any,
+    bounds: Any,
+    num_classes: int,
+    where: str,
+) -> None:
+    """Check the points and labels against the metadata (count, shape, range, finiteness)."""
     if "n" in params and params["n"] != points.shape[0]:
         raise _bad(where, f"params say n={params['n']} but the file holds {points.shape[0]} points")
     if points.dim() != 4 or list(points.shape[1:]) != shape or points.shape[0] < 1:
@@ -284,35 +336,18 @@ def fingerprint_from_bytes(data: bytes, where: str = "<bytes>") -> Fingerprint:
         raise _bad(where, "points lie outside the recorded bounds")
     if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
         raise _bad(where, f"labels outside 0..{num_classes - 1}")
-    if not all(isinstance(v, str) for v in versions.values()):
-        raise _bad(where, "versions must map names to strings")
-    calibration = None
-    if "calibration" in meta:
-        calibration = _json_field(meta, "calibration", dict, where)
-        try:
-            null_from_record(calibration, int(points.shape[0]), 0.01)
-        except InputError as err:
-            raise _bad(where, f"bad calibration: {err}") from None
-    if _content_digest(points, labels, meta) != meta["digest"]:
-        raise _bad(
-            where,
-            "content digest mismatch: the points, labels or metadata were changed after saving",
-        )
-    return Fingerprint(
-        points=points,
-        labels=labels,
-        method=meta["method"],
-        params=params,
-        input_shape=(shape[0], shape[1], shape[2]),
-        bounds=(float(bounds[0]), float(bounds[1])),
-        num_classes=num_classes,
-        owner_sha256=meta["owner_sha256"],
-        preprocessing=preprocessing,
-        stats=stats,
-        versions=versions,
-        created=meta["created"],
-        calibration=calibration,
-    )
+
+
+def _read_calibration(meta: Mapping[str, str], n: int, where: str) -> dict[str, Any] | None:
+    """The optional calibration record, checked against ``n`` points; None if absent."""
+    if "calibration" not in meta:
+        return None
+    calibration: dict[str, Any] = _json_field(meta, "calibration", dict, where)
+    try:
+        null_from_record(calibration, n, 0.01)
+    except InputError as err:
+        raise _bad(where, f"bad calibration: {err}") from None
+    return calibration
 
 
 def _is_int(v: Any) -> bool:

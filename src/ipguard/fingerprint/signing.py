@@ -37,6 +37,7 @@ from ipguard.errors import FingerprintFileError, InputError, IPGuardError
 from ipguard.io import atomic_write_bytes
 
 __all__ = [
+    "EvidenceOptions",
     "COMMITMENT_FORMAT",
     "SIGNATURE_FORMAT",
     "CommitmentCheck",
@@ -361,6 +362,21 @@ def sign_fingerprint(
     out = Path(sig_path) if sig_path is not None else signature_path(fp_path)
     atomic_write_bytes(out, _pretty(record))
     return out, record
+
+
+@dataclass(frozen=True)
+class EvidenceOptions:
+    """The checks a fingerprint must pass before any suspect is asked (``ipguard verify``'s
+    ``--pubkey`` and ``--commitment``).
+
+    Attributes:
+        pubkey: require a valid signature ``FILE.sig`` by this Ed25519 public key.
+        commitment: the fingerprint must match this commitment file (digest and owner
+            weights).
+    """
+
+    pubkey: str | Path | None = None
+    commitment: str | Path | None = None
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -55,7 +55,10 @@ from ipguard.models.owner import OwnerModel, weights_sha256
 from ipguard.training.fresh import SAME_ARCH, FreshFn, fresh_factory, train_fresh
 from ipguard.training.train import Recipe
 from ipguard.training.zoo import ModelZoo, no_note, zoo_key
-from ipguard.verdict.null import DEFAULT_CALIBRATORS
+from ipguard.verdict.null import DEFAULT_CALIBRATORS, MIN_NEGATIVES
+
+if TYPE_CHECKING:
+    from ipguard.data.specs import Dataset
 
 __all__ = [
     "CALIBRATION_MODELS",
@@ -72,6 +75,7 @@ __all__ = [
     "bridges_seed",
     "build_surrogate",
     "build_surrogates",
+    "calibration_count",
     "calibrator_seeds",
     "copy_seed",
     "copy_variants",
@@ -580,7 +584,7 @@ def surrogate_calibration(
     seeds of :func:`calibrator_seeds`, which no method uses to choose points (held out).
     Cached like every surrogate. See :func:`ipguard.verdict.null.calibration_record`."""
     from ipguard.fingerprint.record import utc_now
-    from ipguard.verdict.null import MIN_NEGATIVES, calibration_record
+    from ipguard.verdict.null import calibration_record
 
     if models < MIN_NEGATIVES:
         raise InputError(f"calibration needs at least {MIN_NEGATIVES} models, got {models}")
@@ -596,3 +600,25 @@ def surrogate_calibration(
         independents=[m.name for m in suite.independents], confidence=confidence,
         created=utc_now(),
     )  # fmt: skip
+
+
+def calibration_count(asked: int | None, dataset: Dataset | None, module: nn.Module) -> int:
+    """How many surrogate independents calibrate a new fingerprint: ``asked``, or
+    :data:`~ipguard.verdict.null.DEFAULT_CALIBRATORS` where the owner can be re-trained on
+    labelled ``dataset`` (checked before any work)."""
+    possible = (
+        dataset is not None
+        and dataset.y is not None
+        and not isinstance(module, torch.jit.ScriptModule)
+    )
+    if asked is None:
+        return DEFAULT_CALIBRATORS if possible else 0
+    if asked < 0 or 0 < asked < MIN_NEGATIVES:
+        raise InputError(f"`calibration_models` must be 0 or >= {MIN_NEGATIVES}, got {asked}")
+    if asked and not possible:
+        raise InputError(
+            "calibration trains surrogate independents: it needs --data with labels and the "
+            "owner as package.module:factory or arch:NAME with --weights",
+            "or calibrate later: ipguard calibrate FP --independents ...",
+        )
+    return asked

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ipguard import limits
-from ipguard.errors import ModelError, first_line
+from ipguard.errors import InputError, ModelError, first_line
 
 __all__ = ["HFFolder", "HFImageClassifier", "folder_digest", "is_hf_spec", "read_hf_folder"]
 
@@ -197,6 +197,33 @@ class HFFolder:
     mean: tuple[float, ...] | None
     std: tuple[float, ...] | None
     processor: dict[str, Any]
+
+    def conventions(
+        self,
+        input_shape: tuple[int, int, int] | None,
+        mean: Sequence[float] | None,
+        std: Sequence[float] | None,
+        *,
+        need_shape: bool = True,
+    ) -> tuple[tuple[int, int, int] | None, Sequence[float] | None, Sequence[float] | None]:
+        """The input shape and normalisation of this folder as an owner: what the caller
+        gave, else what its processor config says; without one, the caller must say (never
+        guessed)."""
+        if not self.processor and (mean is None or std is None):
+            raise InputError(
+                f"{self.spec} has no preprocessor_config.json, so its input normalisation is "
+                "unknown",
+                "give --mean and --std (0 and 1 for none), and --input-shape C,H,W unless "
+                "config.json has image_size",
+            )
+        shape = input_shape if input_shape is not None else self.input_shape
+        if shape is None and need_shape:
+            raise InputError(
+                f"{self.spec} gives no input size (no size in its processor config, no "
+                "image_size in config.json)",
+                "give --input-shape C,H,W",
+            )
+        return shape, self.mean if mean is None else mean, self.std if std is None else std
 
     @property
     def spec(self) -> str:

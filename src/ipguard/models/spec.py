@@ -80,55 +80,73 @@ def load_module(
             spec.removeprefix("arch:"), weights, input_shape=input_shape, trust_pickle=trust_pickle
         )
     if is_factory_spec(spec):
-        factory = import_attr(spec)
-        if isinstance(factory, nn.Module):
-            module = factory
-        elif callable(factory):
-            try:
-                module = factory()
-            except Exception as err:  # noqa: BLE001 - user factory
-                raise ModelError(
-                    f"factory {spec} failed: {type(err).__name__}: {first_line(err)}"
-                ) from err
-        else:
-            raise ModelError(f"{spec} is neither an nn.Module nor a factory function")
-        if not isinstance(module, nn.Module):
-            raise ModelError(f"factory {spec} returned {type(module).__name__}, not an nn.Module")
-        if weights is None:
-            raise ModelError(
-                f"{spec} builds an untrained model", "pass --weights FILE with its trained weights"
-            )
+        module = _factory_module(spec, weights)
     else:
-        path = Path(spec)
-        if not path.is_file():
-            raise ModelError(
-                f"model file {spec} does not exist",
-                "give a TorchScript archive or package.module:factory with --weights",
-            )
-        limits.check_file_size(path, limits.MAX_MODEL_FILE_BYTES, "model file", ModelError)
-        limits.check_torch_zip(path, ModelError)
-        try:
-            with warnings.catch_warnings():  # torch 2.9+ deprecates TorchScript; still supported
-                warnings.simplefilter("ignore", DeprecationWarning)
-                module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
-        except Exception as err:  # noqa: BLE001 - torch raises many types here
-            pickled = pickled_module(path, trust_pickle)
-            if pickled is not None:
-                module = pickled
-            else:
-                raise ModelError(
-                    f"cannot load {spec} as a TorchScript archive: {first_line(err)[:160]}",
-                    "export it with torch.jit.save(torch.jit.script(model), path), or give "
-                    "package.module:factory with --weights",
-                ) from err
+        module = _archive_module(spec, trust_pickle)
     if weights is not None:
-        state = load_weights(weights, trust_pickle=trust_pickle)
+        _load_state(module, spec, weights, trust_pickle)
+    return module
+
+
+def _factory_module(spec: str, weights: str | Path | None) -> nn.Module:
+    """Build the module of a ``package.module:factory`` spec (which needs ``weights``)."""
+    factory = import_attr(spec)
+    if isinstance(factory, nn.Module):
+        module = factory
+    elif callable(factory):
         try:
-            module.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            detail = " ".join(line.strip() for line in str(err).splitlines()[1:3] if line.strip())
+            module = factory()
+        except Exception as err:  # noqa: BLE001 - user factory
             raise ModelError(
-                f"weights {weights} do not fit {spec}: {detail[:240] or first_line(err)}",
-                "check that the weights belong to this architecture",
+                f"factory {spec} failed: {type(err).__name__}: {first_line(err)}"
+            ) from err
+    else:
+        raise ModelError(f"{spec} is neither an nn.Module nor a factory function")
+    if not isinstance(module, nn.Module):
+        raise ModelError(f"factory {spec} returned {type(module).__name__}, not an nn.Module")
+    if weights is None:
+        raise ModelError(
+            f"{spec} builds an untrained model", "pass --weights FILE with its trained weights"
+        )
+    return module
+
+
+def _archive_module(spec: str, trust_pickle: bool) -> nn.Module:
+    """Load a model file: a TorchScript archive, or a pickled module if ``trust_pickle``."""
+    path = Path(spec)
+    if not path.is_file():
+        raise ModelError(
+            f"model file {spec} does not exist",
+            "give a TorchScript archive or package.module:factory with --weights",
+        )
+    limits.check_file_size(path, limits.MAX_MODEL_FILE_BYTES, "model file", ModelError)
+    limits.check_torch_zip(path, ModelError)
+    module: nn.Module
+    try:
+        with warnings.catch_warnings():  # torch 2.9+ deprecates TorchScript; still supported
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+    except Exception as err:  # noqa: BLE001 - torch raises many types here
+        pickled = pickled_module(path, trust_pickle)
+        if pickled is not None:
+            module = pickled
+        else:
+            raise ModelError(
+                f"cannot load {spec} as a TorchScript archive: {first_line(err)[:160]}",
+                "export it with torch.jit.save(torch.jit.script(model), path), or give "
+                "package.module:factory with --weights",
             ) from err
     return module
+
+
+def _load_state(module: nn.Module, spec: str, weights: str | Path, trust_pickle: bool) -> None:
+    """Load ``weights`` into ``module`` strictly; ModelError if they do not fit."""
+    state = load_weights(weights, trust_pickle=trust_pickle)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        detail = " ".join(line.strip() for line in str(err).splitlines()[1:3] if line.strip())
+        raise ModelError(
+            f"weights {weights} do not fit {spec}: {detail[:240] or first_line(err)}",
+            "check that the weights belong to this architecture",
+        ) from err

@@ -36,7 +36,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,16 +47,9 @@ from ipguard.fingerprint.record import Fingerprint, load_fingerprint
 from ipguard.io import atomic_write_bytes
 from ipguard.models.hf import PREFIX as HF_PREFIX
 from ipguard.suspects.adapters import needs_weights, open_suspect, suspect_kind
-from ipguard.verdict.null import (
-    FPR_LADDER,
-    NoVerdict,
-    ThresholdBasis,
-    Verdict,
-    null_from_record,
-    stated_rule,
-    verdict_for,
-)
-from ipguard.verdict.verify import DEFAULT_THRESHOLD, query_labels
+from ipguard.suspects.query import query_labels
+from ipguard.verdict.decision import DecisionOptions, Rule, SuspectVerdict, rule_for
+from ipguard.verdict.null import FPR_LADDER, NoVerdict, ThresholdBasis, Verdict, null_from_record
 
 __all__ = [
     "ScanPair", "ScanResult", "SuspectEntry", "read_suspect_list", "scan", "suspect_digest",
@@ -234,60 +227,84 @@ def load_fingerprints(folder: str | Path) -> list[tuple[str, Fingerprint]]:
 
 @dataclass(frozen=True)
 class ScanPair:
-    """One suspect judged against one fingerprint (or why it could not be)."""
+    """One suspect judged against one fingerprint (or why it could not be).
+
+    Attributes:
+        fingerprint: the fingerprint file's name in the folder.
+        outcome: the suspect's verdict (:class:`~ipguard.verdict.decision.SuspectVerdict`,
+            as ``verify`` gives it), or None where there is none (``error`` says why).
+        rule: the fingerprint's rule; ``matches``: the evidence, where the suspect answered.
+    """
 
     suspect: str
     fingerprint: str
     fingerprint_digest: str
-    matches: int | None
     n: int
-    matching_rate: float | None
-    threshold: float
-    threshold_basis: ThresholdBasis
-    target_fpr: float | None
-    verdict: Verdict | None
+    rule: Rule
+    matches: int | None = None
     error: str | None = None
+
+    @property
+    def outcome(self) -> SuspectVerdict | None:
+        if self.matches is None or self.error is not None:
+            return None
+        return self.rule.judge(self.suspect, self.matches, self.n, self.fingerprint_digest)
+
+    @property
+    def matching_rate(self) -> float | None:
+        return None if self.matches is None else self.matches / self.n
+
+    @property
+    def verdict(self) -> Verdict | None:
+        outcome = self.outcome
+        return None if outcome is None else outcome.verdict
+
+    @property
+    def threshold(self) -> float:
+        return self.rule.threshold
+
+    @property
+    def threshold_basis(self) -> ThresholdBasis:
+        return self.rule.basis
+
+    @property
+    def target_fpr(self) -> float | None:
+        return self.rule.target_fpr
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """A row of ``pairs.csv`` and ``scan.json``."""
+        return {
+            "suspect": self.suspect, "fingerprint": self.fingerprint,
+            "fingerprint_digest": self.fingerprint_digest, "matches": self.matches,
+            "n": self.n, "matching_rate": self.matching_rate, "threshold": self.threshold,
+            "threshold_basis": self.threshold_basis, "target_fpr": self.target_fpr,
+            "verdict": self.verdict, "error": self.error,
+        }  # fmt: skip
 
 
-@dataclass(frozen=True)
-class _Rule:
-    threshold: float
-    basis: ThresholdBasis
-    target_fpr: float | None
-    error: str | None = None
+PAIR_COLUMNS = ("suspect", "fingerprint", "fingerprint_digest", "matches", "n", "matching_rate",
+                "threshold", "threshold_basis", "target_fpr", "verdict", "error")  # fmt: skip
 
 
-def _rule(name: str, fp: Fingerprint, fpr: float | None) -> _Rule:
-    """The fixed-n threshold ``verify`` would use for ``fp`` (the same core rule: its
-    calibration's for ``fpr``, None: the smallest of the ladder it can state), or the
-    uncalibrated default. Where the calibration states no such rate, ``verify`` refuses;
-    here the pair gets no verdict and says why."""
-    if fp.calibration is not None:
-        try:
-            stated = stated_rule(fp.calibration, fp.n, fpr)
-        except NoVerdict as e:
-            target = FPR_LADDER[-1] if fpr is None else fpr
-            unreachable = null_from_record(fp.calibration, fp.n, target).threshold
-            return _Rule(unreachable, "calibrated-in-fingerprint", target, f"{name}: {e}")
-        return _Rule(stated.threshold, "calibrated-in-fingerprint", stated.target_fpr)
-    return _Rule(DEFAULT_THRESHOLD, "uncalibrated-default", None)
+def _rule(name: str, fp: Fingerprint, fpr: float | None) -> tuple[Rule, str | None]:
+    """The fixed-n rule ``verify`` would use for ``fp`` (:func:`rule_for`: its
+    calibration's for ``fpr``, None: the smallest of the ladder it can state, or the
+    uncalibrated default). Where the calibration states no such rate, ``verify`` refuses;
+    here the pairs get no verdict, and the error says why."""
+    try:
+        return rule_for(fp, DecisionOptions(fpr=fpr)), None
+    except NoVerdict as e:
+        assert fp.calibration is not None
+        target = FPR_LADDER[-1] if fpr is None else fpr
+        unreachable = null_from_record(fp.calibration, fp.n, target).threshold
+        return Rule(unreachable, "calibrated-in-fingerprint", target), f"{name}: {e}"
 
 
-def judge(row: dict[str, Any], fp: Fingerprint, rule: _Rule) -> ScanPair:
+def judge(row: dict[str, Any], fp: Fingerprint, rule: tuple[Rule, str | None]) -> ScanPair:
     """A journal row (the evidence: matches, or an error) judged by ``fp``'s ``rule``."""
     matches = row.get("matches")
-    error = row.get("error") or (rule.error if matches is not None else None)
-    if matches is None or rule.error is not None:
-        rate = None if matches is None else matches / fp.n
-        return ScanPair(row["suspect"], row["fingerprint"], fp.digest, matches, fp.n, rate,
-                        rule.threshold, rule.basis, rule.target_fpr, None, error)  # fmt: skip
-    rate = matches / fp.n
-    return ScanPair(row["suspect"], row["fingerprint"], fp.digest, matches, fp.n, rate,
-                    rule.threshold, rule.basis, rule.target_fpr,
-                    verdict_for(rate, rule.threshold))  # fmt: skip
+    error = row.get("error") or (rule[1] if matches is not None else None)
+    return ScanPair(row["suspect"], row["fingerprint"], fp.digest, fp.n, rule[0], matches, error)
 
 
 def _convention(fp: Fingerprint) -> tuple[Any, ...]:
@@ -649,7 +666,7 @@ def _write_tables(result: ScanResult) -> None:
 
 def _write_csvs(result: ScanResult) -> None:
     out = result.out
-    fields = list(ScanPair.__dataclass_fields__)
+    fields = list(PAIR_COLUMNS)
     with (out / "pairs.csv").open("w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=fields)
         w.writeheader()

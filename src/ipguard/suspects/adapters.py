@@ -29,10 +29,10 @@ import importlib
 import inspect
 import re
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -51,6 +51,9 @@ from ipguard.models.owner import (
 )
 from ipguard.models.spec import import_attr, load_module
 
+if TYPE_CHECKING:
+    from ipguard.suspects.http_client import HTTPOptions
+
 __all__ = [
     "ChannelOrder",
     "InputDType",
@@ -58,12 +61,14 @@ __all__ = [
     "OnnxSuspect",
     "Preprocess",
     "PreprocessedSuspect",
+    "QueryOptions",
     "SuspectKind",
     "TORCHSCRIPT_SUFFIXES",
     "TorchSuspect",
     "function_suspect",
     "needs_weights",
     "open_suspect",
+    "open_suspects",
     "suspect_kind",
 ]
 
@@ -566,33 +571,10 @@ def open_suspect(
         raise InputError(f"HTTP options do not apply to suspect {spec} ({kind})")
     if preprocess is not None:
         preprocess.check_channels(shape[0])
-    if kind == "hf":
-        folder = read_hf_folder(spec)
-        if folder.processor:  # resized and normalised as its own processor does
-            pre = preprocess or Preprocess()
-            if pre.scale != 1.0 or pre.dtype != "float32" or pre.layout != "nchw":
-                raise InputError(
-                    f"--scale, --input-dtype and --layout do not apply to {spec}: it is fed "
-                    "as its preprocessor_config.json says",
-                    "verify it in a separate command",
-                )
-            hf_module = folder.module(preprocess=True)
-            # its processor's mean/std, never the owner's nor --mean/--std on top of them
-            return spec, TorchSuspect(
-                hf_module, pre.without_normalisation(), device, input_shape=shape,
-                bounds=bounds, name=spec,
-            )  # fmt: skip
+    if kind == "hf" and (hf := _open_hf(spec, preprocess, device, shape, bounds)) is not None:
+        return spec, hf
     if kind in ("onnx", "torchscript", "factory", "arch", "hf"):
-        pre = preprocess or Preprocess()
-        # The owner's normalisation, unless the suspect has its own or takes another value
-        # range (--scale): a model fed 0..255 does not want a mean and std made for 0..1.
-        if pre.dtype == "float32" and pre.scale == 1.0:
-            pre = replace(
-                pre,
-                mean=pre.mean if pre.mean is not None else _tuple(default_mean),
-                std=pre.std if pre.std is not None else _tuple(default_std),
-            )
-            pre.check_channels(shape[0])
+        pre = _local_preprocess(preprocess, default_mean, default_std, shape[0])
         if kind == "onnx":
             onnx_suspect = OnnxSuspect(spec, pre)
             onnx_suspect.check_input_shape(pre.output_shape(shape))
@@ -612,6 +594,134 @@ def open_suspect(
     if preprocess is None or preprocess.is_identity:
         return spec, inner
     return spec, PreprocessedSuspect(inner, preprocess, name=spec)
+
+
+def _open_hf(
+    spec: str, preprocess: Preprocess | None, device: str | torch.device,
+    shape: tuple[int, ...], bounds: tuple[float, float],
+) -> TorchSuspect | None:  # fmt: skip
+    """A ``hf:`` folder fed as its own processor config says; None without one (then it is
+    a local model fed as the owner's normalisation says)."""
+    folder = read_hf_folder(spec)
+    if not folder.processor:
+        return None
+    pre = preprocess or Preprocess()
+    if pre.scale != 1.0 or pre.dtype != "float32" or pre.layout != "nchw":
+        raise InputError(
+            f"--scale, --input-dtype and --layout do not apply to {spec}: it is fed "
+            "as its preprocessor_config.json says",
+            "verify it in a separate command",
+        )
+    # its processor's mean/std, never the owner's nor --mean/--std on top of them
+    return TorchSuspect(
+        folder.module(preprocess=True), pre.without_normalisation(), device, input_shape=shape,
+        bounds=bounds, name=spec,
+    )  # fmt: skip
+
+
+def _local_preprocess(
+    preprocess: Preprocess | None, mean: Sequence[float] | None, std: Sequence[float] | None,
+    channels: int,
+) -> Preprocess:  # fmt: skip
+    """A local model's preprocessing: the owner's normalisation, unless the suspect has its
+    own or takes another value range (--scale): a model fed 0..255 does not want a mean and
+    std made for 0..1."""
+    pre = preprocess or Preprocess()
+    if pre.dtype == "float32" and pre.scale == 1.0:
+        pre = replace(
+            pre,
+            mean=pre.mean if pre.mean is not None else _tuple(mean),
+            std=pre.std if pre.std is not None else _tuple(std),
+        )
+        pre.check_channels(channels)
+    return pre
+
+
+@dataclass(frozen=True)
+class QueryOptions:
+    """How suspects are opened and asked (``ipguard verify``'s query options).
+
+    Attributes:
+        preprocess: what the suspects expect (size, scale, mean/std, layout, dtype); local
+            models get the owner's recorded mean/std unless it says otherwise.
+        http: :class:`~ipguard.suspects.http_client.HTTPOptions`, or a mapping of its fields
+            (None values ignored), for URL suspects; refused when no suspect is a URL.
+        device: where local models run.
+        batch_size: points per query (None: 256, or the sequential test's step).
+        trust_pickle: whether a pickled module file may be loaded (it can run code).
+    """
+
+    preprocess: Preprocess | None = None
+    http: Mapping[str, Any] | HTTPOptions | None = None
+    device: str = "cpu"
+    batch_size: int | None = None
+    trust_pickle: bool = False
+
+    def http_options(self, kinds: Sequence[str]) -> HTTPOptions | None:
+        """The HTTP options for suspects of ``kinds``; refused when none is a URL."""
+        from ipguard.suspects.http_client import HTTPOptions
+
+        if isinstance(self.http, HTTPOptions):
+            if "http" not in kinds:
+                raise InputError(
+                    "HTTP options only apply to http(s):// suspects, and none was given"
+                )
+            return self.http
+        given = {k: v for k, v in (self.http or {}).items() if v is not None}
+        if "http" not in kinds:
+            if given:
+                flags = ", ".join("--" + k.replace("_", "-") for k in given)
+                raise InputError(f"{flags} only apply to http(s):// suspects, and none was given")
+            return None
+        try:
+            return HTTPOptions(**given)
+        except TypeError as e:
+            raise InputError(f"bad HTTP options: {e}") from None
+
+
+def open_suspects(
+    specs: Sequence[str],
+    *,
+    weights: Sequence[str | Path] = (),
+    adapters: Sequence[str] = (),
+    input_shape: Sequence[int],
+    bounds: tuple[float, float],
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    query: QueryOptions,
+) -> list[tuple[str, LabelOracle]]:
+    """Open every suspect of a command: ``specs`` by their form (each factory or ``arch:``
+    spec takes the next of ``weights``), then ``adapters`` (``package.module:function``);
+    local models get the owner's ``mean``/``std`` unless ``query.preprocess`` says otherwise.
+    """
+    if not specs and not adapters:
+        raise InputError(
+            "no suspect given", "name a model file, package.module:factory or `adapters`"
+        )
+    kinds = [suspect_kind(s) for s in specs]
+    n_factories = sum(needs_weights(k) for k in kinds)
+    if len(weights) != n_factories:
+        raise InputError(
+            f"{n_factories} package.module:factory suspect(s) but {len(weights)} `weights`",
+            "give one `weights` per factory suspect, in order",
+        )
+    http_options = query.http_options(kinds)
+    pre = None if query.preprocess is None or query.preprocess.is_identity else query.preprocess
+    w_iter = iter(weights)
+    oracles = [
+        open_suspect(
+            spec, weights=next(w_iter) if needs_weights(kind) else None, preprocess=pre,
+            input_shape=input_shape, bounds=bounds, device=query.device,
+            http_options=http_options if kind == "http" else None, default_mean=mean,
+            default_std=std, kind=kind, trust_pickle=query.trust_pickle,
+        )
+        for spec, kind in zip(specs, kinds, strict=True)
+    ]  # fmt: skip
+    oracles += [
+        open_suspect(spec, preprocess=pre, input_shape=input_shape, bounds=bounds, kind="function")
+        for spec in adapters
+    ]
+    return oracles
 
 
 def function_suspect(spec: str) -> CallableSuspect:

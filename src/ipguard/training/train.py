@@ -340,12 +340,7 @@ def train(
     Returns:
         the module, in eval mode.
     """
-    soft = y.ndim == 2 and y.is_floating_point()
-    if x.ndim != 4 or not (y.ndim == 1 or soft) or x.shape[0] != y.shape[0] or x.shape[0] == 0:
-        raise InputError(
-            f"training data must be x (N, C, H, W) and y (N,) labels or (N, K) probabilities "
-            f"with N > 0, got {tuple(x.shape)} and {tuple(y.shape)}"
-        )
+    _check_data(x, y)
     dev = torch.device(device)
     module.to(dev).train()
     if recipe.channels_last and dev.type == "cuda":
@@ -357,12 +352,7 @@ def train(
     order_gen = torch.Generator().manual_seed(seed)
     aug_gen = torch.Generator().manual_seed(seed + 7919)
     n = int(x.shape[0])
-    steps = math.ceil(n / recipe.batch_size)
-    names = {id(p): name for name, p in module.named_parameters()}
-    identity = {
-        "recipe": recipe.to_dict(), "seed": seed, "n": n,
-        "params": [names.get(id(p), "?") for p in trainable],
-    }  # fmt: skip
+    identity = _identity(module, recipe, seed, n, trainable)
     state = _State()
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None:
@@ -372,41 +362,10 @@ def train(
                 on_epoch(i + 1, past)
     if dev.type == "cuda":  # the data set lives on the GPU, and so do each epoch's draws
         x, y = x.to(dev), y.to(dev)
-    scheduled = recipe.schedule != "constant" or recipe.warmup > 0
     for epoch in range(state.epoch, recipe.epochs):
-        order = torch.randperm(n, generator=order_gen).to(x.device)
-        if recipe.augment:
-            flip, dy, dx = _epoch_augment(n, recipe.batch_size, recipe.crop_padding, aug_gen, dev)
-        total = torch.zeros((), device=dev)
-        for step, start in enumerate(range(0, n, recipe.batch_size)):
-            idx = order[start : start + recipe.batch_size]
-            xb = x[idx].to(dev, non_blocking=True)
-            yb = y[idx].to(dev, non_blocking=True)
-            if recipe.augment:
-                end = start + recipe.batch_size
-                xb = _crop_flip(
-                    xb, recipe.crop_padding, flip[start:end],
-                    None if dy is None else dy[start:end], None if dx is None else dx[start:end],
-                )  # fmt: skip
-            if recipe.channels_last and dev.type == "cuda":
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            if scheduled:
-                for group in opt.param_groups:
-                    group["lr"] = recipe.lr_at(epoch, step, steps)
-            with torch.autocast(
-                device_type=dev.type,
-                dtype=amp_dtype or torch.float32,
-                enabled=amp_dtype is not None,
-            ):
-                loss = nn.functional.cross_entropy(
-                    module(xb), yb, label_smoothing=recipe.label_smoothing
-                )
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
-            scaler.step(opt)
-            scaler.update()
-            total += loss.detach().float() * idx.numel()
-        mean_loss = float(total) / n
+        mean_loss = _train_epoch(
+            module, x, y, recipe, epoch, opt, scaler, order_gen, aug_gen, dev, amp_dtype
+        )
         if not math.isfinite(mean_loss):
             raise InputError(
                 f"training diverged (loss {mean_loss}) in epoch {epoch + 1}",
@@ -419,6 +378,71 @@ def train(
         if on_epoch is not None:
             on_epoch(epoch + 1, mean_loss)
     return module.eval()
+
+
+def _check_data(x: Tensor, y: Tensor) -> None:
+    """Refuse training data that is not x (N, C, H, W) with N > 0 labels or probabilities."""
+    soft = y.ndim == 2 and y.is_floating_point()
+    if x.ndim != 4 or not (y.ndim == 1 or soft) or x.shape[0] != y.shape[0] or x.shape[0] == 0:
+        raise InputError(
+            f"training data must be x (N, C, H, W) and y (N,) labels or (N, K) probabilities "
+            f"with N > 0, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
+
+
+def _identity(
+    module: nn.Module, recipe: Recipe, seed: int, n: int, trainable: list[nn.Parameter]
+) -> dict[str, Any]:
+    """What makes a run this run (recipe, seed, data size, trained parameters), for resuming."""
+    names = {id(p): name for name, p in module.named_parameters()}
+    return {
+        "recipe": recipe.to_dict(), "seed": seed, "n": n,
+        "params": [names.get(id(p), "?") for p in trainable],
+    }  # fmt: skip
+
+
+def _train_epoch(
+    module: nn.Module, x: Tensor, y: Tensor, recipe: Recipe, epoch: int,
+    opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, order_gen: torch.Generator,
+    aug_gen: torch.Generator, dev: torch.device, amp_dtype: torch.dtype | None,
+) -> float:  # fmt: skip
+    """Run one epoch of training steps over ``(x, y)``; return its mean training loss."""
+    n = int(x.shape[0])
+    steps = math.ceil(n / recipe.batch_size)
+    scheduled = recipe.schedule != "constant" or recipe.warmup > 0
+    order = torch.randperm(n, generator=order_gen).to(x.device)
+    if recipe.augment:
+        flip, dy, dx = _epoch_augment(n, recipe.batch_size, recipe.crop_padding, aug_gen, dev)
+    total = torch.zeros((), device=dev)
+    for step, start in enumerate(range(0, n, recipe.batch_size)):
+        idx = order[start : start + recipe.batch_size]
+        xb = x[idx].to(dev, non_blocking=True)
+        yb = y[idx].to(dev, non_blocking=True)
+        if recipe.augment:
+            end = start + recipe.batch_size
+            xb = _crop_flip(
+                xb, recipe.crop_padding, flip[start:end],
+                None if dy is None else dy[start:end], None if dx is None else dx[start:end],
+            )  # fmt: skip
+        if recipe.channels_last and dev.type == "cuda":
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        if scheduled:
+            for group in opt.param_groups:
+                group["lr"] = recipe.lr_at(epoch, step, steps)
+        with torch.autocast(
+            device_type=dev.type,
+            dtype=amp_dtype or torch.float32,
+            enabled=amp_dtype is not None,
+        ):
+            loss = nn.functional.cross_entropy(
+                module(xb), yb, label_smoothing=recipe.label_smoothing
+            )
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+        scaler.step(opt)
+        scaler.update()
+        total += loss.detach().float() * idx.numel()
+    return float(total) / n
 
 
 def _save_checkpoint(

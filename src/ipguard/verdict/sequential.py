@@ -68,14 +68,15 @@ from torch import Tensor
 from ipguard.errors import InputError, SuspectError
 from ipguard.fingerprint.record import Fingerprint
 from ipguard.models.owner import LabelOracle
+from ipguard.suspects.query import query_labels
 from ipguard.verdict.null import NullModel, Verdict, verdict_of
-from ipguard.verdict.verify import query_labels
 
 __all__ = [
     "DEFAULT_BATCH",
     "DEFAULT_FNR",
     "MAX_POINTS",
     "PathDecisions",
+    "SequentialOptions",
     "SequentialPlan",
     "SequentialResult",
     "StopReason",
@@ -486,6 +487,26 @@ class SequentialResult:
             "log_lr_pirated": _json_float(self.log_lr_pirated),
             "log_lr_not_pirated": _json_float(self.log_lr_not_pirated),
         }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SequentialOptions:
+    """A sequential verification's settings (``ipguard verify --sequential``'s options).
+
+    Attributes:
+        fnr: the chance that a copy matching at least ``copy_rate`` is cleared by evidence
+            before the end (None: :data:`DEFAULT_FNR`).
+        copy_rate: the match rate copies are assumed to reach at least (None: the fixed-n
+            threshold).
+        seed: fixes the order of the points (None: 0); a resumed HTTP run with the same seed
+            asks the same points and takes answered ones from its journal.
+        batch_size: points asked per step (None: :data:`DEFAULT_BATCH`).
+    """
+
+    fnr: float | None = None
+    copy_rate: float | None = None
+    seed: int | None = None
+    batch_size: int | None = None
 
 
 def _json_float(v: float) -> float | None:
