@@ -272,14 +272,8 @@ class ScanPair:
         return self.rule.target_fpr
 
     def to_dict(self) -> dict[str, Any]:
-        """A row of ``pairs.csv`` and ``scan.json``."""
-        return {
-            "suspect": self.suspect, "fingerprint": self.fingerprint,
-            "fingerprint_digest": self.fingerprint_digest, "matches": self.matches,
-            "n": self.n, "matching_rate": self.matching_rate, "threshold": self.threshold,
-            "threshold_basis": self.threshold_basis, "target_fpr": self.target_fpr,
-            "verdict": self.verdict, "error": self.error,
-        }  # fmt: skip
+        """A row of ``pairs.csv`` and ``scan.json``: :data:`PAIR_COLUMNS`."""
+        return {column: getattr(self, column) for column in PAIR_COLUMNS}
 
 
 PAIR_COLUMNS = ("suspect", "fingerprint", "fingerprint_digest", "matches", "n", "matching_rate",
