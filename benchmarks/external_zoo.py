@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ipguard.data.specs import Dataset
 from ipguard.errors import IPGuardError
 from ipguard.evaluation.metrics import aruc, roc_auc, tpr_at_fpr
 from ipguard.fingerprint import methods
@@ -56,6 +57,7 @@ from ipguard.fingerprint.methods.ipguard import IPGuard
 from ipguard.fingerprint.record import Fingerprint
 from ipguard.models.owner import LabelOracle, OwnerModel
 from ipguard.models.spec import load_module
+from ipguard.operations import make_fingerprint
 from ipguard.suspects.adapters import open_suspect
 from ipguard.suspects.query import query_labels
 from ipguard.verdict.decision import rule_for
@@ -91,24 +93,56 @@ class Outcome:
     seconds: float
     rates: dict[str, float]
     error: str | None = None
-    #: verify's default rule for the fingerprint (rule_for with no option), where
-    #: the fingerprint carries its own calibration
+    #: what ``ipguard verify FP SUSPECT`` with no option says of every suspect (the
+    #: fingerprint's own calibration), where the fingerprint carries one
     verdict: dict[str, Any] | None = None
 
 
-def verdict(fp: Fingerprint) -> dict[str, Any] | None:
-    """The rule ``ipguard verify FP SUSPECT`` applies with no option, for a fingerprint that
-    carries its calibration: basis, stated false-positive rate and threshold."""
+def verdict(fp: Fingerprint, agree: np.ndarray, suspects: list[Suspect]) -> dict[str, Any] | None:
+    """What ``ipguard verify FP SUSPECT`` with no option says of each suspect, for a
+    fingerprint that carries its calibration (``agree``: :func:`agreement`): the rule (basis,
+    stated rate, each kind's threshold), the suspects flagged per group and the kind that
+    caught each, and the ROC-AUC of the verdict's own score (its p-value)."""
     if fp.calibration is None:
         return None
     counts = list(fp.calibration["negative_matches"])
+    by_kind = {k["kind"]: k["negative_matches"] for k in fp.calibration.get("kinds", [])}
+    head = {"calibration": by_kind or counts, "models": len(counts)}
     try:
         rule = rule_for(fp)
     except NoVerdict as e:  # the calibration states no rate of the ladder: no verdict
-        return {"basis": None, "target_fpr": None, "threshold": None, "calibration": counts,
-                "no_verdict": str(e)}  # fmt: skip
-    return {"basis": rule.basis, "target_fpr": rule.target_fpr, "threshold": rule.threshold,
-            "calibration": counts}  # fmt: skip
+        return head | {"basis": None, "target_fpr": None, "threshold": None,
+                       "no_verdict": str(e)}  # fmt: skip
+    thresholds = (
+        {k.kind: None if k.stated is None else k.stated.threshold for k in rule.kinds}
+        if rule.kinds else {fp.method: rule.threshold}
+    )  # fmt: skip
+    judged = {
+        s.name: rule.judge(s.name, tuple(int(agree[i, a:b].sum()) for _, a, b in fp.parts),
+                           fp.n, fp.digest)
+        for i, s in enumerate(suspects)
+    }  # fmt: skip
+
+    def flagged(group: list[Suspect]) -> list[str]:
+        return [s.name for s in group if judged[s.name].verdict == "pirated"]
+
+    kept = [s for s in suspects if s.kept]
+    indep = [s for s in suspects if not s.pirated]
+    score = {n: 1.0 - (1.0 if v.p_value is None else v.p_value) for n, v in judged.items()}
+    return head | {
+        "basis": rule.basis, "target_fpr": rule.target_fpr, "threshold": rule.threshold,
+        "thresholds": thresholds, "copies": len(kept),
+        "copies_flagged": flagged(kept),
+        "classic_flagged": flagged([s for s in kept if s.family in CLASSIC]),
+        "classic": sum(s.family in CLASSIC for s in kept),
+        "others_flagged": flagged([s for s in kept if s.family not in CLASSIC]),
+        "others": sum(s.family not in CLASSIC for s in kept),
+        "independents_flagged": flagged(indep), "independents": len(indep),
+        "caught_by": {n: v.caught_by for n, v in judged.items() if v.caught_by},
+        "p_values": {n: v.p_value for n, v in judged.items()},
+        "roc_auc": roc_auc(np.array([score[s.name] for s in kept]),
+                           np.array([score[s.name] for s in indep])),
+    }  # fmt: skip
 
 
 def read_split(archive: Path, members: list[str], classes: list[str]) -> tuple[Any, Any]:
@@ -284,7 +318,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--oracle-splits", type=int, default=20)
     parser.add_argument("--pool", type=int, default=2000, help="oracle candidate pool size")
+    parser.add_argument(
+        "--calibrate",
+        default=DEFAULT_METHOD,
+        metavar="METHODS",
+        help="comma-separated methods made as `ipguard fingerprint` makes them, with their "
+        "surrogate calibration and its owner-side time (default: the default method)",
+    )
+    parser.add_argument("--calibration-models", type=int, default=None, metavar="K")
+    parser.add_argument("--recipe", default=None, help="the owner's recipe, as --recipe")
     args = parser.parse_args(argv)  # fmt: skip
+    calibrated = {m.strip() for m in args.calibrate.split(",") if m.strip()}
     if not (args.zoo / "manifest.json").exists():
         print(f"no zoo at {args.zoo} (manifest.json missing): pass --zoo DIR", file=sys.stderr)
         return 2
@@ -306,15 +350,25 @@ def main(argv: list[str] | None = None) -> int:
     outcomes: list[Outcome] = []
     for name in methods:
         print(f"# {name}", file=sys.stderr, flush=True)
-        method = make_method(name, **params.get(name, {}))
         started = time.perf_counter()
         try:
-            fp = method.generate(owner, args.n, data=x, labels=y, seed=args.seed)
+            if name in calibrated:  # as `ipguard fingerprint` makes it: calibration included
+                fp = make_fingerprint(
+                    owner.module, data=Dataset("owner-split", x, y), method=name, n=args.n,
+                    params=params.get(name), seed=args.seed, recipe=args.recipe,
+                    calibration_models=args.calibration_models,
+                    note=lambda text: print(f"#   {text}", file=sys.stderr, flush=True),
+                )  # fmt: skip
+            else:
+                method = make_method(name, **params.get(name, {}))
+                fp = method.generate(owner, args.n, data=x, labels=y, seed=args.seed)
         except IPGuardError as err:
             outcomes.append(Outcome(name, 0.0, {}, str(err).splitlines()[0]))
             continue
         seconds = time.perf_counter() - started
-        outcomes.append(Outcome(name, seconds, matching_rates(fp, suspects), verdict=verdict(fp)))
+        agree = agreement(fp, suspects)
+        rates = {s.name: float(r) for s, r in zip(suspects, agree.mean(axis=1), strict=True)}
+        outcomes.append(Outcome(name, seconds, rates, verdict=verdict(fp, agree, suspects)))
 
     results: dict[str, Any] = {"n": args.n, "seed": args.seed, "owner_test_acc": owner_acc,
                                "methods": {}, "oracle": {}}  # fmt: skip
@@ -351,27 +405,7 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(f"{np.mean(r):.2f} ({min(r):.2f}-{max(r):.2f})" if r else "")
         print(f"| {o.method} | " + " | ".join(cells) + " |")
 
-    ruled = [o for o in outcomes if o.verdict is not None]
-    if ruled:
-        print("\nVerdicts of `ipguard verify` with no option (the fingerprint's own calibration)\n")
-        print("| method | calibration (matches of its models) | rule | stated FPR | threshold | "
-              "copies flagged (10 pt) | independents flagged |")  # fmt: skip
-        print("|---|---|---|---:|---:|---:|---:|")
-    for o in ruled:
-        v = o.verdict
-        assert v is not None
-        if v["threshold"] is None:
-            results["methods"][o.method]["verdict"] = v
-            print(f"| {o.method} | {v['calibration']} | no verdict at any rate of the ladder "
-                  f"| | | 0 of {kept} | 0 |")  # fmt: skip
-            continue
-        copies = sum(o.rates[s.name] >= v["threshold"] for s in suspects if s.kept)
-        indeps = sum(o.rates[s.name] >= v["threshold"] for s in suspects if not s.pirated)
-        v |= {"copies_flagged": copies, "independents_flagged": indeps}
-        results["methods"][o.method]["verdict"] = v
-        print(f"| {o.method} | {v['calibration']} | {v['basis']} | {v['target_fpr']:.3g} | "
-              f"{v['threshold']:.2f} | {copies} of {kept} | {indeps} of "
-              f"{sum(not s.pirated for s in suspects)} |")  # fmt: skip
+    print_verdicts(outcomes, results, kept)
 
     if args.oracle_splits > 0:
         gen = torch.Generator().manual_seed(args.seed)
@@ -399,6 +433,39 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "external_zoo.json").write_text(json.dumps(results, indent=1))
     return 0
+
+
+def print_verdicts(outcomes: list[Outcome], results: dict[str, Any], kept: int) -> None:
+    """The table of what ``ipguard verify`` with no option says, per method."""
+    ruled = [o for o in outcomes if o.verdict is not None]
+    if not ruled:
+        return
+    print("\nVerdicts of `ipguard verify` with no option (the fingerprint's own calibration)\n")
+    print("| method | calibration (models; matches per kind) | stated FPR | thresholds | "
+          "copies flagged (10 pt) | classic | students & adv. | independents flagged | "
+          "caught by | ROC-AUC of the verdict's p-value | owner-side s |")  # fmt: skip
+    print("|---|---|---:|---|---:|---:|---:|---:|---|---:|---:|")
+    for o in ruled:
+        v = o.verdict
+        assert v is not None
+        results["methods"][o.method]["verdict"] = v
+        cal = v["calibration"]
+        spans = (", ".join(f"{k} {min(c)}-{max(c)}" for k, c in cal.items())
+                 if isinstance(cal, dict) else f"{min(cal)}-{max(cal)}")  # fmt: skip
+        if v["threshold"] is None:
+            print(f"| {o.method} | {v['models']}; {spans} | no verdict at any rate of the "
+                  f"ladder | | 0 of {kept} | | | 0 | | | {o.seconds:.0f} |")  # fmt: skip
+            continue
+        thresholds = ", ".join(f"{k} {'none' if t is None else f'{t:.2f}'}"
+                               for k, t in v["thresholds"].items())  # fmt: skip
+        caught = {k: list(v["caught_by"].values()).count(k) for k in v["thresholds"]}
+        print(f"| {o.method} | {v['models']}; {spans} | {v['target_fpr']:.3g} | {thresholds} | "
+              f"{len(v['copies_flagged'])} of {v['copies']} | "
+              f"{len(v['classic_flagged'])} of {v['classic']} | "
+              f"{len(v['others_flagged'])} of {v['others']} | "
+              f"{len(v['independents_flagged'])} of {v['independents']} | "
+              + ", ".join(f"{k} {c}" for k, c in caught.items())
+              + f" | {v['roc_auc']:.3f} | {o.seconds:.0f} |")  # fmt: skip
 
 
 def _as_fingerprint(owner: OwnerModel, points: torch.Tensor) -> Fingerprint:

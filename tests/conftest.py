@@ -42,7 +42,8 @@ class Linear2D(nn.Module):
 # in collection order) they are handed out first, so that no worker is left running a long
 # module alone at the end; a module missing here only runs later.
 SLOWEST_FIRST = (
-    "test_calibrated_verify.py", "test_ray.py", "test_gpu_profile.py", "test_bridges.py",
+    "test_calibrated_verify.py", "test_kinds.py", "test_ray.py", "test_gpu_profile.py",
+    "test_bridges.py",
     "test_sequential.py", "test_demo.py", "test_select.py", "test_hf.py", "test_http.py",
     "test_nets.py", "test_python_api.py", "test_workers.py", "test_methods_contract.py",
 )  # fmt: skip

@@ -328,21 +328,33 @@ def test_the_owner_recipe_surrogates_run_on_the_tiny_zoo(
 def test_the_default_method_is_scored_with_the_verdict_verify_gives(
     tiny_zoo: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """The default method is made as `ipguard fingerprint` makes it (its 16 held-out
+    calibrators included) and scored by the verdict `ipguard verify` gives, kind by kind."""
     zoo, archive = tiny_zoo
     bench = _bench()
-    assert bench.DEFAULT_METHOD == "bridges"
+    assert bench.DEFAULT_METHOD == "combined"
     code = bench.main([
         "--zoo", str(zoo), "--data", str(archive), "--out", str(tmp_path), "-n", "10",
-        "--methods", "bridges", "--param", 'bridges:recipe={"epochs": 1}',
-        "--param", "bridges:pool=40", "--oracle-splits", "0",
+        "--methods", "combined", "--recipe", '{"epochs": 1}',
+        "--param", 'combined:bridges={"pool": 40}',
+        "--param", 'combined:boundary={"max_iter": 100}',
+        "--oracle-splits", "0",
     ])  # fmt: skip
     assert code == 0
     printed = capsys.readouterr().out
-    assert "| bridges |" in printed and "Verdicts of `ipguard verify` with no option" in printed
-    verdict = json.loads((tmp_path / "external_zoo.json").read_text())["methods"]["bridges"][
+    assert "| combined |" in printed and "Verdicts of `ipguard verify` with no option" in printed
+    verdict = json.loads((tmp_path / "external_zoo.json").read_text())["methods"]["combined"][
         "verdict"
     ]
-    # bridges' 3 calibration models state no rate of the ladder: no verdict, and why
-    assert len(verdict["calibration"]) == 3 and verdict["threshold"] is None
-    assert "3 calibration models cannot state it" in verdict["no_verdict"]
-    assert "no verdict at any rate of the ladder" in printed
+    # 16 calibrators measured on both kinds; the rule is verify's own, kind by kind
+    assert verdict["models"] == 16 and set(verdict["calibration"]) == {"ipguard", "bridges"}
+    if verdict["threshold"] is None:
+        assert "no verdict" in verdict["no_verdict"]
+        return
+    assert set(verdict["thresholds"]) == {"ipguard", "bridges"}
+    assert verdict["target_fpr"] <= 0.1 and verdict["independents"] == 2
+    # the owner itself is flagged, by a kind the verdict names
+    assert "owner" in verdict["copies_flagged"] and verdict["caught_by"]["owner"] in (
+        "ipguard",
+        "bridges",
+    )

@@ -16,6 +16,8 @@ from ipguard.errors import InputError
 FAST: dict[str, dict[str, object]] = {
     "ipguard-select": {"recipe": {"epochs": 5}, "attacks": ["ftal", "extract"], "max_iter": 200},
     "bridges": {"recipe": {"epochs": 3}, "pool": 300},
+    "combined": {"recipe": {"epochs": 3}, "boundary": {"max_iter": 200},
+                 "bridges": {"pool": 300}},
 }
 
 
@@ -44,8 +46,10 @@ def test_contract(
     data, labels = labelled
     data_before, labels_before = data.clone(), labels.clone()
     fp = method.generate(owner, 12, data=data, labels=labels, seed=5)
-    # shape, bounds, owner's labels recomputed
-    assert fp.points.shape == (12, 1, 8, 8) and fp.method == method_name
+    # shape (12 of each kind), bounds, owner's labels recomputed
+    assert fp.points.shape == (method.points_for(12), 1, 8, 8) and fp.method == method_name
+    assert sum(stop - start for _, start, stop in fp.parts) == fp.n
+    assert fp.kinds is None or all(count == 12 for _, count in fp.kinds)
     assert float(fp.points.min()) >= 0.0 and float(fp.points.max()) <= 1.0
     assert torch.equal(fp.labels, owner.predict(fp.points))
     # inputs never mutated

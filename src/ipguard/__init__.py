@@ -30,6 +30,8 @@ from ipguard.errors import (
     SuspectError,
 )
 from ipguard.fingerprint.methods import METHODS, FingerprintMethod, make_method
+from ipguard.fingerprint.methods.bridges import Bridges
+from ipguard.fingerprint.methods.combined import Combined
 from ipguard.fingerprint.methods.ipguard import IPGuard
 from ipguard.fingerprint.methods.select import IPGuardSelect
 from ipguard.fingerprint.record import Fingerprint, load_fingerprint
@@ -48,9 +50,11 @@ from ipguard.operations import (
     verify_suspects,
 )
 from ipguard.suspects.adapters import Preprocess, QueryOptions
+from ipguard.training.train import Recipe, read_recipe
 from ipguard.verdict.decision import (
     DEFAULT_THRESHOLD,
     DecisionOptions,
+    KindEvidence,
     Rule,
     SuspectVerdict,
     rule_for,
@@ -61,11 +65,13 @@ from ipguard.verdict.sequential import (
     SequentialResult,
     verify_sequential,
 )
-from ipguard.verdict.verify import verify
+from ipguard.verdict.verify import kind_matches, verify
 
 __all__ = [
     "__version__",
+    "Bridges",
     "CallableSuspect",
+    "Combined",
     "DEFAULT_THRESHOLD",
     "DecisionOptions",
     "EvidenceOptions",
@@ -78,6 +84,7 @@ __all__ = [
     "IPGuardError",
     "InputError",
     "Inspection",
+    "KindEvidence",
     "LabelOracle",
     "IPGuardSelect",
     "METHODS",
@@ -85,6 +92,7 @@ __all__ = [
     "OwnerModel",
     "Preprocess",
     "QueryOptions",
+    "Recipe",
     "Rule",
     "SequentialOptions",
     "SequentialPlan",
@@ -95,11 +103,13 @@ __all__ = [
     "calibrate_fingerprint",
     "evaluate_suite",
     "inspect_fingerprint",
+    "kind_matches",
     "load_fingerprint",
     "load_module",
     "make_fingerprint",
     "make_method",
     "open_server",
+    "read_recipe",
     "rule_for",
     "verify",
     "verify_sequential",

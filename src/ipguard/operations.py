@@ -32,7 +32,7 @@ from ipguard.data.specs import Dataset, load_data
 from ipguard.errors import InputError, IPGuardError
 from ipguard.fingerprint.methods import method_for
 from ipguard.fingerprint.methods.base import ProgressFn
-from ipguard.fingerprint.record import Fingerprint, load_fingerprint, utc_now
+from ipguard.fingerprint.record import Fingerprint, calibration_for, load_fingerprint
 from ipguard.fingerprint.signing import (
     CommitmentCheck,
     EvidenceOptions,
@@ -42,17 +42,22 @@ from ipguard.fingerprint.signing import (
     load_public_key,
     signature_path,
 )
-from ipguard.fingerprint.surrogates import calibration_count, surrogate_calibration
+from ipguard.fingerprint.surrogates import (
+    calibration_count,
+    calibration_recipe,
+    surrogate_calibration,
+)
 from ipguard.io import check_output
 from ipguard.models.hf import is_hf_spec, read_hf_folder
-from ipguard.models.owner import OwnerModel
+from ipguard.models.owner import LabelOracle, OwnerModel
 from ipguard.models.spec import load_module
 from ipguard.suspects.adapters import QueryOptions, open_suspects
+from ipguard.training.train import read_recipe
 from ipguard.verdict.decision import (
-    DEFAULT_THRESHOLD,
     DecisionOptions,
     Rule,
     SuspectVerdict,
+    kind_plans,
     plan_for,
     rule_for,
 )
@@ -60,15 +65,13 @@ from ipguard.verdict.null import (
     DEFAULT_CALIBRATORS,
     DEFAULT_TARGET_FPR,
     NoVerdict,
-    calibration_record,
-    stated_rule,
 )
 from ipguard.verdict.sequential import (
     SequentialOptions,
     SequentialPlan,
     verify_sequential,
 )
-from ipguard.verdict.verify import verify
+from ipguard.verdict.verify import kind_matches, verify, verify_kinds_sequential
 
 if TYPE_CHECKING:
     from ipguard.evaluation.evaluate import EvaluationResult
@@ -127,6 +130,7 @@ def make_fingerprint(
     output: str | Path | None = None,
     progress: ProgressFn | None = None,
     calibration_models: int | None = None,
+    recipe: str | Path | Mapping[str, Any] | None = None,
     note: Callable[[str], None] | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> Fingerprint:
@@ -141,10 +145,9 @@ def make_fingerprint(
             training data of methods that need them.
         input_shape: ``(C, H, W)`` of one input, when no ``data`` is given (else it must agree).
         method: a name of :data:`~ipguard.fingerprint.methods.METHODS`; None for the default
-            (:func:`~ipguard.fingerprint.methods.default_method`: ``bridges`` when ``data``
-            has labels and the owner is a PyTorch module, as it trains surrogates on them,
-            else ``ipguard``, which needs neither; ``warn`` is told why).
-        n: number of fingerprinting points.
+            (:func:`~ipguard.fingerprint.methods.default_method`: ``combined`` when ``data``
+            has labels and the owner is a PyTorch module, else ``ipguard``; ``warn`` hears why).
+        n: number of fingerprinting points (of each kind, for a method of several).
         params: the method's hyper-parameters (unknown names are refused, naming the known).
         seed: seed of all randomness of the method.
         bounds, mean, std, device: see :class:`~ipguard.models.owner.OwnerModel`.
@@ -155,11 +158,13 @@ def make_fingerprint(
             architecture trained on ``data`` with other seeds) calibrate the verdict; the
             match counts are stored in the fingerprint (:mod:`ipguard.verdict.null`). None: 16 when
             ``data`` has labels and the owner is a PyTorch module, else none. 0: none.
+        recipe: how the owner was trained (:func:`~ipguard.training.train.read_recipe`):
+            every surrogate and calibrator trains so; the method's ``recipe`` where it has
+            one, kept in the stats (``owner_recipe``). None: the method's default.
         note: called with a line as each surrogate is trained or loaded.
         warn: called with a line when the default method falls back to ``ipguard``, and
-            with each doubt the method reports in
-            ``stats["warnings"]`` (e.g. surrogates that fit the owner's rows worse than the
-            owner does); the CLI prints them as notes.
+            with each doubt the method reports in ``stats["warnings"]`` (e.g. surrogates that
+            fit the owner's rows worse than the owner does); the CLI prints them as notes.
 
     Raises:
         InputError, ModelError, GenerationError: with a one-line message and a hint.
@@ -167,22 +172,22 @@ def make_fingerprint(
     if output is not None:
         check_output(Path(output))
     dataset, owner_shape, mean, std = _owner_inputs(model, data, input_shape, mean, std)
+    given = None if recipe is None else read_recipe(recipe)
     fp_method, method = method_for(
-        method, params, dataset, model, calibration_models=calibration_models, warn=warn
-    )
-    module = (
-        model
-        if isinstance(model, nn.Module)
-        else load_module(model, weights, input_shape=owner_shape, trust_pickle=trust_pickle)
-    )
-    owner = OwnerModel(
-        module, input_shape=owner_shape, bounds=bounds, mean=mean, std=std, device=device
-    )
+        method, params, dataset, model, calibration_models=calibration_models, warn=warn,
+        recipe=given,
+    )  # fmt: skip
+    module = model if isinstance(model, nn.Module) else load_module(
+        model, weights, input_shape=owner_shape, trust_pickle=trust_pickle)  # fmt: skip
+    owner = OwnerModel(module, input_shape=owner_shape, bounds=bounds, mean=mean, std=std,
+                       device=device)  # fmt: skip
     models = 0 if fp_method.calibrates else calibration_count(calibration_models, dataset, module)
     fp = fp_method.generate(
         owner, n, data=dataset.x if dataset is not None else None,
         labels=dataset.y if dataset is not None else None, seed=seed, progress=progress,
     )  # fmt: skip
+    if given is not None:
+        fp = dataclasses.replace(fp, stats={**fp.stats, "owner_recipe": given})
     fp = _with_calibration(owner, fp, dataset, models, note, warn)
     if output is not None:
         fp.save(output)
@@ -229,12 +234,13 @@ def _with_calibration(
     if models:
         assert dataset is not None and dataset.y is not None
         record = surrogate_calibration(
-            owner, fp, dataset.x, dataset.y, models=models, note=note or (lambda _t: None)
-        )
+            owner, fp, dataset.x, dataset.y, models=models, recipe=calibration_recipe(fp),
+            note=note or (lambda _t: None),
+        )  # fmt: skip
         fp = dataclasses.replace(fp, calibration=record)
     if fp.calibration is not None and warn is not None:
         try:
-            stated_rule(fp.calibration, fp.n, None)
+            rule_for(fp)
         except NoVerdict as e:  # honest, but the owner should know before they need it
             warn(f"the fingerprint's calibration states no error rate yet: {e}")
     return fp
@@ -397,23 +403,34 @@ def verify_suspects(
     evidence = evidence or EvidenceOptions()
     fp, found = _evidence(fingerprint, evidence.pubkey, evidence.commitment)
     rule = rule_for(fp, decision)
-    plan = None
+    plans: tuple[SequentialPlan | None, ...] = ()
     if sequential is not None:
         if sequential.batch_size is None and query.batch_size is not None:
             sequential = dataclasses.replace(sequential, batch_size=query.batch_size)
-        plan = plan_for(rule, sequential)
+        plans = kind_plans(rule, sequential) if rule.kinds else (plan_for(rule, sequential),)
     oracles = open_suspects(
         list(suspects), weights=list(weights), adapters=list(adapters),
         input_shape=fp.input_shape, bounds=fp.bounds, mean=fp.preprocessing["mean"],
         std=fp.preprocessing["std"], query=query,
     )  # fmt: skip
-    verdicts = [
-        rule.judge_sequential(verify_sequential(fp, oracle, plan, name=name), plan)
-        if plan is not None
-        else verify(fp, oracle, threshold=rule, name=name, batch_size=query.batch_size or 256)
-        for name, oracle in oracles
-    ]
+    verdicts = [_verdict(fp, oracle, name, rule, plans, query.batch_size or 256)
+                for name, oracle in oracles]  # fmt: skip
+    plan = next((p for p in plans if p is not None), None)
     return VerificationReport(fp, tuple(verdicts), found, rule, plan)
+
+
+def _verdict(
+    fp: Fingerprint, oracle: LabelOracle, name: str, rule: Rule,
+    plans: tuple[SequentialPlan | None, ...], batch_size: int,
+) -> SuspectVerdict:  # fmt: skip
+    """One suspect's verdict: fixed-n (no ``plans``), sequential, or sequential by kind."""
+    if not plans:
+        return verify(fp, oracle, threshold=rule, name=name, batch_size=batch_size)
+    if rule.kinds:
+        return verify_kinds_sequential(fp, oracle, rule, plans, name=name)
+    plan = plans[0]
+    assert plan is not None
+    return rule.judge_sequential(verify_sequential(fp, oracle, plan, name=name), plan)
 
 
 # -- calibrate ---------------------------------------------------------------------------------
@@ -456,14 +473,16 @@ def calibrate_fingerprint(
         raise InputError("give either independent models or --data TRAIN (with the owner)")
     fp = fingerprint if isinstance(fingerprint, Fingerprint) else load_fingerprint(fingerprint)
     if independents:
-        report = verify_suspects(
-            fp, independents, weights=weights, decision=DecisionOptions(DEFAULT_THRESHOLD),
+        oracles = open_suspects(
+            list(independents), weights=list(weights), input_shape=fp.input_shape,
+            bounds=fp.bounds, mean=fp.preprocessing["mean"], std=fp.preprocessing["std"],
             query=query,
         )  # fmt: skip
-        record = calibration_record(
-            [v.matches for v in report.verdicts], fp.n, source="trusted-independents",
-            independents=list(independents), confidence=confidence, created=utc_now(),
-        )  # fmt: skip
+        counts = [kind_matches(fp, oracle, name=name, batch_size=query.batch_size or 256)
+                  for name, oracle in oracles]  # fmt: skip
+        record = calibration_for(fp, counts, source="trusted-independents",
+                                 independents=list(independents),
+                                 confidence=confidence)  # fmt: skip
     else:
         count = DEFAULT_CALIBRATORS if models is None else models
         record = _surrogate_record(fp, model, model_weights, data, count, confidence, note,

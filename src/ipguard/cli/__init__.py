@@ -59,6 +59,7 @@ from ipguard.cli.options import (
     FpNOpt,
     FpOutputOpt,
     FpParamOpt,
+    FpRecipeOpt,
     FprOpt,
     FpSeedOpt,
     FpStartOpt,
@@ -222,6 +223,7 @@ def fingerprint(
     target: FpTargetOpt = None,
     max_rounds: FpMaxRoundsOpt = None,
     param: FpParamOpt = None,
+    recipe: FpRecipeOpt = None,
     seed: FpSeedOpt = 0,
     calibration_models: CalibrationModelsOpt = None,
     bounds: FpBoundsOpt = "0,1",
@@ -260,8 +262,8 @@ def fingerprint(
             params=params, seed=seed, bounds=parse_bounds(bounds),
             mean=parse_channels(mean, "--mean"), std=parse_channels(std, "--std"),
             device=device, trust_pickle=trust_pickle, output=output, progress=report,
-            calibration_models=calibration_models, note=lambda text: bar(n, text),
-            warn=notes.append,
+            calibration_models=calibration_models, recipe=recipe,
+            note=lambda text: bar(n, text), warn=notes.append,
         )  # fmt: skip
         bar.total(n)
         bar(n, "done")

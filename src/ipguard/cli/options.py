@@ -515,14 +515,33 @@ FpMethodOpt = Annotated[
     str | None,
     typer.Option(
         "--method",
-        help="Fingerprinting method (docs/methods.md). Default: 'bridges' when --data "
-        "has labels and the owner is package.module:factory or arch:NAME (it trains "
-        "surrogate students and independents of the owner, cached); else 'ipguard', "
+        help="Fingerprinting method (docs/methods.md). Default: 'combined' when --data "
+        "has labels and the owner is package.module:factory or arch:NAME: n IPGuard "
+        "boundary points (post-processed copies) and n bridges (students), each judged at "
+        "half the stated rate; it trains surrogates of the owner, cached. Else 'ipguard', "
         "and the command says so.",
         show_default=False,
     ),
 ]
-FpNOpt = Annotated[int, typer.Option("--n", "-n", help="Number of fingerprinting points.")]
+FpNOpt = Annotated[
+    int,
+    typer.Option(
+        "--n", "-n", help="Number of fingerprinting points (of each kind, for 'combined')."
+    ),
+]
+FpRecipeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--recipe", metavar="FILE|TABLE",
+        help="How the owner was trained: a TOML or JSON file, or inline, e.g. "
+        '\'{"epochs": 20, "optimizer": "sgd", "lr": 0.05, "schedule": "cosine", '
+        '"augment": true}\'. Every surrogate and calibrator is trained this way, so that '
+        "they stand for models trained as yours was; kept in the fingerprint. Give it: "
+        "without it the bridges' surrogates fit their epochs to your model, with a generic "
+        "Adam recipe.",
+        show_default=False,
+    ),
+]  # fmt: skip
 FpKOpt = Annotated[
     float | None,
     typer.Option(

@@ -26,7 +26,8 @@ from rich.progress import (
 from rich.table import Table
 
 from ipguard.fingerprint.methods.base import GenerationProgress
-from ipguard.verdict.null import NoVerdict, stated_rule
+from ipguard.verdict.decision import Rule, rule_for
+from ipguard.verdict.null import NoVerdict
 
 if TYPE_CHECKING:
     from ipguard.evaluation.demo import DemoResult
@@ -146,6 +147,8 @@ def print_fingerprint(fp: Fingerprint, output: Path, as_json: bool) -> None:
     table.add_row("file", escape(str(output)))
     table.add_row("method", escape(f"{fp.method} " + json.dumps(fp.params, sort_keys=True)))
     table.add_row("points", f"{fp.n} of shape {fp.input_shape}, {fp.num_classes} classes")
+    if fp.kinds is not None:
+        table.add_row("kinds", ", ".join(f"{name} {count}" for name, count in fp.kinds))
     if "convergence_rate" in stats:
         table.add_row(
             "converged",
@@ -160,10 +163,14 @@ def print_fingerprint(fp: Fingerprint, output: Path, as_json: bool) -> None:
     table.add_row("time", f"{stats.get('seconds', 0):.2f} s")
     if fp.calibration is not None:
         counts = fp.calibration["negative_matches"]
+        ranges = [
+            f"{k['kind']} {min(k['negative_matches'])}-{max(k['negative_matches'])} of {k['n']}"
+            for k in fp.calibration.get("kinds", [])
+        ] or [f"{min(counts)}-{max(counts)} of {fp.n}"]
         table.add_row(
             "calibration",
-            f"{len(counts)} {fp.calibration['source']}, matches {min(counts)}-{max(counts)} "
-            f"of {fp.n}; {calibration_reach(fp)}",
+            f"{len(counts)} {fp.calibration['source']}, matches {', '.join(ranges)}; "
+            f"{calibration_reach(fp)}",
         )
     table.add_row("owner weights sha256", fp.owner_sha256)
     table.add_row("digest", fp.digest)
@@ -220,6 +227,10 @@ def print_verification(
         cols.insert(4, "stated FPR")
     if seq:
         cols[4:4] = ["queries", "decided by"]
+    kinds = bool(report.rule.kinds)
+    if kinds:
+        cols[1:1] = ["evidence per kind"]
+        cols.insert(len(cols) - 1, "caught by")
     for col in cols:
         table.add_column(col, justify="left" if col in ("suspect", "verdict") else "right")
     for row in rows:
@@ -228,13 +239,20 @@ def print_verification(
             escape(row["suspect"]), f"{row['matches']}/{row['n']}",
             f"{row['matching_rate']:.3f}", f"{row['threshold']:.3f}",
         ]  # fmt: skip
+        if kinds:
+            cells.insert(1, escape(_kind_cells(row.get("kinds", []))))
         if with_fpr:
             weaker = " (not 1%: weaker)" if row.get("weaker_than_default") else ""
             cells.append(f"{row['target_fpr']:g}{weaker}")
         if with_p:
             cells.append(f"{row['p_value']:.2g}")
         if seq:
-            cells += [f"{row['queries']}/{row['points']}", _stopped(row)]
+            queries, total = (
+                (row["points_queried"], fp.n) if kinds else (row["queries"], row["points"])
+            )
+            cells += [f"{queries}/{total}", _stopped(row)]
+        if kinds:
+            cells.append(escape(row.get("caught_by") or "-"))
         table.add_row(*cells, f"[{style}]{row['verdict']}[/]")
     out.print(table)
     if report.plan is None:
@@ -242,6 +260,15 @@ def print_verification(
     else:
         note = sequential_note(report)
     err.print(note, soft_wrap=True)
+
+
+def _kind_cells(kinds: list[dict[str, Any]]) -> str:
+    """``kind matches/n (>= threshold)`` for each kind, ``not used`` where it has none."""
+    return "; ".join(
+        f"{k['kind']} {k['matches']}/{k['n']} "
+        + ("(not used)" if k["threshold"] is None else f"(>= {k['threshold']:.2f})")
+        for k in kinds
+    )
 
 
 def _stopped(row: dict[str, Any]) -> str:
@@ -272,16 +299,38 @@ def calibration_reach(fp: Fingerprint) -> str:
     """What verify states by default with ``fp``'s calibration (the core's ladder rule)."""
     assert fp.calibration is not None
     try:
-        rule = stated_rule(fp.calibration, fp.n, None)
+        rule = rule_for(fp)
     except NoVerdict as e:
         return f"verify states no rate by default: {e.message} ({e.hint})"
+    if rule.kinds:
+        return f"verify's thresholds at {rule.target_fpr:g} FPR, family-wise: {kinds_text(rule)}"
     return f"verify's threshold at {rule.target_fpr:g} FPR: {rule.threshold:.2f}"
+
+
+def kinds_text(rule: Rule) -> str:
+    """Each kind's threshold and share of the rate, or that it states none."""
+    return ", ".join(
+        f"{k.kind} {k.stated.threshold:.2f} (at {k.stated.target_fpr:g})"
+        if k.stated is not None
+        else f"{k.kind} none (its calibration cannot state a share: not used)"
+        for k in rule.kinds
+    )
 
 
 def threshold_note(report: VerificationReport, *, fpr_asked: bool = False) -> str:
     """One line on what the threshold rests on (stderr, beside the table); where the rate
     was not asked for and is above the default, why."""
     null, t = report.rule.null, report.threshold
+    if report.rule.kinds and null is not None:
+        confidence = (report.fingerprint.calibration or {}).get("confidence", null.confidence)
+        return (
+            f"family-wise false-positive rate <= {report.rule.target_fpr:g} with "
+            f"{confidence:.0%} confidence over {len(report.rule.kinds)} kinds of points, "
+            f"each at its share (beta-binomial nulls, calibrated in the fingerprint, "
+            f"{len(null.negative_matches)} "
+            f"{(report.fingerprint.calibration or {}).get('source', 'independents')}): "
+            f"{kinds_text(report.rule)}; pirated when any used kind reaches its threshold"
+        )
     if null is not None:
         from ipguard.operations import DEFAULT_FPR
 

@@ -52,7 +52,7 @@ from ipguard.training.zoo import ModelZoo, no_note, zoo_key
 from ipguard.verdict.calibration import Calibration, calibrate, calibrate_on_ladder
 from ipguard.verdict.decision import DEFAULT_THRESHOLD
 from ipguard.verdict.null import verdict_for
-from ipguard.verdict.verify import match_count
+from ipguard.verdict.verify import kind_matches
 
 __all__ = ["EvaluationResult", "ProgressFn", "SuspectResult", "run_suite"]
 
@@ -65,7 +65,9 @@ CSV_FIELDS = ("name", "family", "pirated", "accuracy", "matches", "n", "matching
 
 @dataclass(frozen=True)
 class SuspectResult:
-    """One evaluated suspect: what it is, its test accuracy and its matches."""
+    """One evaluated suspect: what it is, its test accuracy and its matches (over all the
+    fingerprint's points; ``kinds``: per kind of point, for a fingerprint of several, each
+    kind's name, matches and points)."""
 
     name: str
     family: str
@@ -74,6 +76,7 @@ class SuspectResult:
     matches: int
     n: int
     zoo_key: str
+    kinds: tuple[tuple[str, int, int], ...] = ()
 
     @property
     def matching_rate(self) -> float:
@@ -87,7 +90,8 @@ class SuspectResult:
             "name": self.name, "family": self.family, "pirated": self.pirated,
             "accuracy": self.accuracy, "matches": self.matches, "n": self.n,
             "matching_rate": self.matching_rate, "zoo_key": self.zoo_key,
-        }  # fmt: skip
+        } | ({"kinds": {k: {"matches": m, "n": n, "matching_rate": m / n}
+                        for k, m, n in self.kinds}} if self.kinds else {})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -575,10 +579,14 @@ def run_suite(
     for name, family, pirated, key, module in suspects:
         started_verify = time.perf_counter()
         oracle = models.oracle(module)
-        matches = match_count(fp, oracle, name=name)
+        per_kind = kind_matches(fp, oracle, name=name)
         verify_seconds += time.perf_counter() - started_verify
         acc = accuracy(oracle.module, xt, yt, device=oracle.device)
-        results.append(SuspectResult(name, family, pirated, acc, matches, fp.n, key))
+        kinds = () if fp.kinds is None else tuple(
+            (kind, m, stop - start) for (kind, start, stop), m in zip(fp.parts, per_kind,
+                                                                     strict=True))  # fmt: skip
+        results.append(SuspectResult(name, family, pirated, acc, sum(per_kind), fp.n, key,
+                                     kinds))  # fmt: skip
     seconds["verification"] = verify_seconds
     seconds["test accuracy"] = time.perf_counter() - clock - verify_seconds
 

@@ -10,12 +10,13 @@ truncated, edited or foreign file with a one-line reason.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import platform
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,9 +29,21 @@ from torch import Tensor
 from ipguard import limits
 from ipguard.errors import FingerprintFileError, InputError
 from ipguard.io import atomic_write_bytes
-from ipguard.verdict.null import null_from_record
+from ipguard.verdict.null import (
+    DEFAULT_CONFIDENCE,
+    KindCounts,
+    calibration_record,
+    kind_counts,
+)
 
-__all__ = ["Fingerprint", "load_fingerprint", "FORMAT_NAME", "FORMAT_VERSION", "MAX_FILE_BYTES"]
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "MAX_FILE_BYTES",
+    "Fingerprint",
+    "calibration_for",
+    "load_fingerprint",
+]
 
 FORMAT_NAME = "ipguard-fingerprint"
 FORMAT_VERSION = "1"
@@ -94,6 +107,11 @@ class Fingerprint:
             these points and where they came from (:func:`ipguard.verdict.null.calibration_record`);
             ``verify`` derives its threshold for a target false-positive rate from it.
             Covered by the digest and a signature like everything else.
+        kinds: for a fingerprint of several kinds of points, each kind's name and number of
+            points, in order: the points are the kinds' points one after the other (the
+            first ``kinds[0][1]`` are of ``kinds[0][0]``, and so on), and the verdict judges
+            each kind at its share of a family-wise rate (:mod:`ipguard.verdict.decision`).
+            None: one kind, named by ``method``. Covered by the digest.
     """
 
     points: Tensor
@@ -109,6 +127,7 @@ class Fingerprint:
     versions: Mapping[str, str] = field(default_factory=current_versions)
     created: str = field(default_factory=utc_now)
     calibration: Mapping[str, Any] | None = None
+    kinds: tuple[tuple[str, int], ...] | None = None
 
     def __post_init__(self) -> None:
         # Programmer errors only: files from users are validated in load_fingerprint.
@@ -116,6 +135,37 @@ class Fingerprint:
         assert self.labels.shape == (self.points.shape[0],)
         object.__setattr__(self, "points", self.points.detach().to("cpu", torch.float32))
         object.__setattr__(self, "labels", self.labels.detach().to("cpu", torch.int64))
+        if self.kinds is not None:
+            kinds = tuple((str(name), int(count)) for name, count in self.kinds)
+            assert len(kinds) >= 2 and sum(c for _, c in kinds) == self.points.shape[0]
+            object.__setattr__(self, "kinds", kinds)
+
+    @property
+    def parts(self) -> tuple[tuple[str, int, int], ...]:
+        """Each kind of point's name and ``start``, ``stop`` in the points (one kind, named
+        by the method, when the fingerprint has one)."""
+        if self.kinds is None:
+            return ((self.method, 0, self.n),)
+        out, start = [], 0
+        for name, count in self.kinds:
+            out.append((name, start, start + count))
+            start += count
+        return tuple(out)
+
+    def part(self, index: int) -> Fingerprint:
+        """The fingerprint of one kind of its points alone (no calibration: the kind's null
+        lives in this fingerprint's record)."""
+        name, start, stop = self.parts[index]
+        return dataclasses.replace(
+            self, points=self.points[start:stop], labels=self.labels[start:stop], method=name,
+            params={"part_of": self.digest, "kind": name}, calibration=None, kinds=None,
+        )  # fmt: skip
+
+    def kind_matches(self, labels: Tensor) -> tuple[int, ...]:
+        """Per kind of point, how many of ``labels`` (a suspect's answers on the points, in
+        order) are the owner's."""
+        hits = labels.detach().cpu().to(torch.int64) == self.labels
+        return tuple(int(hits[start:stop].sum()) for _, start, stop in self.parts)
 
     @property
     def n(self) -> int:
@@ -124,7 +174,7 @@ class Fingerprint:
 
     def metadata(self) -> dict[str, str]:
         """The str->str metadata stored in the file, without the digest."""
-        return {
+        meta = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
             "method": self.method,
@@ -137,7 +187,12 @@ class Fingerprint:
             "stats": _dumps(dict(self.stats)),
             "versions": _dumps(dict(self.versions)),
             "created": self.created,
-        } | ({} if self.calibration is None else {"calibration": _dumps(dict(self.calibration))})
+        }
+        if self.calibration is not None:
+            meta["calibration"] = _dumps(dict(self.calibration))
+        if self.kinds is not None:
+            meta["kinds"] = _dumps([list(k) for k in self.kinds])
+        return meta
 
     @property
     def digest(self) -> str:
@@ -160,7 +215,9 @@ class Fingerprint:
             "created": self.created,
             "digest": self.digest,
             "label_counts": torch.bincount(self.labels, minlength=self.num_classes).tolist(),
-        } | ({} if self.calibration is None else {"calibration": dict(self.calibration)})
+        } | ({} if self.calibration is None else {"calibration": dict(self.calibration)}) | (
+            {} if self.kinds is None else {"kinds": [list(k) for k in self.kinds]}
+        )  # fmt: skip
 
     def to_bytes(self) -> bytes:
         """Serialise to safetensors bytes (with the content digest in the metadata)."""
@@ -174,6 +231,26 @@ class Fingerprint:
     def save(self, path: str | Path) -> Path:
         """Write atomically to ``path`` (a ``.safetensors`` file is customary)."""
         return atomic_write_bytes(path, self.to_bytes())
+
+
+def calibration_for(
+    fp: Fingerprint, counts: Sequence[Sequence[int]], *, source: str, independents: list[str],
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> dict[str, Any]:  # fmt: skip
+    """The calibration record of ``fp`` from each independent model's matches per kind of
+    its points (``counts[i]``: :meth:`Fingerprint.kind_matches` of model ``i``), with the
+    kinds' counts when ``fp`` has several (:func:`ipguard.verdict.null.calibration_record`)."""
+    rows = [tuple(int(c) for c in row) for row in counts]
+    if any(len(row) != len(fp.parts) for row in rows):
+        raise InputError(f"give each model's matches on the {len(fp.parts)} kinds of points")
+    kinds = None if fp.kinds is None else [
+        KindCounts(name, stop - start, tuple(row[i] for row in rows))
+        for i, (name, start, stop) in enumerate(fp.parts)
+    ]  # fmt: skip
+    return calibration_record(
+        [sum(row) for row in rows], fp.n, source=source, independents=independents,
+        confidence=confidence, created=utc_now(), kinds=kinds,
+    )  # fmt: skip
 
 
 def _dumps(obj: Any) -> str:
@@ -234,10 +311,11 @@ def fingerprint_from_bytes(data: bytes, where: str = "<bytes>") -> Fingerprint:
     versions = _json_field(meta, "versions", dict, where)
     preprocessing = _json_field(meta, "preprocessing", dict, where)
     num_classes = _check_meta(meta, shape, bounds, preprocessing, where)
-    _check_tensors(points, labels, params, shape, bounds, num_classes, where)
+    kinds = _read_kinds(meta, int(points.shape[0]), where)
+    _check_tensors(points, labels, params, shape, bounds, num_classes, kinds, where)
     if not all(isinstance(v, str) for v in versions.values()):
         raise _bad(where, "versions must map names to strings")
-    calibration = _read_calibration(meta, int(points.shape[0]), where)
+    calibration = _read_calibration(meta, int(points.shape[0]), kinds, where)
     if _content_digest(points, labels, meta) != meta["digest"]:
         raise _bad(
             where,
@@ -257,6 +335,7 @@ def fingerprint_from_bytes(data: bytes, where: str = "<bytes>") -> Fingerprint:
         versions=versions,
         created=meta["created"],
         calibration=calibration,
+        kinds=kinds,
     )
 
 
@@ -321,11 +400,13 @@ def _check_tensors(
     shape: Any,
     bounds: Any,
     num_classes: int,
+    kinds: tuple[tuple[str, int], ...] | None,
     where: str,
 ) -> None:
     """Check the points and labels against the metadata (count, shape, range, finiteness)."""
-    if "n" in params and params["n"] != points.shape[0]:
-        raise _bad(where, f"params say n={params['n']} but the file holds {points.shape[0]} points")
+    if "n" in params and params["n"] * (len(kinds) if kinds else 1) != points.shape[0]:
+        raise _bad(where, f"params say n={params['n']}" + (" of each kind" if kinds else "")
+                   + f" but the file holds {points.shape[0]} points")  # fmt: skip
     if points.dim() != 4 or list(points.shape[1:]) != shape or points.shape[0] < 1:
         raise _bad(where, f"points have shape {tuple(points.shape)}, expected (N, *{shape})")
     if tuple(labels.shape) != (points.shape[0],):
@@ -338,15 +419,36 @@ def _check_tensors(
         raise _bad(where, f"labels outside 0..{num_classes - 1}")
 
 
-def _read_calibration(meta: Mapping[str, str], n: int, where: str) -> dict[str, Any] | None:
-    """The optional calibration record, checked against ``n`` points; None if absent."""
+def _read_kinds(meta: Mapping[str, str], n: int, where: str) -> tuple[tuple[str, int], ...] | None:
+    """The optional kinds of points (names and counts that hold the ``n`` points)."""
+    if "kinds" not in meta:
+        return None
+    kinds = _json_field(meta, "kinds", list, where)
+    if len(kinds) < 2 or not all(
+        isinstance(k, list) and len(k) == 2 and isinstance(k[0], str) and k[0].isprintable()
+        and 0 < len(k[0]) <= 100 and _is_int(k[1]) and k[1] > 0
+        for k in kinds
+    ):  # fmt: skip
+        raise _bad(where, "kinds must list at least two [name, count] pairs")
+    if len({k[0] for k in kinds}) != len(kinds) or sum(k[1] for k in kinds) != n:
+        raise _bad(where, f"kinds must have distinct names and hold the {n} points")
+    return tuple((k[0], k[1]) for k in kinds)
+
+
+def _read_calibration(
+    meta: Mapping[str, str], n: int, kinds: tuple[tuple[str, int], ...] | None, where: str
+) -> dict[str, Any] | None:
+    """The optional calibration record, checked against ``n`` points and the fingerprint's
+    ``kinds``; None if absent."""
     if "calibration" not in meta:
         return None
     calibration: dict[str, Any] = _json_field(meta, "calibration", dict, where)
     try:
-        null_from_record(calibration, n, 0.01)
+        own = kind_counts(calibration, n)
     except InputError as err:
         raise _bad(where, f"bad calibration: {err}") from None
+    if own is not None and [(k.kind, k.n) for k in own] != list(kinds or ()):
+        raise _bad(where, "bad calibration: its kinds are not the fingerprint's")
     return calibration
 
 

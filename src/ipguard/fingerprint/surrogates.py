@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from ipguard.attacks import ATTACKS, PirateData, make_attack
 from ipguard.attacks.base import Attack, derive_seeds, model_device, predict_logits
 from ipguard.errors import InputError
-from ipguard.fingerprint.record import Fingerprint
+from ipguard.fingerprint.record import Fingerprint, calibration_for
 from ipguard.models.owner import OwnerModel, weights_sha256
 from ipguard.training.fresh import SAME_ARCH, FreshFn, fresh_factory, train_fresh
 from ipguard.training.train import Recipe
@@ -76,6 +76,7 @@ __all__ = [
     "build_surrogate",
     "build_surrogates",
     "calibration_count",
+    "calibration_recipe",
     "calibrator_seeds",
     "copy_seed",
     "copy_variants",
@@ -583,9 +584,6 @@ def surrogate_calibration(
     owner's architecture re-initialised and trained on the owner's data ``(x, y)`` with the
     seeds of :func:`calibrator_seeds`, which no method uses to choose points (held out).
     Cached like every surrogate. See :func:`ipguard.verdict.null.calibration_record`."""
-    from ipguard.fingerprint.record import utc_now
-    from ipguard.verdict.null import calibration_record
-
     if models < MIN_NEGATIVES:
         raise InputError(f"calibration needs at least {MIN_NEGATIVES} models, got {models}")
     require_trainable(owner)
@@ -594,12 +592,23 @@ def surrogate_calibration(
     suite = _suite(owner, x, y, specs, cache, note)
     low, high = fingerprint.bounds
     x01 = ((fingerprint.points - low) / (high - low)).clamp(0.0, 1.0)
-    counts = (suite.predict(x01) == fingerprint.labels).sum(dim=1)
-    return calibration_record(
-        counts.numpy(), fingerprint.n, source="surrogate-independents",
-        independents=[m.name for m in suite.independents], confidence=confidence,
-        created=utc_now(),
+    answers = suite.predict(x01)
+    return calibration_for(
+        fingerprint, [fingerprint.kind_matches(row) for row in answers],
+        source="surrogate-independents", independents=[m.name for m in suite.independents],
+        confidence=confidence,
     )  # fmt: skip
+
+
+def calibration_recipe(fingerprint: Fingerprint) -> Recipe:
+    """How a fingerprint's calibrators are trained: as the method's own surrogates were
+    (``stats["recipe"]``, epochs fitted included), else with the owner's recipe
+    (``stats["owner_recipe"]``) over :class:`~ipguard.training.train.Recipe`'s defaults, else
+    those defaults."""
+    stats = fingerprint.stats
+    if isinstance(stats.get("recipe"), dict):
+        return Recipe.from_dict(stats["recipe"])
+    return Recipe.from_dict(Recipe().to_dict() | dict(stats.get("owner_recipe") or {}))
 
 
 def calibration_count(asked: int | None, dataset: Dataset | None, module: nn.Module) -> int:

@@ -233,7 +233,8 @@ class ScanPair:
         fingerprint: the fingerprint file's name in the folder.
         outcome: the suspect's verdict (:class:`~ipguard.verdict.decision.SuspectVerdict`,
             as ``verify`` gives it), or None where there is none (``error`` says why).
-        rule: the fingerprint's rule; ``matches``: the evidence, where the suspect answered.
+        rule: the fingerprint's rule; ``matches``: the evidence, where the suspect answered
+            (per kind of point for a fingerprint of several: ``kind_matches``).
     """
 
     suspect: str
@@ -243,16 +244,23 @@ class ScanPair:
     rule: Rule
     matches: int | None = None
     error: str | None = None
+    kind_matches: tuple[int, ...] | None = None
 
     @property
     def outcome(self) -> SuspectVerdict | None:
         if self.matches is None or self.error is not None:
             return None
-        return self.rule.judge(self.suspect, self.matches, self.n, self.fingerprint_digest)
+        evidence = self.matches if self.kind_matches is None else self.kind_matches
+        return self.rule.judge(self.suspect, evidence, self.n, self.fingerprint_digest)
 
     @property
     def matching_rate(self) -> float | None:
         return None if self.matches is None else self.matches / self.n
+
+    @property
+    def caught_by(self) -> str | None:
+        outcome = self.outcome
+        return None if outcome is None else outcome.caught_by
 
     @property
     def verdict(self) -> Verdict | None:
@@ -261,7 +269,9 @@ class ScanPair:
 
     @property
     def threshold(self) -> float:
-        return self.rule.threshold
+        """The threshold the verdict rests on (a fingerprint of kinds: the decisive kind's)."""
+        outcome = self.outcome
+        return self.rule.threshold if outcome is None else outcome.threshold
 
     @property
     def threshold_basis(self) -> ThresholdBasis:
@@ -277,7 +287,8 @@ class ScanPair:
 
 
 PAIR_COLUMNS = ("suspect", "fingerprint", "fingerprint_digest", "matches", "n", "matching_rate",
-                "threshold", "threshold_basis", "target_fpr", "verdict", "error")  # fmt: skip
+                "threshold", "threshold_basis", "target_fpr", "verdict", "caught_by",
+                "error")  # fmt: skip
 
 
 def _rule(name: str, fp: Fingerprint, fpr: float | None) -> tuple[Rule, str | None]:
@@ -290,7 +301,10 @@ def _rule(name: str, fp: Fingerprint, fpr: float | None) -> tuple[Rule, str | No
     except NoVerdict as e:
         assert fp.calibration is not None
         target = FPR_LADDER[-1] if fpr is None else fpr
-        unreachable = null_from_record(fp.calibration, fp.n, target).threshold
+        unreachable = (
+            (fp.n + 1) / fp.n if "kinds" in fp.calibration
+            else null_from_record(fp.calibration, fp.n, target).threshold
+        )  # fmt: skip
         return Rule(unreachable, "calibrated-in-fingerprint", target), f"{name}: {e}"
 
 
@@ -298,7 +312,9 @@ def judge(row: dict[str, Any], fp: Fingerprint, rule: tuple[Rule, str | None]) -
     """A journal row (the evidence: matches, or an error) judged by ``fp``'s ``rule``."""
     matches = row.get("matches")
     error = row.get("error") or (rule[1] if matches is not None else None)
-    return ScanPair(row["suspect"], row["fingerprint"], fp.digest, fp.n, rule[0], matches, error)
+    per_kind = row.get("kind_matches")
+    return ScanPair(row["suspect"], row["fingerprint"], fp.digest, fp.n, rule[0], matches, error,
+                    None if per_kind is None else tuple(per_kind))  # fmt: skip
 
 
 def _convention(fp: Fingerprint) -> tuple[Any, ...]:
@@ -337,17 +353,29 @@ def scan_suspect(
             continue
         start = 0
         for name, fp in members:
-            matches = int((labels[start : start + fp.n] == fp.labels).sum())
+            matches = fp.kind_matches(labels[start : start + fp.n])
             start += fp.n
             rows.append(_evidence(entry, name, fp, matches, None))
     return rows
 
 
 def _evidence(
-    entry: SuspectEntry, name: str, fp: Fingerprint, matches: int | None, error: str | None
-) -> Row:
-    return {"suspect": entry.name, "fingerprint": name, "fingerprint_digest": fp.digest,
-            "matches": matches, "n": fp.n, "error": error}  # fmt: skip
+    entry: SuspectEntry, name: str, fp: Fingerprint, matches: tuple[int, ...] | None,
+    error: str | None,
+) -> Row:  # fmt: skip
+    """A journal row: the matches (and, for a fingerprint of several kinds of points, the
+    matches per kind), or the error."""
+    row: Row = {
+        "suspect": entry.name,
+        "fingerprint": name,
+        "fingerprint_digest": fp.digest,
+        "matches": None if matches is None else sum(matches),
+        "n": fp.n,
+        "error": error,
+    }
+    if fp.kinds is not None:
+        row["kind_matches"] = None if matches is None else list(matches)
+    return row  # fmt: skip
 
 
 def scan_pending(
@@ -434,6 +462,13 @@ def _row_problem(row: object) -> str | None:
         return f"suspect_digest {json.dumps(digest)[:40]} is not a string or null"
     if row["matches"] is None and not row["error"]:
         return "neither matches nor an error"
+    per_kind = row.get("kind_matches")
+    if per_kind is not None and (
+        not isinstance(per_kind, list)
+        or not all(isinstance(m, int) and not isinstance(m, bool) for m in per_kind)
+        or sum(per_kind) != row["matches"]
+    ):
+        return f"kind_matches {json.dumps(per_kind)[:40]} are not counts that sum to matches"
     return None
 
 
@@ -458,6 +493,12 @@ def _judge_row(
     matches = row["matches"]
     if matches is not None and not 0 <= matches <= fp.n:
         return None, f"matches {matches} is not in 0..{fp.n} (the points of {row['fingerprint']})"
+    per_kind = row.get("kind_matches")
+    if matches is not None and fp.kinds is not None and (
+        per_kind is None or len(per_kind) != len(fp.kinds)
+        or any(not 0 <= m <= c for m, (_, c) in zip(per_kind, fp.kinds, strict=True))
+    ):  # fmt: skip
+        return None, f"kind_matches are not counts of the kinds of {row['fingerprint']}"
     suspect = row["suspect"]
     if matches is None or suspect not in keys or keys[suspect] != row.get("suspect_digest"):
         return None, None  # an error row, or a suspect gone or replaced since

@@ -27,6 +27,7 @@ import copy
 import io
 import logging
 import math
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,12 +45,58 @@ __all__ = [
     "accuracy",
     "augment_crop_flip",
     "cuda_precision",
+    "read_recipe",
     "seeded",
     "train",
     "train_classifier",
 ]
 
 log = logging.getLogger(__name__)
+
+
+def _toml(text: str) -> Any:
+    if sys.version_info < (3, 11):  # pragma: no cover - Python 3.10
+        raise InputError("a TOML recipe needs Python 3.11 or newer (tomllib)", "give it as JSON")
+    import tomllib
+
+    return tomllib.loads(text)
+
+
+def read_recipe(value: str | Path | Mapping[str, Any]) -> dict[str, Any]:
+    """The owner's training recipe, as given: a table of :class:`Recipe` keys, a ``.toml``
+    or ``.json`` file of one (a TOML file may hold it under ``[train]``), or the same inline
+    (JSON, or TOML such as ``epochs = 8``). Validated; only the keys given are returned, so
+    that a method can merge them over its own defaults.
+
+    Raises:
+        InputError: a file that cannot be read or parsed, or keys that are not a recipe's.
+    """
+    import json
+
+    if isinstance(value, Mapping):
+        table: Any = dict(value)
+    else:
+        text, where = str(value), "--recipe"
+        path = Path(text)
+        if text.endswith((".toml", ".json")) or path.is_file():
+            try:
+                text, where = path.read_text(encoding="utf-8"), str(path)
+            except OSError as err:
+                raise InputError(f"cannot read recipe {path}: {err.strerror or err}") from err
+        try:
+            table = json.loads(text) if text.lstrip().startswith("{") else _toml(text)
+        except (ValueError, RecursionError) as err:  # JSONDecodeError and TOMLDecodeError
+            raise InputError(
+                f"{where} is neither JSON nor TOML: {str(err).splitlines()[0][:80]}",
+                'e.g. --recipe \'{"epochs": 8, "optimizer": "sgd", "lr": 0.05}\' or a .toml file',
+            ) from err
+        if isinstance(table, dict) and set(table) == {"train"}:
+            table = table["train"]
+    if not isinstance(table, dict):
+        raise InputError("a recipe is a table of training keys", 'e.g. {"epochs": 8}')
+    Recipe.from_dict(Recipe().to_dict() | table)  # unknown keys and bad values: one line
+    return table
+
 
 Optimizer = Literal["adam", "sgd"]
 Schedule = Literal["constant", "cosine", "linear", "step"]

@@ -58,6 +58,8 @@ __all__ = [
     "DEFAULT_CONFIDENCE",
     "DEFAULT_TARGET_FPR",
     "FPR_LADDER",
+    "FamilyRule",
+    "KindCounts",
     "MIN_NEGATIVES",
     "NoVerdict",
     "NullModel",
@@ -68,7 +70,9 @@ __all__ = [
     "binomial_threshold",
     "calibration_record",
     "fit_null",
+    "family_rule",
     "fit_nulls",
+    "kind_counts",
     "ladder_thresholds",
     "moments",
     "no_verdict_reason",
@@ -501,6 +505,18 @@ def no_verdict_reason(null: NullModel) -> tuple[str, str]:
 SOURCES = ("surrogate-independents", "trusted-independents")
 
 
+@dataclass(frozen=True)
+class KindCounts:
+    """The calibrators' match counts on one kind of a fingerprint's points (its ``n``)."""
+
+    kind: str
+    n: int
+    negative_matches: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "n": self.n, "negative_matches": list(self.negative_matches)}
+
+
 def calibration_record(
     negative_matches: ArrayLike,
     n: int,
@@ -509,13 +525,16 @@ def calibration_record(
     independents: list[str],
     confidence: float = DEFAULT_CONFIDENCE,
     created: str,
+    kinds: list[KindCounts] | None = None,
 ) -> dict[str, Any]:
     """What a fingerprint stores of its calibration: the independents' match counts on its
-    points and how they were had. The threshold is derived at verify time for the false-
-    positive rate asked for then (the counts are checked now, so a bad record is refused
-    early)."""
-    fit_null(negative_matches, n, confidence=confidence)
-    return {
+    points and how they were had; for a fingerprint of several kinds of points, ``kinds``
+    (in the fingerprint's order) keeps each kind's counts, which sum to
+    ``negative_matches``. The threshold is derived at verify time for the false-positive
+    rate asked for then (the counts are checked now, so a bad record is refused early)."""
+    if kinds is None:
+        fit_null(negative_matches, n, confidence=confidence)
+    record = {
         "model": "beta-binomial",
         "negative_matches": [int(c) for c in np.asarray(negative_matches)],
         "confidence": float(confidence),
@@ -523,14 +542,28 @@ def calibration_record(
         "independents": [str(s) for s in independents],
         "created": created,
     }
+    if kinds is not None:
+        record["kinds"] = [k.to_dict() for k in kinds]
+        kind_counts(record, n)
+    return record
+
+
+_RECORD_FIELDS = {"model", "negative_matches", "confidence", "source", "independents", "created"}
 
 
 def null_from_record(record: Any, n: int, target_fpr: float) -> NullModel:
-    """The null model of a stored record (validated: InputError says what is wrong)."""
+    """The null model of a stored record over all its points (validated, its kinds too:
+    InputError says what is wrong)."""
+    counts, conf = _check_record(record, n)
+    return fit_null(counts, n, target_fpr=target_fpr, confidence=conf)
+
+
+def _check_record(record: Any, n: int) -> tuple[list[int], float]:
+    """Validate a stored record of ``n`` points (its kinds too, each fitted); return its
+    counts and confidence."""
     if not isinstance(record, dict) or record.get("model") != "beta-binomial":
         raise InputError("calibration is not a beta-binomial record")
-    if set(record) != {"model", "negative_matches", "confidence", "source", "independents",
-                       "created"}:  # fmt: skip
+    if not _RECORD_FIELDS <= set(record) <= _RECORD_FIELDS | {"kinds"}:
         raise InputError(f"calibration has fields {sorted(record)}")
     if record["source"] not in SOURCES:
         raise InputError(f"calibration source {record['source']!r} is not one of {SOURCES}")
@@ -539,17 +572,62 @@ def null_from_record(record: Any, n: int, target_fpr: float) -> NullModel:
         raise InputError("calibration independents must be a list of names")
     if not isinstance(record["created"], str):
         raise InputError("calibration created must be a time")
-    counts = record["negative_matches"]
-    if not isinstance(counts, list) or not all(
-        isinstance(c, int) and not isinstance(c, bool) for c in counts
-    ):
-        raise InputError("calibration negative_matches must be a list of integers")
+    counts = _int_list(record["negative_matches"], "calibration negative_matches")
     if names and len(names) != len(counts):
         raise InputError("calibration names one independent per count")
     conf = record["confidence"]
     if isinstance(conf, bool) or not isinstance(conf, int | float):
         raise InputError("calibration confidence must be a number")
-    return fit_null(counts, n, target_fpr=target_fpr, confidence=float(conf))
+    _check_rate("confidence", conf)
+    _check_counts(counts, n)
+    if "kinds" in record:
+        for kind in _check_kinds(record["kinds"], counts, n):
+            fit_null(kind.negative_matches, kind.n, confidence=float(conf))
+    return counts, float(conf)
+
+
+def _int_list(value: Any, what: str) -> list[int]:
+    if not isinstance(value, list) or not all(
+        isinstance(c, int) and not isinstance(c, bool) for c in value
+    ):
+        raise InputError(f"{what} must be a list of integers")
+    return value
+
+
+def _check_kinds(kinds: Any, counts: list[int], n: int) -> list[KindCounts]:
+    if not isinstance(kinds, list) or len(kinds) < 2:
+        raise InputError("calibration kinds must list at least two kinds")
+    out = []
+    for entry in kinds:
+        if not isinstance(entry, dict) or set(entry) != {"kind", "n", "negative_matches"}:
+            raise InputError("each calibration kind has a kind, an n and negative_matches")
+        name, size = entry["kind"], entry["n"]
+        if not isinstance(name, str) or not name or isinstance(size, bool) or not isinstance(
+            size, int
+        ) or size < 1:  # fmt: skip
+            raise InputError("a calibration kind needs a name and a positive n")
+        own = _int_list(entry["negative_matches"], f"calibration kind {name!r} negative_matches")
+        if len(own) != len(counts):
+            raise InputError(f"calibration kind {name!r} has {len(own)} counts, not {len(counts)}")
+        _check_counts(own, size)
+        out.append(KindCounts(name, size, tuple(own)))
+    if len({k.kind for k in out}) != len(out) or sum(k.n for k in out) != n:
+        raise InputError(f"calibration kinds must be distinct and hold the {n} points")
+    if [sum(c) for c in zip(*(k.negative_matches for k in out), strict=True)] != list(counts):
+        raise InputError("calibration kinds' counts do not add up to negative_matches")
+    return out
+
+
+def kind_counts(record: Any, n: int) -> list[KindCounts] | None:
+    """The per-kind counts of a record of ``n`` points (validated; a record of one kind
+    fitted), or None for one kind."""
+    if not (isinstance(record, dict) and "kinds" in record):
+        null_from_record(record, n, DEFAULT_TARGET_FPR)
+        return None
+    _check_record(record, n)
+    return None if "kinds" not in record else _check_kinds(
+        record["kinds"], record["negative_matches"], n
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -594,3 +672,76 @@ def stated_rule(nulls: Any, n: int, fpr: float | None) -> StatedRule:
     rates = f"{fpr:g}" if fpr is not None else "any of " + ", ".join(f"{r:g}" for r in FPR_LADDER)
     reason, fix = no_verdict_reason(null)
     raise NoVerdict(f"no verdict at a false-positive rate of {rates}: {reason}", fix)
+
+
+@dataclass(frozen=True)
+class FamilyRule:
+    """The rule of a calibration of several kinds of points, at a family-wise rate.
+
+    Each kind that is used has its own :class:`StatedRule` at ``target_fpr / s`` (``s``
+    kinds used) and at confidence ``1 - (1 - confidence) / s``, so that with probability at
+    least ``confidence`` every used kind's null is right, and then the chance that an
+    independent model passes any of them is at most ``target_fpr`` (Bonferroni: it holds
+    however the kinds' matches depend on each other). A kind whose calibration cannot state
+    its share is not used (``None``), and the share grows; when no kind can, no verdict.
+
+    Attributes:
+        target_fpr: the family-wise false-positive rate.
+        kinds: each kind's counts, in the fingerprint's order.
+        rules: each kind's rule at the split rate, or None where the kind is not used.
+        asked: the rate asked for (None: the smallest of the ladder was wanted).
+    """
+
+    target_fpr: float
+    kinds: tuple[KindCounts, ...]
+    rules: tuple[StatedRule | None, ...]
+    asked: float | None = None
+
+    @property
+    def used(self) -> int:
+        return sum(r is not None for r in self.rules)
+
+    @property
+    def weaker_than_default(self) -> bool:
+        return self.asked is None and self.target_fpr > DEFAULT_TARGET_FPR
+
+    def p_value(self, matches: tuple[int, ...]) -> float:
+        """The family's p-value of per-kind ``matches``: ``s`` times the smallest p-value of
+        a used kind (at most 1), so that "pirated iff p <= target_fpr" is the rule."""
+        ps = [r.null.p_value(m) for r, m in zip(self.rules, matches, strict=True) if r is not None]
+        return min(1.0, len(ps) * min(ps))
+
+
+def family_rule(record: Any, n: int, fpr: float | None) -> FamilyRule:
+    """The family-wise rule of a calibration record with ``kinds`` for ``fpr``, else the
+    smallest rate of :data:`FPR_LADDER` it can state (see :class:`FamilyRule`).
+
+    Raises:
+        NoVerdict: no kind can state its share of the asked rate (or any of the ladder).
+        InputError: the record has no kinds, or is invalid.
+    """
+    kinds = kind_counts(record, n)
+    if kinds is None:
+        raise InputError("the calibration has one kind of points: use stated_rule")
+    confidence = float(record["confidence"])
+    null = None
+    for target in FPR_LADDER if fpr is None else (fpr,):
+        for s in range(len(kinds), 0, -1):
+            share, conf = target / s, 1.0 - (1.0 - confidence) / s
+            nulls = [fit_null(k.negative_matches, k.n, target_fpr=share, confidence=conf)
+                     for k in kinds]  # fmt: skip
+            usable = [i for i, nl in enumerate(nulls) if nl.reachable][:s]
+            if len(usable) == s:
+                rules = tuple(
+                    StatedRule(nulls[i].threshold, share, nulls[i], fpr) if i in usable else None
+                    for i in range(len(kinds))
+                )  # fmt: skip
+                return FamilyRule(target, tuple(kinds), rules, fpr)
+            null = nulls[0]
+    assert null is not None
+    rates = f"{fpr:g}" if fpr is not None else "any of " + ", ".join(f"{r:g}" for r in FPR_LADDER)
+    reason, fix = no_verdict_reason(null)
+    raise NoVerdict(
+        f"no verdict at a family-wise false-positive rate of {rates}: no kind of points "
+        f"({', '.join(k.kind for k in kinds)}) states its share; {reason}", fix,
+    )  # fmt: skip

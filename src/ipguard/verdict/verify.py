@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING
 from ipguard.models.owner import LabelOracle
 from ipguard.suspects.query import query_labels
 from ipguard.verdict.decision import DEFAULT_THRESHOLD, Rule, SuspectVerdict, check_threshold
+from ipguard.verdict.sequential import SequentialPlan, verify_sequential
 
 if TYPE_CHECKING:
     from ipguard.fingerprint.record import Fingerprint
 
-__all__ = ["DEFAULT_THRESHOLD", "match_count", "verify"]
+__all__ = ["DEFAULT_THRESHOLD", "kind_matches", "match_count", "verify", "verify_kinds_sequential"]
 
 
 def match_count(
@@ -26,11 +27,20 @@ def match_count(
     batch_size: int = 256,
 ) -> int:  # fmt: skip
     """How many of the fingerprint's points ``suspect`` labels as the owner does."""
+    return sum(kind_matches(fingerprint, suspect, name=name, batch_size=batch_size))
+
+
+def kind_matches(
+    fingerprint: Fingerprint, suspect: LabelOracle, *, name: str = "suspect",
+    batch_size: int = 256,
+) -> tuple[int, ...]:  # fmt: skip
+    """Per kind of the fingerprint's points (one count for a fingerprint of one kind), how
+    many ``suspect`` labels as the owner does."""
     labels = query_labels(
         suspect, fingerprint.points, num_classes=fingerprint.num_classes, name=name,
         batch_size=batch_size,
     )  # fmt: skip
-    return int((labels == fingerprint.labels).sum())
+    return fingerprint.kind_matches(labels)
 
 
 def verify(
@@ -55,5 +65,22 @@ def verify(
         rule = threshold
     else:
         rule = Rule(check_threshold(threshold), "user")
-    matches = match_count(fingerprint, suspect, name=name, batch_size=batch_size)
+    matches = kind_matches(fingerprint, suspect, name=name, batch_size=batch_size)
     return rule.judge(name, matches, fingerprint.n, fingerprint.digest)
+
+
+def verify_kinds_sequential(
+    fingerprint: Fingerprint, suspect: LabelOracle, rule: Rule,
+    plans: tuple[SequentialPlan | None, ...], *, name: str = "suspect",
+) -> SuspectVerdict:  # fmt: skip
+    """A sequential test of each used kind of the fingerprint's points in turn (``plans``:
+    :func:`~ipguard.verdict.decision.kind_plans`), stopping at the first that says pirated."""
+    tested = []
+    for index, (kind, plan) in enumerate(zip(rule.kinds, plans, strict=True)):
+        if plan is None:
+            continue
+        seq = verify_sequential(fingerprint.part(index), suspect, plan, name=name)
+        tested.append((kind, seq, plan))
+        if seq.verdict == "pirated":
+            break
+    return rule.judge_kinds_sequential(tested, fingerprint.digest)

@@ -17,6 +17,7 @@ from ipguard.errors import InputError
 from ipguard.fingerprint.methods.base import FingerprintMethod, GenerationProgress, ProgressFn
 from ipguard.fingerprint.methods.boundary import Boundary
 from ipguard.fingerprint.methods.bridges import Bridges
+from ipguard.fingerprint.methods.combined import Combined
 from ipguard.fingerprint.methods.fgsm import FGSM
 from ipguard.fingerprint.methods.ipguard import IPGuard
 from ipguard.fingerprint.methods.misclassified import Misclassified
@@ -43,8 +44,9 @@ __all__ = [
 ]
 
 #: The method ``ipguard fingerprint`` uses with the owner's training data and labels
-#: (docs/methods.md, "Catching students"), and the one it falls back to without them.
-DEFAULT_METHOD = "bridges"
+#: (docs/methods.md, "One verdict for every kind of copy": boundary points and bridges),
+#: and the one it falls back to without them.
+DEFAULT_METHOD = "combined"
 FALLBACK_METHOD = "ipguard"
 
 METHODS: dict[str, type[FingerprintMethod]] = {
@@ -57,6 +59,7 @@ METHODS: dict[str, type[FingerprintMethod]] = {
     Misclassified.name: Misclassified,
     IPGuardSelect.name: IPGuardSelect,
     Bridges.name: Bridges,
+    Combined.name: Combined,
 }
 
 
@@ -104,10 +107,13 @@ def method_for(
     *,
     calibration_models: int | None = None,
     warn: Callable[[str], None] | None = None,
+    recipe: Mapping[str, Any] | None = None,
 ) -> tuple[FingerprintMethod, str]:
     """The method ``ipguard fingerprint`` runs, and its name: ``method`` with ``params``,
     or the default for the owner's ``model`` and ``dataset`` (``warn`` is told why when it
-    falls back), checked against what it needs before any work.
+    falls back), checked against what it needs before any work. The owner's ``recipe``
+    (checked keys) becomes the method's ``recipe`` where it has one (not with one in
+    ``params`` too).
 
     Raises:
         InputError: an unknown method or parameter (naming the method that has it), or
@@ -122,6 +128,10 @@ def method_for(
             warn(why)
     params = dict(params or {})
     known = [f.name for f in dataclasses.fields(METHODS[method])]  # type: ignore[arg-type]
+    if recipe is not None and "recipe" in known:
+        if "recipe" in params:
+            raise InputError("give the recipe once: --recipe, or --param recipe=..., not both")
+        params["recipe"] = dict(recipe)
     if unknown := sorted(set(params) - set(known)):
         owners = [m for m in METHODS if set(unknown) <= {f.name for f in dataclasses.fields(
             METHODS[m])}]  # type: ignore[arg-type]  # fmt: skip

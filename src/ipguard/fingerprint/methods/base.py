@@ -76,11 +76,14 @@ class Generated:
     """What a method's ``run`` returns: ``points`` ``(n, C, H, W)``, JSON-serialisable
     ``stats``, and, from a method that :attr:`~FingerprintMethod.calibrates`, the calibration
     record of the points (:func:`ipguard.verdict.null.calibration_record`) or None (it was
-    asked for no calibration models)."""
+    asked for no calibration models); from a method of several kinds of points, each kind's
+    name and number of points, in the order of ``points``
+    (:attr:`~ipguard.fingerprint.record.Fingerprint.kinds`)."""
 
     points: Tensor
     stats: Mapping[str, Any]
     calibration: Mapping[str, Any] | None = None
+    kinds: tuple[tuple[str, int], ...] | None = None
 
 
 class FingerprintMethod(ABC):
@@ -111,6 +114,11 @@ class FingerprintMethod(ABC):
     def needs_labels(self) -> bool:
         """True if the method needs the true labels of ``data`` (``labels``)."""
         return False
+
+    def points_for(self, n: int) -> int:
+        """How many points a fingerprint of ``n`` holds (``n``; a method of several kinds
+        of points makes ``n`` of each)."""
+        return n
 
     def params(self) -> dict[str, Any]:
         """All hyper-parameters, JSON-serialisable."""
@@ -178,9 +186,10 @@ class FingerprintMethod(ABC):
         made = self.run(
             model, n, data=MethodData(data, labels), generator=generator, progress=progress
         )
-        if made.points.shape != (n, *model.input_shape):
+        if made.points.shape != (self.points_for(n), *model.input_shape):
             raise AssertionError(
-                f"{self.name} returned {tuple(made.points.shape)}, expected n={n}"
+                f"{self.name} returned {tuple(made.points.shape)}, expected "
+                f"{self.points_for(n)} points"
             )  # fmt: skip
         low, high = model.bounds
         points = made.points.detach().clamp(low, high).to("cpu", torch.float32)
@@ -204,6 +213,7 @@ class FingerprintMethod(ABC):
             },
             stats=stats,
             calibration=calibration,
+            kinds=made.kinds,
         )
 
 

@@ -53,6 +53,7 @@ from ipguard.attacks.base import check_real, predict_logits
 from ipguard.errors import InputError, first_line
 from ipguard.fingerprint.methods._common import (
     as_tuple,
+    check_bool,
     check_cache,
     check_fraction,
     check_int,
@@ -83,14 +84,22 @@ from ipguard.training.train import Recipe
 from ipguard.training.zoo import ModelZoo
 from ipguard.verdict.null import MIN_NEGATIVES, calibration_record
 
-__all__ = ["Bridges", "DEFAULT_RECIPE", "bridge_points", "bridge_segments", "on_segments"]
+__all__ = [
+    "DEFAULT_RECIPE",
+    "Bridges",
+    "balanced_top",
+    "bridge_points",
+    "bridge_segments",
+    "on_segments",
+]
 
-#: How surrogates are trained when the owner does not say: Adam with a one-cycle rate
-#: (linear, 30% warm-up) peaking at 2e-3, batch 128, no augmentation, 3 epochs: the shape
-#: of recipe the external zoo's models were trained with, at a length that keeps an
-#: MNIST-size owner with 30,000 images within 10 minutes on 2 cores (docs/performance.md).
+#: How surrogates are trained when the owner does not say (``--recipe``): Adam at 1e-3 with
+#: a cosine decay, batch 128, no augmentation, for 3 epochs unless the fit asks for more
+#: (:data:`EPOCH_STEPS`). Chosen as the common PyTorch default, for no particular zoo: the
+#: recipe before it (a one-cycle rate peaking at 2e-3) was the external zoo's own shape,
+#: which made that zoo's figures in-sample. The owner's own recipe is always better.
 DEFAULT_RECIPE: dict[str, Any] = {
-    "epochs": 3, "lr": 2e-3, "batch_size": 128, "schedule": "linear", "warmup": 0.3,
+    "epochs": 3, "lr": 1e-3, "batch_size": 128, "schedule": "cosine",
 }  # fmt: skip
 
 
@@ -212,6 +221,8 @@ class Bridges(FingerprintMethod):
         held_out: the fraction of the rows whose inputs only the bridges use (no student
             trains on them).
         max_rows: train surrogates on at most this many rows (a seeded random subset).
+        balance: choose at most ``ceil(n / classes)`` bridges of one owner label while
+            others are left (:func:`balanced_top`), so that independents' rates spread less.
         cache: the zoo folder for surrogates (not a hyper-parameter: not in ``params()``);
             default ``$IPGUARD_CACHE_DIR/surrogates`` or ``~/.cache/ipguard/surrogates``.
     """
@@ -231,6 +242,7 @@ class Bridges(FingerprintMethod):
     offset: float = 0.05
     held_out: float = 0.25
     max_rows: int = 20_000
+    balance: bool = False
     cache: str | None = None
 
     def __post_init__(self) -> None:
@@ -257,6 +269,7 @@ class Bridges(FingerprintMethod):
         check_real("offset", self.offset, low=0.0, high=1.0, low_open=False)
         check_fraction("held_out", self.held_out, high=0.9)
         check_int("max_rows", self.max_rows, 8)
+        check_bool("balance", self.balance)
         check_cache(self.cache)
 
     @property
@@ -321,6 +334,22 @@ class Bridges(FingerprintMethod):
         generator: torch.Generator,
         progress: ProgressFn | None,
     ) -> Generated:
+        return self.run_with_independents(
+            model, n, data=data, generator=generator, progress=progress
+        )[0]
+
+    def run_with_independents(
+        self,
+        model: OwnerModel,
+        n: int,
+        *,
+        data: MethodData,
+        generator: torch.Generator,
+        progress: ProgressFn | None,
+    ) -> tuple[Generated, list[nn.Module]]:
+        """:meth:`run`, and the surrogate independents of the owner's architecture that
+        chose the bridges (in eval mode; they take inputs in ``[0, 1]``): held out from any
+        other kind of point, which they may help to configure."""
         x, labels = data.labelled()
         self._check(model, n, x)
         clock = time.perf_counter()
@@ -349,7 +378,7 @@ class Bridges(FingerprintMethod):
 
         clock = time.perf_counter()
         agree = {name: self._agreement(m, c01, owner_labels) for name, m in modules.items()}
-        chosen = self._choose(specs, agree, n)
+        chosen = self._choose(specs, agree, n, owner_labels if self.balance else None)
         students = torch.stack([agree[s.name] for s in specs if s.pirated]).mean(0)
         independents = torch.stack([agree[s.name] for s in specs if s.role == "independent"])
         recipe = specs[0].recipe
@@ -370,7 +399,9 @@ class Bridges(FingerprintMethod):
         } | _fit_warning(fit)
         if progress is not None:
             progress(GenerationProgress(1, 1, 1, n, n))
-        return Generated(candidates[chosen], stats, self._calibration(specs, agree, chosen))
+        own = [modules[s.name] for s in specs if s.role == "independent" and s.arch == SAME_ARCH]
+        made = Generated(candidates[chosen], stats, self._calibration(specs, agree, chosen))
+        return made, own
 
     def _check(self, model: OwnerModel, n: int, x: Tensor) -> None:
         """Refuse, before any work, what cannot make ``n`` bridges from the data ``x``."""
@@ -427,18 +458,23 @@ class Bridges(FingerprintMethod):
             modules[spec.name] = trainer.make(spec, f"{i + 2}/{len(specs)} {spec.name}")
         return specs, modules, trials
 
-    def _choose(self, specs: list[SurrogateSpec], agree: dict[str, Tensor], n: int) -> Tensor:
+    def _choose(
+        self, specs: list[SurrogateSpec], agree: dict[str, Tensor], n: int,
+        labels: Tensor | None = None,
+    ) -> Tensor:  # fmt: skip
         """The ``n`` candidates with the highest score (``agree``: per surrogate, 1.0 where
         it gives a candidate the owner's label): per architecture, the students' agreement
-        minus the independents', averaged over the architectures."""
+        minus the independents', averaged over the architectures. With the owner's
+        ``labels``, at most ``ceil(n / classes seen)`` of one label while others are left
+        (:func:`balanced_top`)."""
         scores = []
         for arch in (SAME_ARCH, *self.student_archs):
             group = [s for s in specs if s.arch == arch]
             s_arch = torch.stack([agree[s.name] for s in group if s.pirated]).mean(0)
             i_arch = torch.stack([agree[s.name] for s in group if s.role == "independent"])
             scores.append(s_arch - i_arch.mean(0))
-        score = torch.stack(scores).mean(0)
-        return torch.argsort(score, descending=True, stable=True)[:n]
+        order = torch.argsort(torch.stack(scores).mean(0), descending=True, stable=True)
+        return order[:n] if labels is None else balanced_top(order, labels, n)
 
     @staticmethod
     def _calibration(
@@ -466,6 +502,26 @@ class Bridges(FingerprintMethod):
             return (predict_logits(module, x01).argmax(1).cpu() == labels).float()
 
 
+def balanced_top(order: Tensor, labels: Tensor, n: int) -> Tensor:
+    """The first ``n`` of ``order`` (indices, best first) taking at most ``ceil(n / C)`` of
+    each label (``C`` labels among the candidates), then the best of the rest if that is
+    fewer than ``n``: points of one class move together from model to model, so a choice
+    crowded into a few classes spreads independent models' matches (the null) far more
+    than a binomial's."""
+    ranked = labels[order]
+    cap = -(-n // int(torch.unique(labels).numel()))
+    # each candidate's rank among those of its label: the first cap of every label pass
+    rank = torch.zeros_like(ranked)
+    for label in torch.unique(ranked):
+        where = ranked == label
+        rank[where] = torch.arange(int(where.sum()))
+    first = order[rank < cap][:n]
+    if len(first) == n:
+        return first
+    rest = order[rank >= cap][: n - len(first)]
+    return torch.cat([first, rest])
+
+
 def _fit_warning(fit: dict[str, float]) -> dict[str, Any]:
     """``{"warnings": [...]}`` when the surrogate independents fit the owner's rows less than
     the owner does, else nothing."""
@@ -475,7 +531,7 @@ def _fit_warning(fit: dict[str, float]) -> dict[str, Any]:
         f"the surrogate independents fit the owner's rows less than the owner does "
         f"({fit['independents']:.1%} against {fit['owner']:.1%}): surrogates trained "
         "shorter than the owner choose worse points; give the owner's recipe, e.g. "
-        '--param \'recipe={"epochs": 20, "augment": true}\' (docs/methods.md)'
+        '--recipe \'{"epochs": 20, "augment": true}\' (docs/methods.md)'
     ]}  # fmt: skip
 
 
