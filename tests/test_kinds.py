@@ -370,3 +370,30 @@ def test_calibrate_with_trusted_independents_keeps_each_kind(default_made, tmp_p
     twin = load_fingerprint(d / "fp.safetensors")
     assert fp.calibration["negative_matches"] == [sum(k.negative_matches[0] for k in kinds)] * 3
     assert load_fingerprint(tmp_path / "c.safetensors").kinds == twin.kinds
+
+
+def test_the_owners_recipe_is_read_from_a_file_or_inline_and_checked(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from ipguard import read_recipe
+    from ipguard.cli import app
+
+    assert read_recipe('{"epochs": 8, "augment": true}') == {"epochs": 8, "augment": True}
+    assert read_recipe("epochs = 8\noptimizer = 'sgd'") == {"epochs": 8, "optimizer": "sgd"}
+    (tmp_path / "train.toml").write_text('[train]\nepochs = 20\nschedule = "cosine"\n')
+    assert read_recipe(tmp_path / "train.toml") == {"epochs": 20, "schedule": "cosine"}
+    (tmp_path / "r.json").write_text('{"lr": 0.05}')
+    assert read_recipe(str(tmp_path / "r.json")) == {"lr": 0.05}
+    with pytest.raises(InputError, match="unknown training key 'epoch'"):
+        read_recipe('{"epoch": 8}')
+    with pytest.raises(InputError, match="neither JSON nor TOML"):
+        read_recipe("{epochs: 8")
+    with pytest.raises(InputError, match="cannot read recipe"):
+        read_recipe(tmp_path / "missing.toml")
+    # the command refuses a bad recipe before any work, in one line
+    out = CliRunner().invoke(app, [
+        "fingerprint", "arch:digits_cnn", "--data", "digits", "--recipe", '{"epoch": 3}',
+        "-o", str(tmp_path / "fp.safetensors"),
+    ])  # fmt: skip
+    assert out.exit_code != 0 and "unknown training key 'epoch'" in out.stderr
+    assert not (tmp_path / "fp.safetensors").exists()

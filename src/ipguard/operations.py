@@ -530,7 +530,7 @@ def _surrogate_record(
         )
     return surrogate_calibration(
         owner, fp, dataset.x, dataset.y, models=models, confidence=confidence,
-        note=note or (lambda _t: None),
+        recipe=calibration_recipe(fp), note=note or (lambda _t: None),
     )  # fmt: skip
 
 

@@ -557,8 +557,11 @@ def _suite(
     zoo = ModelZoo(cache if cache is not None else default_cache())
     data = SurrogateData.of(owner, x, y)
     members = []
-    for spec in specs:
-        note(f"surrogate {'copy' if spec.role == 'copy' else 'independent'} {spec.name}")
+    for i, spec in enumerate(specs, 1):
+        if spec.role == "calibrator":  # the calibration stage, named as the bar shows it
+            note(f"calibrator {i}/{len(specs)} {spec.name}")
+        else:
+            note(f"surrogate {'copy' if spec.role == 'copy' else 'independent'} {spec.name}")
         members.append(build_surrogate(data, spec, zoo))
     return SurrogateSuite(tuple(members), len(zoo.built), len(zoo.loaded),
                           time.perf_counter() - started)  # fmt: skip
