@@ -8,8 +8,9 @@ saw, all made by ipguard's attack code on 450 other digits (so these figures are
 own zoo, in-sample for its attacks): fine-tuned, re-trained, pruned, noised and quantised
 copies, students distilled or extracted for 15 and for 40 epochs; independents: same-data
 twins of the owner's architecture (other seeds), the architecture on other data, and MLPs.
-Prints, per suspect, each kind's matches and the verdict at the stated rate, then the
-flagged counts per group.
+Prints, per suspect, each kind's matches and the verdict at the stated rate, and the
+sequential test's verdict and points asked (``--sequential``: the kinds in turn), then the
+flagged counts and the mean share of points asked per group.
 
 Usage::
 
@@ -34,8 +35,9 @@ from ipguard.models.nets import digits_cnn, digits_mlp
 from ipguard.models.owner import OwnerModel
 from ipguard.operations import make_fingerprint
 from ipguard.training.train import seeded, train_classifier
-from ipguard.verdict.decision import rule_for
-from ipguard.verdict.verify import verify
+from ipguard.verdict.decision import kind_plans, rule_for
+from ipguard.verdict.sequential import SequentialOptions
+from ipguard.verdict.verify import verify, verify_kinds_sequential
 
 #: How the owner is trained (train_classifier's defaults): what --recipe tells ipguard.
 OWNER_RECIPE = {"epochs": 15, "lr": 1e-3, "batch_size": 64, "schedule": "constant"}
@@ -137,21 +139,37 @@ def main(argv: list[str] | None = None) -> int:
           + f"; stated FPR {rule.target_fpr:g}, thresholds "
           + ", ".join(f"{k.kind} {'none' if k.stated is None else f'{k.stated.threshold:.2f}'}"
                       for k in rule.kinds) + "\n")  # fmt: skip
-    print("| suspect | group | boundary points | bridges | p-value | verdict | caught by |")
-    print("|---|---|---:|---:|---:|---|---|")
+    print("| suspect | group | boundary points | bridges | p-value | verdict | caught by | "
+          f"sequential: verdict, points asked of {fp.n} |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---|---|---|")
+    plans = kind_plans(rule, SequentialOptions())
     rows = []
     for name, group, module in suspects(owner, x, y):
-        v = verify(fp, OwnerModel(module.eval(), input_shape=(1, 8, 8)), threshold=rule,
-                   name=name)  # fmt: skip
+        oracle = OwnerModel(module.eval(), input_shape=(1, 8, 8))
+        v = verify(fp, oracle, threshold=rule, name=name)
+        seq = verify_kinds_sequential(fp, oracle, rule, plans, name=name)
         per = {e.kind: e.matches for e in v.kinds}
-        rows.append({"suspect": name, "group": group, **v.to_dict()})
+        rows.append(
+            {
+                "suspect": name,
+                "group": group,
+                **v.to_dict(),
+                "sequential": {"verdict": seq.verdict, "queried": seq.queried},
+            }
+        )
         print(f"| {name} | {group} | {per.get('ipguard', '')} | {per.get('bridges', '')} | "
-              f"{v.p_value:.2g} | {v.verdict} | {v.caught_by or ''} |")  # fmt: skip
+              f"{v.p_value:.2g} | {v.verdict} | {v.caught_by or ''} | "
+              f"{seq.verdict}, {seq.queried} |")  # fmt: skip
     print()
     for group in ("classic", "student", "independent"):
         members = [r for r in rows if r["group"] == group]
         flagged = sum(r["verdict"] == "pirated" for r in members)
-        print(f"- {group}: {flagged} of {len(members)} flagged")
+        asked = sum(r["sequential"]["queried"] for r in members) / len(members) / fp.n
+        same = sum(r["sequential"]["verdict"] == r["verdict"] for r in members)
+        print(
+            f"- {group}: {flagged} of {len(members)} flagged; sequential: the same verdict "
+            f"for {same}, {asked:.0%} of the points asked on average"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "kinds_digits.json").write_text(
         json.dumps({"seconds": seconds, "calibration": cal, "rows": rows}, indent=1, default=float)
