@@ -16,8 +16,7 @@ from ipguard.errors import InputError
 FAST: dict[str, dict[str, object]] = {
     "ipguard-select": {"recipe": {"epochs": 5}, "attacks": ["ftal", "extract"], "max_iter": 200},
     "bridges": {"recipe": {"epochs": 3}, "pool": 300},
-    "combined": {"recipe": {"epochs": 3}, "boundary": {"max_iter": 200},
-                 "bridges": {"pool": 300}},
+    "combined": {"recipe": {"epochs": 3}, "boundary": {"max_iter": 200}, "bridges": {"pool": 300}},
 }
 
 
