@@ -554,13 +554,13 @@ _RECORD_FIELDS = {"model", "negative_matches", "confidence", "source", "independ
 def null_from_record(record: Any, n: int, target_fpr: float) -> NullModel:
     """The null model of a stored record over all its points (validated, its kinds too:
     InputError says what is wrong)."""
-    counts, conf = _check_record(record, n)
+    counts, conf, _ = _check_record(record, n)
     return fit_null(counts, n, target_fpr=target_fpr, confidence=conf)
 
 
-def _check_record(record: Any, n: int) -> tuple[list[int], float]:
+def _check_record(record: Any, n: int) -> tuple[list[int], float, list[KindCounts] | None]:
     """Validate a stored record of ``n`` points (its kinds too, each fitted); return its
-    counts and confidence."""
+    counts, confidence and kinds (None: one kind)."""
     if not isinstance(record, dict) or record.get("model") != "beta-binomial":
         raise InputError("calibration is not a beta-binomial record")
     if not _RECORD_FIELDS <= set(record) <= _RECORD_FIELDS | {"kinds"}:
@@ -580,10 +580,10 @@ def _check_record(record: Any, n: int) -> tuple[list[int], float]:
         raise InputError("calibration confidence must be a number")
     _check_rate("confidence", conf)
     _check_counts(counts, n)
-    if "kinds" in record:
-        for kind in _check_kinds(record["kinds"], counts, n):
-            fit_null(kind.negative_matches, kind.n, confidence=float(conf))
-    return counts, float(conf)
+    kinds = None if "kinds" not in record else _check_kinds(record["kinds"], counts, n)
+    for kind in kinds or ():
+        fit_null(kind.negative_matches, kind.n, confidence=float(conf))
+    return counts, float(conf), kinds
 
 
 def _int_list(value: Any, what: str) -> list[int]:
@@ -624,10 +624,7 @@ def kind_counts(record: Any, n: int) -> list[KindCounts] | None:
     if not (isinstance(record, dict) and "kinds" in record):
         null_from_record(record, n, DEFAULT_TARGET_FPR)
         return None
-    _check_record(record, n)
-    return None if "kinds" not in record else _check_kinds(
-        record["kinds"], record["negative_matches"], n
-    )  # fmt: skip
+    return _check_record(record, n)[2]
 
 
 @dataclass(frozen=True)

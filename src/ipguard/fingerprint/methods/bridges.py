@@ -372,12 +372,12 @@ class Bridges(FingerprintMethod):
         specs, modules, trials = self._train_all(trainer, specs, pool_x01, pool_y, owner_fit)
         t_surrogates = time.perf_counter() - clock - t_candidates  # the candidates: choice
         trainer.report("choosing bridges")
-        fits = [float(self._agreement(modules[s.name], pool_x01, pool_y).mean())
+        fits = [float(self.agreement(modules[s.name], pool_x01, pool_y).mean())
                 for s in specs if not s.pirated and s.arch == SAME_ARCH]  # fmt: skip
         fit = {"owner": round(owner_fit, 4), "independents": round(sum(fits) / len(fits), 4)}
 
         clock = time.perf_counter()
-        agree = {name: self._agreement(m, c01, owner_labels) for name, m in modules.items()}
+        agree = {name: self.agreement(m, c01, owner_labels) for name, m in modules.items()}
         chosen = self._choose(specs, agree, n, owner_labels if self.balance else None)
         students = torch.stack([agree[s.name] for s in specs if s.pirated]).mean(0)
         independents = torch.stack([agree[s.name] for s in specs if s.role == "independent"])
@@ -442,7 +442,7 @@ class Bridges(FingerprintMethod):
         trials = []
         while True:
             module = trainer.make(probe, f"1/{len(specs)} {probe.name} (fit check)")
-            probe_fit = float(self._agreement(module, pool_x01, pool_y).mean())
+            probe_fit = float(self.agreement(module, pool_x01, pool_y).mean())
             recipe = probe.recipe
             assert recipe is not None
             trials.append({"epochs": recipe.epochs, "fit": round(probe_fit, 4)})
@@ -496,7 +496,7 @@ class Bridges(FingerprintMethod):
         return self.recipe is not None and "epochs" in self.recipe
 
     @staticmethod
-    def _agreement(module: nn.Module, x01: Tensor, labels: Tensor) -> Tensor:
+    def agreement(module: nn.Module, x01: Tensor, labels: Tensor) -> Tensor:
         """Per input, 1.0 where ``module`` gives the label in ``labels``, else 0.0."""
         with torch.no_grad():
             return (predict_logits(module, x01).argmax(1).cpu() == labels).float()

@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ipguard.attacks.base import check_real, predict_logits
+from ipguard.attacks.base import check_real
 from ipguard.errors import InputError
 from ipguard.fingerprint.methods._common import check_cache, merged_recipe
 from ipguard.fingerprint.methods.base import (
@@ -215,10 +215,7 @@ def _agreement(
     low, high = model.bounds
     x01 = ((points - low) / (high - low)).clamp(0.0, 1.0)
     owner_labels = model.predict(points)
-    with torch.no_grad():
-        votes = [(predict_logits(m, x01).argmax(1).cpu() == owner_labels).float()
-                 for m in independents]  # fmt: skip
-    return torch.stack(votes).mean(0)
+    return torch.stack([Bridges.agreement(m, x01, owner_labels) for m in independents]).mean(0)
 
 
 def _staged(progress: ProgressFn | None, stage: str) -> ProgressFn | None:
